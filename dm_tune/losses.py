@@ -1,0 +1,246 @@
+"""DM's manipulated derivative and the baseline losses, in PyTorch.
+
+The DM loss is a surrogate whose logit gradient is exactly (DESIGN.md section 1)::
+
+    dL/dz_i = (w_i / sum_j w_j) * (p_i - e_{y_i}) / ||p_i - e_{y_i}||_1
+
+Every quantity is derived from the *other-class margin*
+``s_i = logsumexp_{k != y_i} z_ik - z_{i y_i}``:
+
+- ``1 - p_i = sigmoid(s_i)`` and ``log p_i = logsigmoid(-s_i)``, exact even when
+  ``p_i`` rounds to 1 (computing ``1 - p_i`` by subtraction loses everything there);
+- the gradient of ``s_i`` is ``(p_i - e_y) / (1 - p_i)``, whose L1 norm is exactly 2,
+  so weighting ``s_i`` by ``w_i / (2 sum_j w_j)`` gives DM's derivative with no division
+  by ``1 - p_i`` (the official code adds 1e-6 instead; cross-entropy's own gradient has
+  ``p_y - 1 == 0`` in float32 for confident examples and would halve their norm).
+
+Example:
+    >>> import torch
+    >>> logits = torch.randn(8, 10, requires_grad=True)
+    >>> targets = torch.randint(0, 10, (8,))
+    >>> dm_loss(logits, targets, emphasis_mode=0.5, emphasis_variance=8.0).backward()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dm_tune.emphasis import SCE_LOG_CLIP, check_loss_params, emphasis_lambda, validate_emphasis
+
+__all__ = [
+    "BASELINE_LOSSES",
+    "BaselineLoss",
+    "DMLoss",
+    "baseline_loss",
+    "dm_loss",
+    "dm_weights",
+    "get_loss",
+    "loss_names",
+    "other_class_margin",
+]
+
+
+def _check_inputs(logits: Tensor, targets: Tensor) -> None:
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape (batch, classes), got {tuple(logits.shape)}")
+    if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"targets must have shape ({logits.shape[0]},) to match logits "
+            f"{tuple(logits.shape)}, got {tuple(targets.shape)}"
+        )
+    if logits.shape[1] < 2:
+        raise ValueError(f"logits must have at least 2 classes, got {logits.shape[1]}")
+    if targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ValueError(f"targets must be integer class indices, got dtype {targets.dtype}")
+
+
+def _compute_dtype(logits: Tensor) -> Tensor:
+    # Low-precision logits (bf16 autocast) are promoted: the weights need float32 range.
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        return logits.float()
+    return logits
+
+
+def other_class_margin(logits: Tensor, targets: Tensor) -> Tensor:
+    """s_i = logsumexp over the other classes minus the labelled logit (1 - p_y = sigmoid(s))."""
+    index = targets.long().unsqueeze(1)
+    labelled = logits.gather(1, index).squeeze(1)
+    others = logits.scatter(1, index, float("-inf"))
+    return torch.logsumexp(others, dim=1) - labelled
+
+
+def _normalised_weights(margin: Tensor, emphasis_mode: float, emphasis_variance: float) -> Tensor:
+    lam = emphasis_lambda(emphasis_mode)
+    one_minus_p = torch.sigmoid(margin)
+    if lam == 0.0:
+        emphasis = one_minus_p
+    else:
+        # p**lam via log p = logsigmoid(-s): finite for every finite margin.
+        emphasis = torch.exp(lam * F.logsigmoid(-margin)) * one_minus_p
+    # w_i / sum_j w_j = softmax(beta * emphasis): no overflow for any variance.
+    return torch.softmax(emphasis_variance * emphasis, dim=0)
+
+
+def dm_weights(
+    logits: Tensor, targets: Tensor, emphasis_mode: float, emphasis_variance: float
+) -> Tensor:
+    """Each example's normalised DM weight w_i / sum_j w_j (no gradient)."""
+    validate_emphasis(emphasis_mode, emphasis_variance)
+    _check_inputs(logits, targets)
+    with torch.no_grad():
+        margin = other_class_margin(_compute_dtype(logits), targets)
+        return _normalised_weights(margin, emphasis_mode, float(emphasis_variance))
+
+
+def dm_loss(
+    logits: Tensor,
+    targets: Tensor,
+    emphasis_mode: float,
+    emphasis_variance: float,
+    *,
+    report_weighted_ce: bool = True,
+) -> Tensor:
+    """Derivative Manipulation loss: CCE's direction, DM's emphasis density as magnitude.
+
+    Args:
+        logits: (batch, classes) unnormalised scores.
+        targets: (batch,) given (possibly noisy) labels.
+        emphasis_mode: psi in [0, 1), the p_y at which the emphasis density peaks.
+        emphasis_variance: beta, how concentrated the emphasis is (0: uniform).
+        report_weighted_ce: make the returned *value* sum_i w_i CE_i / sum_i w_i for
+            logging; the gradient is the same either way.
+
+    Returns:
+        A scalar whose logit gradient is DM's manipulated derivative.
+    """
+    validate_emphasis(emphasis_mode, emphasis_variance)
+    _check_inputs(logits, targets)
+    margin = other_class_margin(_compute_dtype(logits), targets)
+    with torch.no_grad():
+        weights = _normalised_weights(margin, emphasis_mode, float(emphasis_variance))
+    # grad of margin_i has L1 norm 2, so the half-weights give norm w_i / sum_j w_j.
+    surrogate = torch.dot(0.5 * weights, margin)
+    if not report_weighted_ce:
+        return surrogate
+    with torch.no_grad():
+        weighted_ce = torch.dot(weights, F.softplus(margin))
+    return surrogate + (weighted_ce - surrogate).detach()
+
+
+class DMLoss(nn.Module):
+    """``nn.Module`` holding DM's hyperparameters; the logic lives in :func:`dm_loss`."""
+
+    def __init__(self, emphasis_mode: float, emphasis_variance: float) -> None:
+        super().__init__()
+        validate_emphasis(emphasis_mode, emphasis_variance)
+        self.emphasis_mode = float(emphasis_mode)
+        self.emphasis_variance = float(emphasis_variance)
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return dm_loss(logits, targets, self.emphasis_mode, self.emphasis_variance)
+
+    def extra_repr(self) -> str:
+        return f"emphasis_mode={self.emphasis_mode}, emphasis_variance={self.emphasis_variance}"
+
+
+def _cce(logits: Tensor, targets: Tensor) -> Tensor:
+    return F.cross_entropy(logits, targets.long())
+
+
+def _mae(logits: Tensor, targets: Tensor) -> Tensor:
+    return torch.sigmoid(other_class_margin(logits, targets)).mean()
+
+
+def _mse(logits: Tensor, targets: Tensor) -> Tensor:
+    return torch.sigmoid(other_class_margin(logits, targets)).square().mean()
+
+
+def _gce(logits: Tensor, targets: Tensor, q: float) -> Tensor:
+    log_p = F.logsigmoid(-other_class_margin(logits, targets))
+    return (-torch.expm1(q * log_p) / q).mean()
+
+
+def _sce(logits: Tensor, targets: Tensor, alpha: float, beta: float) -> Tensor:
+    margin = other_class_margin(logits, targets)
+    # RCE with log(0) clipped to A: -A * (1 - p_y).
+    return (alpha * F.softplus(margin) + beta * abs(SCE_LOG_CLIP) * torch.sigmoid(margin)).mean()
+
+
+def _taylor(logits: Tensor, targets: Tensor, order: float) -> Tensor:
+    one_minus_p = torch.sigmoid(other_class_margin(logits, targets))
+    terms = [one_minus_p.pow(k) / k for k in range(1, int(order) + 1)]
+    return torch.stack(terms).sum(0).mean()
+
+
+def _poly1(logits: Tensor, targets: Tensor, epsilon: float) -> Tensor:
+    margin = other_class_margin(logits, targets)
+    return (F.softplus(margin) + epsilon * torch.sigmoid(margin)).mean()
+
+
+BASELINE_LOSSES: dict[str, Callable[..., Tensor]] = {
+    "cce": _cce,
+    "mae": _mae,
+    "mse": _mse,
+    "gce": _gce,
+    "sce": _sce,
+    "taylor": _taylor,
+    "poly1": _poly1,
+}
+
+
+def baseline_loss(name: str, logits: Tensor, targets: Tensor, **params: float) -> Tensor:
+    """Mean of baseline loss ``name`` over the batch (parameters as in ``emphasis.py``)."""
+    merged = check_loss_params(name, params)
+    _check_inputs(logits, targets)
+    return BASELINE_LOSSES[name](_compute_dtype(logits), targets, **merged)
+
+
+class BaselineLoss(nn.Module):
+    """A baseline loss by name with its parameters (see ``emphasis.LOSS_DEFAULTS``)."""
+
+    def __init__(self, name: str, **params: float) -> None:
+        super().__init__()
+        self.params = check_loss_params(name, params)
+        self.name = name
+        self._fn = BASELINE_LOSSES[name]
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        _check_inputs(logits, targets)
+        return self._fn(_compute_dtype(logits), targets, **self.params)
+
+    def extra_repr(self) -> str:
+        return ", ".join([repr(self.name)] + [f"{k}={v}" for k, v in self.params.items()])
+
+
+def loss_names() -> tuple[str, ...]:
+    """Every name :func:`get_loss` accepts."""
+    return ("dm", *BASELINE_LOSSES)
+
+
+def get_loss(name: str, **params: float) -> nn.Module:
+    """A loss module by name: ``"dm"`` (emphasis_mode, emphasis_variance) or a baseline.
+
+    Example:
+        >>> get_loss("dm", emphasis_mode=1 / 3, emphasis_variance=8.0)
+        DMLoss(emphasis_mode=0.3333333333333333, emphasis_variance=8.0)
+    """
+    if name == "dm":
+        missing = {"emphasis_mode", "emphasis_variance"} - set(params)
+        extra = set(params) - {"emphasis_mode", "emphasis_variance"}
+        if missing or extra:
+            raise ValueError(
+                "loss 'dm' takes exactly emphasis_mode and emphasis_variance; "
+                f"missing: {sorted(missing) or 'none'}, unknown: {sorted(extra) or 'none'}"
+            )
+        mode, variance = params["emphasis_mode"], params["emphasis_variance"]
+        if not isinstance(mode, int | float) or not isinstance(variance, int | float):
+            raise ValueError("emphasis_mode and emphasis_variance must be numbers")
+        return DMLoss(float(mode), float(variance))
+    if name not in BASELINE_LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(loss_names())}")
+    return BaselineLoss(name, **params)
+
