@@ -1,0 +1,3 @@
+from dm_tune.cli import main
+
+main()

@@ -1,0 +1,656 @@
+"""The study driver: one Optuna study per noise setting, exact budgets, the objective.
+
+A campaign file (``config.py``) expands into *settings* (noise kind x rate). Each
+setting owns three studies in the shared database:
+
+- ``<campaign>/<setting>``: DM trials; params ``emphasis_mode``, ``emphasis_variance``;
+  searched by the configured sampler, pruned per epoch, objective = final-epoch
+  clean-validation accuracy (test accuracy is a user attr, never the objective);
+- ``<campaign>/<setting>/baselines``: one trial per (baseline loss, seed), enqueued at
+  creation so that baselines never enter the sampler's history;
+- ``<campaign>/<setting>/confirm``: re-runs of top settings with new seeds (``confirm``).
+
+Budgets are exact across any number of workers: claiming a trial (failing stale ones,
+counting, ``ask``) runs under :func:`dm_tune.locks.campaign_lock`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
+
+from dm_tune import __version__
+from dm_tune.config import CampaignConfig
+from dm_tune.data import DataSpec, TrialData, prepare_data
+from dm_tune.locks import campaign_lock
+from dm_tune.storage import fail_stale_trials, heartbeat
+from dm_tune.training import NonFiniteLossError, TrainSpec, TrialResult, train_trial
+
+__all__ = [
+    "CampaignError",
+    "DigestMismatchError",
+    "Setting",
+    "StudyProgress",
+    "TrialStopped",
+    "campaign_progress",
+    "claim_trial",
+    "create_campaign",
+    "data_spec",
+    "run_claimed_trial",
+    "settings_of",
+    "train_spec",
+]
+
+ROLE_DM = "dm"
+ROLE_BASELINES = "baselines"
+ROLE_CONFIRM = "confirm"
+PARAMS = ("emphasis_mode", "emphasis_variance")
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class CampaignError(ValueError):
+    """The campaign cannot be created or joined as asked (a refusal: exit code 2)."""
+
+
+class DigestMismatchError(CampaignError):
+    """This machine's noisy labels differ from the ones the study was created with."""
+
+
+class TrialStopped(Exception):
+    """The worker was asked to stop; the trial is failed and re-queued."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One noise setting of a campaign: a kind and a rate (or a human label set)."""
+
+    kind: str
+    rate: float = 0.0
+    label_set: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.kind == "human":
+            return f"human-{self.label_set}"
+        return f"{self.kind}-{self.rate:.2f}"
+
+    def study_name(self, campaign: str, role: str = ROLE_DM) -> str:
+        base = f"{campaign}/{self.name}"
+        return base if role == ROLE_DM else f"{base}/{role}"
+
+
+def settings_of(config: CampaignConfig) -> list[Setting]:
+    """Every noise setting of the campaign, in file order."""
+    found: list[Setting] = []
+    for section in config.noise:
+        if section.kind == "human":
+            found.extend(Setting("human", 0.0, label) for label in section.labels)
+        else:
+            found.extend(Setting(section.kind, float(rate)) for rate in section.rates)
+    names = [s.name for s in found]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise CampaignError(f"noise setting(s) listed twice: {', '.join(duplicates)}")
+    return found
+
+
+def data_spec(config: CampaignConfig, setting: Setting) -> DataSpec:
+    """The data of a setting: the split and the noise are seeded by the campaign seed."""
+    return DataSpec(
+        dataset=config.data.dataset,
+        root=config.data.root,
+        download=config.data.download,
+        val_fraction=config.data.val_fraction,
+        test_fraction=config.data.test_fraction,
+        noise_kind=setting.kind,
+        noise_rate=setting.rate,
+        human_label=setting.label_set,
+        seed=config.campaign.seed,
+    )
+
+
+def train_spec(config: CampaignConfig, device: str, seed: int) -> TrainSpec:
+    """How a trial trains on ``device`` with ``seed``."""
+    training = config.training
+    return TrainSpec(
+        model=config.model.name,
+        model_params=dict(config.model.params),
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        lr=training.lr,
+        momentum=training.momentum,
+        weight_decay=training.weight_decay,
+        schedule=training.schedule,
+        seed=seed,
+        device=device,
+        augment=training.augment,
+        compile=training.compile,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_data(spec: DataSpec) -> TrialData:
+    return prepare_data(spec)
+
+
+def load_setting_data(config: CampaignConfig, setting: Setting) -> TrialData:
+    """The setting's tensors (cached per process: a worker trains many trials on them)."""
+    try:
+        return _cached_data(data_spec(config, setting))
+    except ValueError as error:
+        raise CampaignError(f"setting {setting.name}: {error}") from None
+
+
+# ----------------------------------------------------------------------------- creation
+
+
+def _study_attrs(
+    config: CampaignConfig, setting: Setting, role: str, data: TrialData, budget: int
+) -> dict[str, Any]:
+    rate = setting.rate if setting.kind != "human" else round(data.realised_noise_rate, 4)
+    return {
+        "campaign": config.name,
+        "dataset": config.data.dataset,
+        "model": config.model.name,
+        "noise_kind": setting.kind,
+        "noise_rate": rate,
+        "budget": budget,
+        "config_hash": config.config_hash(),
+        "label_digest": data.label_digest,
+        "dm_tune_version": __version__,
+        "role": role,
+        "setting": setting.name,
+        "realised_noise_rate": data.realised_noise_rate,
+        "epochs": config.training.epochs,
+        "label_set": setting.label_set,
+    }
+
+
+def _baseline_jobs(config: CampaignConfig) -> list[dict[str, Any]]:
+    jobs = []
+    for loss in config.baselines.losses:
+        for offset in range(config.baselines.seeds):
+            jobs.append({
+                "loss": loss,
+                "loss_params": dict(config.baselines.params.get(loss, {})),
+                "seed": config.campaign.seed + offset,
+            })
+    return jobs
+
+
+def _initial_points(config: CampaignConfig) -> list[tuple[float, float]]:
+    search = config.search
+    if search.sampler == "grid":
+        return [(m, v) for m in search.grid_modes for v in search.grid_variances]
+    return search.warm_start_points()[: search.trials]
+
+
+def _check_existing(study: optuna.Study, config: CampaignConfig, data: TrialData) -> None:
+    attrs = study.user_attrs
+    if attrs.get("config_hash") != config.config_hash():
+        raise CampaignError(
+            f"study {study.study_name} was created from another configuration (config hash "
+            f"{attrs.get('config_hash')} != {config.config_hash()}); never mix two experiments "
+            "in one study: rename the campaign or use another database"
+        )
+    if attrs.get("label_digest") != data.label_digest:
+        raise DigestMismatchError(
+            f"study {study.study_name}: this machine's noisy labels (digest "
+            f"{data.label_digest[:12]}) differ from the study's ({str(attrs.get('label_digest'))[:12]})"
+        )
+
+
+def _ensure_study(
+    storage: optuna.storages.RDBStorage,
+    config: CampaignConfig,
+    setting: Setting,
+    role: str,
+    data: TrialData,
+    budget: int,
+) -> tuple[optuna.Study, bool]:
+    name = setting.study_name(config.name, role)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        for key, value in _study_attrs(config, setting, role, data, budget).items():
+            study.set_user_attr(key, value)
+        return study, True
+    _check_existing(study, config, data)
+    if study.user_attrs.get("budget") != budget:
+        study.set_user_attr("budget", budget)  # the budget may grow or shrink between runs
+    return study, False
+
+
+def create_campaign(
+    config: CampaignConfig,
+    storage: optuna.storages.RDBStorage,
+    on_setting: Callable[[Setting], None] | None = None,
+) -> list[str]:
+    """Create every missing study of the campaign (idempotent); return the study names.
+
+    All data is prepared and every existing study checked before anything is written, so
+    a refused campaign leaves the database as it was.
+    """
+    settings = settings_of(config)
+    prepared = {}
+    for setting in settings:
+        prepared[setting] = load_setting_data(config, setting)
+        _check_noise_bounds(setting, prepared[setting])
+        if on_setting is not None:
+            on_setting(setting)
+    names = []
+    with campaign_lock(storage.engine, f"dm-tune/{config.name}"):
+        _check_all_existing(storage, config, settings, prepared)
+        for setting in settings:
+            names.extend(_create_setting(storage, config, setting, prepared[setting]))
+    return names
+
+
+def _check_noise_bounds(setting: Setting, data: TrialData) -> None:
+    if setting.kind == "human":
+        return
+    from dm_tune.noise import max_rate
+
+    bound = max_rate(setting.kind, data.num_classes)
+    if setting.rate >= bound:
+        raise CampaignError(
+            f"setting {setting.name}: rate must be below {bound:.4g} for {setting.kind} noise "
+            f"with {data.num_classes} classes"
+        )
+
+
+def _check_all_existing(storage, config, settings, prepared) -> None:
+    existing = {s.study_name for s in storage.get_all_studies()}
+    for setting in settings:
+        for role in (ROLE_DM, ROLE_BASELINES):
+            name = setting.study_name(config.name, role)
+            if name in existing:
+                _check_existing(optuna.load_study(study_name=name, storage=storage), config,
+                                prepared[setting])
+
+
+def _create_setting(storage, config: CampaignConfig, setting: Setting, data: TrialData):
+    dm_study, created = _ensure_study(
+        storage, config, setting, ROLE_DM, data, config.search.budget()
+    )
+    if created:
+        for mode, variance in _initial_points(config):
+            dm_study.enqueue_trial({"emphasis_mode": mode, "emphasis_variance": variance})
+    jobs = _baseline_jobs(config)
+    names = [dm_study.study_name]
+    if jobs:
+        baseline_study, _ = _ensure_study(storage, config, setting, ROLE_BASELINES, data,
+                                          len(jobs))
+        queued = {
+            (t.user_attrs.get("loss"), t.user_attrs.get("seed"))
+            for t in baseline_study.get_trials(deepcopy=False)
+            if t.state != TrialState.FAIL
+        }
+        for job in jobs:
+            if (job["loss"], job["seed"]) not in queued:
+                baseline_study.enqueue_trial({}, user_attrs=job)
+        names.append(baseline_study.study_name)
+    return names
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+@dataclass
+class StudyProgress:
+    """Trial counts of one study against its budget."""
+
+    study_name: str
+    role: str
+    setting: str
+    budget: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def done(self) -> int:
+        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+
+    @property
+    def running(self) -> int:
+        return self.counts.get("RUNNING", 0)
+
+    @property
+    def waiting(self) -> int:
+        return self.counts.get("WAITING", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("FAIL", 0)
+
+    @property
+    def remaining(self) -> int:
+        """Trials still to start: the budget less the done and running ones."""
+        return max(0, self.budget - self.done - self.running)
+
+
+def _state_counts(engine: sqlalchemy.engine.Engine) -> dict[str, dict[str, int]]:
+    # One GROUP BY instead of loading every trial of every study: claims stay cheap.
+    query = sqlalchemy.text(
+        "SELECT s.study_name, t.state, COUNT(*) FROM trials t "
+        "JOIN studies s ON s.study_id = t.study_id GROUP BY s.study_name, t.state"
+    )
+    counts: dict[str, dict[str, int]] = {}
+    with engine.connect() as connection:
+        for study_name, state, count in connection.execute(query):
+            state_name = state.name if hasattr(state, "name") else str(state)
+            counts.setdefault(study_name, {})[state_name] = int(count)
+    return counts
+
+
+def campaign_progress(
+    storage: optuna.storages.RDBStorage, config: CampaignConfig
+) -> list[StudyProgress]:
+    """Counts per study of the campaign (studies not created yet are left out)."""
+    counts = _state_counts(storage.engine)
+    summaries = {s.study_name: s for s in storage.get_all_studies()}
+    progress = []
+    for setting in settings_of(config):
+        for role in (ROLE_DM, ROLE_BASELINES, ROLE_CONFIRM):
+            name = setting.study_name(config.name, role)
+            if name not in summaries:
+                continue
+            budget = int(summaries[name].user_attrs.get("budget", 0))
+            progress.append(StudyProgress(name, role, setting.name, budget, counts.get(name, {})))
+    return progress
+
+
+# ----------------------------------------------------------------------------- claiming
+
+
+def _sampler(config: CampaignConfig, worker_seed: int) -> optuna.samplers.BaseSampler:
+    search = config.search
+    seed = (config.campaign.seed * 1_000_003 + worker_seed) % 2**31
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if search.sampler == "tpe":
+            return optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, n_startup_trials=search.startup_trials,
+                constant_liar=True,
+            )
+        if search.sampler == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=search.startup_trials)
+        if search.sampler == "cmaes":
+            return optuna.samplers.CmaEsSampler(
+                seed=seed, n_startup_trials=search.startup_trials,
+                warn_independent_sampling=False,
+            )
+    # grid: every grid point is enqueued at creation; random fills any retry gap
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _pruner(config: CampaignConfig, role: str) -> optuna.pruners.BasePruner:
+    search, epochs = config.search, config.training.epochs
+    if role != ROLE_DM or search.pruner == "none" or epochs <= search.min_epochs:
+        return optuna.pruners.NopPruner()
+    if search.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=search.min_epochs)
+    return optuna.pruners.HyperbandPruner(
+        min_resource=search.min_epochs, max_resource=epochs, reduction_factor=3
+    )
+
+
+@dataclass
+class ClaimedTrial:
+    """A RUNNING trial this worker owns, with what it needs to run it."""
+
+    study: optuna.Study
+    trial: optuna.Trial
+    setting: Setting
+    role: str
+
+
+class StudyCache:
+    """Studies loaded once per worker (sampler state and pruner live here)."""
+
+    def __init__(self, storage, config: CampaignConfig, worker_seed: int) -> None:
+        self.storage, self.config, self.worker_seed = storage, config, worker_seed
+        self._studies: dict[str, optuna.Study] = {}
+
+    def get(self, name: str, role: str) -> optuna.Study:
+        if name not in self._studies:
+            self._studies[name] = optuna.load_study(
+                study_name=name,
+                storage=self.storage,
+                sampler=_sampler(self.config, self.worker_seed + len(self._studies)),
+                pruner=_pruner(self.config, role),
+            )
+        return self._studies[name]
+
+
+def _claimable(progress: StudyProgress, max_failures: int) -> bool:
+    if progress.remaining <= 0:
+        return False
+    if progress.waiting > 0:
+        return True
+    # without a queued trial, DM studies ask the sampler; baselines need a queued job
+    return progress.role == ROLE_DM and progress.failed < max_failures + progress.budget // 2
+
+
+def claim_trial(
+    storage: optuna.storages.RDBStorage, config: CampaignConfig, cache: StudyCache
+) -> ClaimedTrial | None:
+    """Take one trial from the study furthest below its budget; None when nothing is left."""
+    settings = {s.name: s for s in settings_of(config)}
+    with campaign_lock(storage.engine, f"dm-tune/{config.name}"):
+        candidates = [
+            p for p in campaign_progress(storage, config)
+            if _claimable(p, config.search.max_failures)
+        ]
+        if not candidates:
+            return None
+        # furthest below budget first; DM before baselines on ties (file order otherwise)
+        chosen = max(candidates, key=lambda p: (p.remaining, p.role == ROLE_DM))
+        study = cache.get(chosen.study_name, chosen.role)
+        fail_stale_trials(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize"
+            trial = study.ask()
+    return ClaimedTrial(study, trial, settings[chosen.setting], chosen.role)
+
+
+def fail_stale_everywhere(
+    storage: optuna.storages.RDBStorage, config: CampaignConfig, cache: StudyCache
+) -> None:
+    """Fail (and re-queue) heartbeat-stale trials in every study of the campaign."""
+    with campaign_lock(storage.engine, f"dm-tune/{config.name}"):
+        for progress in campaign_progress(storage, config):
+            if progress.running:
+                fail_stale_trials(cache.get(progress.study_name, progress.role))
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def worker_name() -> str:
+    """host:pid, recorded on every trial."""
+    return f"{socket.gethostname()}:{__import__('os').getpid()}"
+
+
+def _loss_of(claimed: ClaimedTrial, config: CampaignConfig) -> tuple[str, dict[str, Any], int]:
+    trial = claimed.trial
+    if claimed.role == ROLE_BASELINES:
+        attrs = trial.user_attrs
+        return str(attrs["loss"]), dict(attrs.get("loss_params", {})), int(attrs["seed"])
+    search = config.search
+    mode = trial.suggest_float("emphasis_mode", search.emphasis_mode.low,
+                               search.emphasis_mode.high)
+    variance = trial.suggest_float("emphasis_variance", search.emphasis_variance.low,
+                                   search.emphasis_variance.high)
+    # search trials share the campaign seed (common random numbers: trials differ only in
+    # their hyperparameters); confirmation trials carry their own seed
+    seed = int(trial.user_attrs.get("seed", config.campaign.seed))
+    return "dm", {"emphasis_mode": mode, "emphasis_variance": variance}, seed
+
+
+def _record(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    for key, value in attrs.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        trial.set_user_attr(key, value)
+
+
+def _partial_attrs(curve: list[dict[str, float]], started: float) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"seconds": time.perf_counter() - started, "epochs_run": len(curve)}
+    if curve:
+        best = max(range(len(curve)), key=lambda i: curve[i]["val_accuracy"])
+        attrs.update({
+            "test_accuracy": curve[-1]["test_accuracy"],
+            "test_accuracy_at_best_val": curve[best]["test_accuracy"],
+            "best_val_epoch": best + 1,
+        })
+    return attrs
+
+
+def run_claimed_trial(
+    claimed: ClaimedTrial,
+    config: CampaignConfig,
+    device: str,
+    worker: str,
+    stop: threading.Event | None = None,
+    on_epoch: Callable[[ClaimedTrial, int, dict[str, float]], None] | None = None,
+) -> TrialState:
+    """Train the claimed trial, report every epoch, prune, and tell the study the result.
+
+    A stop request fails the trial and re-queues it with the same parameters.
+    """
+    trial, study = claimed.trial, claimed.study
+    data = load_setting_data(config, claimed.setting)
+    loss, loss_params, seed = _loss_of(claimed, config)
+    _record(trial, {"loss": loss, "seed": seed, "worker": worker, "device": device,
+                    "realised_noise_rate": data.realised_noise_rate})
+    curve: list[dict[str, float]] = []
+    started = time.perf_counter()
+
+    def epoch_callback(epoch: int, metrics: dict[str, float]) -> None:
+        curve.append(dict(metrics))
+        trial.report(float(metrics["val_accuracy"]), epoch)
+        if on_epoch is not None:
+            on_epoch(claimed, epoch, metrics)
+        if stop is not None and stop.is_set():
+            raise TrialStopped
+        if claimed.role == ROLE_DM and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    spec = train_spec(config, device, seed)
+    with heartbeat(trial):
+        try:
+            result: TrialResult = train_trial(data, spec, loss, loss_params,
+                                              on_epoch=epoch_callback, progress=False)
+        except optuna.TrialPruned:
+            _record(trial, _partial_attrs(curve, started))
+            study.tell(trial, state=TrialState.PRUNED)
+            return TrialState.PRUNED
+        except NonFiniteLossError as error:
+            _record(trial, {**_partial_attrs(curve, started), "pruned_reason": str(error)})
+            study.tell(trial, state=TrialState.PRUNED)
+            return TrialState.PRUNED
+        except TrialStopped:
+            _record(trial, {**_partial_attrs(curve, started), "stopped": "worker stop"})
+            study.tell(trial, state=TrialState.FAIL)
+            _requeue(study, trial)
+            return TrialState.FAIL
+        except BaseException as error:
+            _record(trial, {"error": f"{type(error).__name__}: {error}"[:500]})
+            study.tell(trial, state=TrialState.FAIL)
+            if isinstance(error, KeyboardInterrupt):
+                _requeue(study, trial)
+            raise
+    _record(trial, result.user_attrs())
+    study.tell(trial, result.val_accuracy)
+    return TrialState.COMPLETE
+
+
+def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
+    frozen = study._storage.get_trial(trial._trial_id)
+    keep = {k: v for k, v in frozen.user_attrs.items() if k in ("loss", "loss_params", "seed")}
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        params=frozen.params,
+        distributions=frozen.distributions,
+        user_attrs=keep,
+        system_attrs={"failed_trial": frozen.number},
+    ))
+
+
+def create_confirmations(
+    storage: optuna.storages.RDBStorage, config: CampaignConfig, top_k: int, seeds: int
+) -> list[str]:
+    """Queue each setting's top-k DM settings for re-training with ``seeds`` new seeds."""
+    if top_k < 1 or seeds < 1:
+        raise CampaignError("--top-k and --seeds must be at least 1")
+    names = []
+    with campaign_lock(storage.engine, f"dm-tune/{config.name}"):
+        existing = {s.study_name for s in storage.get_all_studies()}
+        for setting in settings_of(config):
+            dm_name = setting.study_name(config.name)
+            if dm_name not in existing:
+                raise CampaignError(f"study {dm_name} does not exist; run the campaign first")
+            dm_study = optuna.load_study(study_name=dm_name, storage=storage)
+            complete = [t for t in dm_study.get_trials(deepcopy=False,
+                                                      states=(TrialState.COMPLETE,))]
+            if not complete:
+                continue
+            top = sorted(complete, key=lambda t: t.value, reverse=True)[:top_k]
+            names.append(_queue_confirmations(storage, config, setting, dm_study, top, seeds))
+    if not names:
+        raise CampaignError("no finished DM trials to confirm; run the campaign first")
+    return names
+
+
+def _queue_confirmations(storage, config, setting, dm_study, top, seeds) -> str:
+    name = setting.study_name(config.name, ROLE_CONFIRM)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                load_if_exists=True)
+    for key, value in dm_study.user_attrs.items():
+        if key not in study.user_attrs:
+            study.set_user_attr(key, value)
+    study.set_user_attr("role", ROLE_CONFIRM)
+    queued = {(t.user_attrs.get("source_trial"), t.user_attrs.get("seed"))
+              for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
+    for trial in top:
+        for offset in range(seeds):
+            seed = config.campaign.seed + 1000 + offset  # never the search seed
+            if (trial.number, seed) in queued:
+                continue
+            study.enqueue_trial(
+                {k: trial.params[k] for k in PARAMS},
+                user_attrs={"seed": seed, "source_trial": trial.number},
+            )
+            queued.add((trial.number, seed))
+    study.set_user_attr("budget", len(queued))
+    return name
+
+
+def study_names(config: CampaignConfig, settings: Iterable[Setting] | None = None) -> list[str]:
+    """Names of the DM and baseline studies of the campaign."""
+    names = []
+    for setting in settings or settings_of(config):
+        names.append(setting.study_name(config.name))
+        if config.baselines.losses:
+            names.append(setting.study_name(config.name, ROLE_BASELINES))
+    return names
+
+
+def seed_of(name: str) -> int:
+    """A stable small integer for a worker name (sampler seeds differ across workers)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")

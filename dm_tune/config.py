@@ -1,0 +1,261 @@
+"""Campaign files: a TOML schema validated by pydantic, with errors that name key and file.
+
+Example (``studies/digits-quick.toml``)::
+
+    [campaign]
+    name = "digits-quick"
+
+    [[noise]]
+    kind = "symmetric"
+    rates = [0.2, 0.4, 0.6]
+
+    [search]
+    trials = 16
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "BaselinesConfig",
+    "CampaignConfig",
+    "ConfigError",
+    "load_campaign_config",
+    "parse_campaign_config",
+]
+
+NoiseKind = Literal["symmetric", "pairflip", "asymmetric", "human"]
+PAPER_WARM_START: tuple[tuple[float, float], ...] = (
+    # The DM paper's best (lambda, beta) per CIFAR setting, as (emphasis_mode, variance):
+    # (0.5, 12) at 20%, (1, 16) at 40%, (2, 12) at 60-80%, CIFAR-100's (0.5, 6), and CCE-like.
+    (1 / 3, 12.0),
+    (0.5, 16.0),
+    (2 / 3, 12.0),
+    (1 / 3, 6.0),
+    (0.0, 4.0),
+)
+
+
+class ConfigError(ValueError):
+    """A campaign file that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CampaignSection(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)]
+    seed: Annotated[int, Field(ge=0)] = 0
+    description: str = ""
+
+
+class DataSection(_Strict):
+    dataset: str = "digits"
+    root: str | None = None
+    download: bool = False
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+
+
+class ModelSection(_Strict):
+    name: str = "mlp"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingSection(_Strict):
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = 100
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    lr: Annotated[float, Field(gt=0.0)] = 0.1
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0.0)] = 5e-4
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    augment: bool | None = None
+    compile: bool = False
+
+
+class NoiseSection(_Strict):
+    kind: NoiseKind
+    rates: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rates_or_labels(self) -> NoiseSection:
+        if self.kind == "human":
+            if not self.labels or self.rates:
+                raise ValueError("human noise takes `labels` (label sets), not `rates`")
+        else:
+            if not self.rates or self.labels:
+                raise ValueError(f"{self.kind} noise takes a non-empty `rates` list")
+            rounded = [round(r, 2) for r in self.rates]
+            if len(set(rounded)) != len(rounded):
+                raise ValueError("`rates` must differ at 2 decimals (they name the studies)")
+            if any(abs(r - round(r, 2)) > 1e-9 for r in self.rates):
+                raise ValueError("`rates` must have at most 2 decimals (they name the studies)")
+        return self
+
+
+class Range(_Strict):
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise ValueError(f"need finite low < high, got [{self.low}, {self.high}]")
+        return self
+
+
+class SearchSection(_Strict):
+    emphasis_mode: Range = Range(low=0.0, high=0.8)
+    emphasis_variance: Range = Range(low=0.0, high=24.0)
+    sampler: Literal["tpe", "gp", "cmaes", "random", "grid"] = "tpe"
+    pruner: Literal["hyperband", "median", "none"] = "hyperband"
+    trials: Annotated[int, Field(ge=1, le=100_000)] = 30
+    warm_start: Literal["paper", "none"] | list[tuple[float, float]] = "paper"
+    grid_modes: list[float] = Field(default_factory=lambda: [0.0, 1 / 3, 0.5, 2 / 3])
+    grid_variances: list[float] = Field(default_factory=lambda: [2.0, 4.0, 8.0, 12.0, 16.0, 20.0])
+    min_epochs: Annotated[int, Field(ge=1)] = 3
+    startup_trials: Annotated[int, Field(ge=0)] = 6
+    max_failures: Annotated[int, Field(ge=1)] = 5
+
+    @field_validator("emphasis_mode", "emphasis_variance", mode="before")
+    @classmethod
+    def _range_from_pair(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            if len(value) != 2:
+                raise ValueError("a range is [low, high]")
+            return {"low": value[0], "high": value[1]}
+        return value
+
+    @model_validator(mode="after")
+    def _mode_inside_unit_interval(self) -> SearchSection:
+        if self.emphasis_mode.low < 0.0 or self.emphasis_mode.high >= 1.0:
+            raise ValueError("emphasis_mode range must lie in [0, 1)")
+        for mode, _ in self.warm_start_points():
+            if not 0.0 <= mode < 1.0:
+                raise ValueError(f"warm_start emphasis_mode {mode} is outside [0, 1)")
+        if self.sampler == "grid" and any(not 0 <= m < 1 for m in self.grid_modes):
+            raise ValueError("grid_modes must lie in [0, 1)")
+        return self
+
+    def warm_start_points(self) -> list[tuple[float, float]]:
+        """(emphasis_mode, emphasis_variance) points evaluated first, clipped to the space."""
+        if self.warm_start == "none":
+            return []
+        points = PAPER_WARM_START if self.warm_start == "paper" else self.warm_start
+        inside = []
+        for mode, variance in points:
+            in_mode = self.emphasis_mode.low <= mode <= self.emphasis_mode.high
+            in_variance = self.emphasis_variance.low <= variance <= self.emphasis_variance.high
+            if in_mode and in_variance:
+                inside.append((float(mode), float(variance)))
+        return inside
+
+    def budget(self) -> int:
+        """DM trials per setting: the grid size for the grid sampler, else ``trials``."""
+        if self.sampler == "grid":
+            return len(self.grid_modes) * len(self.grid_variances)
+        return self.trials
+
+
+class BaselinesConfig(_Strict):
+    losses: list[str] = Field(default_factory=lambda: ["cce"])
+    seeds: Annotated[int, Field(ge=1, le=100)] = 1
+    params: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_losses(self) -> BaselinesConfig:
+        from dm_tune.emphasis import check_loss_params
+
+        for loss in self.losses:
+            check_loss_params(loss, self.params.get(loss, {}))
+        unused = set(self.params) - set(self.losses)
+        if unused:
+            raise ValueError(f"params given for losses not in `losses`: {sorted(unused)}")
+        return self
+
+
+class CampaignConfig(_Strict):
+    campaign: CampaignSection
+    data: DataSection = DataSection()
+    model: ModelSection = ModelSection()
+    training: TrainingSection = TrainingSection()
+    noise: list[NoiseSection]
+    search: SearchSection = SearchSection()
+    baselines: BaselinesConfig = BaselinesConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CampaignConfig:
+        if not self.noise:
+            raise ValueError("at least one [[noise]] table is needed")
+        for section in self.noise:
+            if section.kind == "human" and not self.data.dataset.endswith("n"):
+                raise ValueError("human noise needs a dataset with human labels (cifar10n, ...)")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.campaign.name
+
+    def config_hash(self) -> str:
+        """sha256 of what defines the experiment a study belongs to.
+
+        Left out, so that a campaign can grow without a new identity: the noise list (new
+        settings get new studies), the trial budget, the sampler and pruner, the warm start,
+        the baselines and the description.
+        """
+        identity = {
+            "campaign": {"name": self.campaign.name, "seed": self.campaign.seed},
+            "data": self.data.model_dump(),
+            "model": self.model.model_dump(),
+            "training": self.training.model_dump(),
+            "search_space": {
+                "emphasis_mode": self.search.emphasis_mode.model_dump(),
+                "emphasis_variance": self.search.emphasis_variance.model_dump(),
+            },
+        }
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _describe(error: ValidationError, path: Path | str) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    extra = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{path}: {location}: {message}{extra}"
+
+
+def parse_campaign_config(data: dict[str, Any], source: Path | str = "<config>") -> CampaignConfig:
+    """Validate an already parsed TOML document."""
+    try:
+        return CampaignConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_campaign_config(path: Path | str) -> CampaignConfig:
+    """Read and validate a campaign file; ``ConfigError`` names the file and the key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such campaign file") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    return parse_campaign_config(data, path)

@@ -1,0 +1,530 @@
+"""Plotly figures of a campaign's results.
+
+Each figure is built in two steps, after Optuna's visualisation module: a pure function
+computes a plain data object from :class:`~dm_tune.guidelines.CampaignResults` (tests
+check its numbers), then a ``*_figure`` function draws it. :func:`build_figures`
+returns every figure under a stable name.
+
+Example:
+    >>> data = trend_data(results)  # doctest: +SKIP
+    >>> trend_figure(data).show()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from dm_tune.emphasis import derivative_magnitude, dm_density
+from dm_tune.guidelines import CampaignResults
+
+__all__ = [
+    "FIGURES",
+    "UNIFIED_VIEW_LOSSES",
+    "AccuracyData",
+    "BandSeries",
+    "DensityCurve",
+    "KindLines",
+    "LandscapeData",
+    "LandscapePanel",
+    "MemorisationData",
+    "TrendPlotData",
+    "UnifiedViewData",
+    "accuracy_data",
+    "accuracy_figure",
+    "build_figures",
+    "landscape_data",
+    "landscape_figure",
+    "memorisation_data",
+    "memorisation_figure",
+    "trend_data",
+    "trend_figure",
+    "unified_view_data",
+    "unified_view_figure",
+]
+
+#: the losses drawn beside DM in the unified view (DESIGN.md section 1)
+UNIFIED_VIEW_LOSSES = ("cce", "mae", "mse", "gce", "sce")
+_PALETTE = qualitative.Plotly
+_HEIGHT = 460
+
+
+def _colour(i: int) -> str:
+    """A stable colour per index."""
+    return _PALETTE[i % len(_PALETTE)]
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    """Hex colour -> rgba() string (bands are the line colour, translucent)."""
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _none_to_nan(values: Sequence[float | None]) -> list[float]:
+    """Plotly breaks a line at NaN; None would too, but NaN keeps arrays numeric."""
+    return [math.nan if v is None else float(v) for v in values]
+
+
+# -------------------------------------------------------------- (a) trend vs rate
+
+
+@dataclass(frozen=True)
+class BandSeries:
+    """A line with a band (low/high) over noise rates."""
+
+    name: str
+    x: list[float]
+    y: list[float]
+    low: list[float]
+    high: list[float]
+
+
+@dataclass(frozen=True)
+class TrendPlotData:
+    """Recommended mode and variance against rate, per noise kind."""
+
+    kinds: list[str]
+    mode: dict[str, BandSeries]
+    variance: dict[str, BandSeries]
+    # selected (best / confirmed) parameters per rate, drawn as markers over the trend
+    selected_mode: dict[str, list[float | None]] = field(default_factory=dict)
+    selected_variance: dict[str, list[float | None]] = field(default_factory=dict)
+
+
+def trend_data(results: CampaignResults) -> TrendPlotData:
+    """Compute figure (a)'s data from the fitted trends."""
+    mode, variance, sel_mode, sel_var = {}, {}, {}, {}
+    for kind, trend in results.trends.items():
+        pts = trend.points
+        rates = [p.noise_rate for p in pts]
+        mode[kind] = BandSeries(
+            kind,
+            rates,
+            [p.emphasis_mode for p in pts],
+            [p.emphasis_mode_low for p in pts],
+            [p.emphasis_mode_high for p in pts],
+        )
+        variance[kind] = BandSeries(
+            kind,
+            rates,
+            [p.emphasis_variance for p in pts],
+            [p.emphasis_variance_low for p in pts],
+            [p.emphasis_variance_high for p in pts],
+        )
+        selected = {s.noise_rate: s.selected for s in results.settings_of(kind)}
+        sel_mode[kind] = [_attr(selected.get(r), "emphasis_mode") for r in rates]
+        sel_var[kind] = [_attr(selected.get(r), "emphasis_variance") for r in rates]
+    return TrendPlotData(list(results.trends), mode, variance, sel_mode, sel_var)
+
+
+def _attr(obj: object, name: str) -> float | None:
+    """getattr that tolerates a missing object."""
+    return None if obj is None else getattr(obj, name)
+
+
+def _add_band(fig: go.Figure, s: BandSeries, colour: str, row: int, col: int, legend: bool):
+    """Draw a band (high, then low filled up to it) and the centre line."""
+    common = {"x": s.x, "legendgroup": s.name, "hoverinfo": "skip", "showlegend": False}
+    fig.add_trace(go.Scatter(y=s.high, mode="lines", line={"width": 0}, **common), row, col)
+    fig.add_trace(
+        go.Scatter(
+            y=s.low,
+            mode="lines",
+            line={"width": 0},
+            fill="tonexty",
+            fillcolor=_rgba(colour, 0.2),
+            **common,
+        ),
+        row,
+        col,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=s.x,
+            y=s.y,
+            name=s.name,
+            legendgroup=s.name,
+            showlegend=legend,
+            mode="lines+markers",
+            line={"color": colour},
+            # Error bars too: a kind searched at one rate has no area to fill.
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [h - y for h, y in zip(s.high, s.y, strict=True)],
+                "arrayminus": [y - lo for lo, y in zip(s.low, s.y, strict=True)],
+                "color": colour,
+                "thickness": 1,
+            },
+        ),
+        row,
+        col,
+    )
+
+
+def trend_figure(data: TrendPlotData) -> go.Figure:
+    """Figure (a): recommended emphasis mode and variance vs noise rate, with bands."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("emphasis mode", "emphasis variance"))
+    for i, kind in enumerate(data.kinds):
+        colour = _colour(i)
+        _add_band(fig, data.mode[kind], colour, 1, 1, legend=True)
+        _add_band(fig, data.variance[kind], colour, 1, 2, legend=False)
+        for col, selected in ((1, data.selected_mode), (2, data.selected_variance)):
+            fig.add_trace(
+                go.Scatter(
+                    x=data.mode[kind].x,
+                    y=_none_to_nan(selected.get(kind, [])),
+                    mode="markers",
+                    marker={"symbol": "x", "color": colour, "size": 9},
+                    name=f"{kind} selected",
+                    legendgroup=kind,
+                    showlegend=col == 1,
+                ),
+                1,
+                col,
+            )
+    fig.update_xaxes(title_text="noise rate")
+    fig.update_yaxes(title_text="emphasis_mode (psi)", row=1, col=1)
+    fig.update_yaxes(title_text="emphasis_variance (beta)", row=1, col=2)
+    return _finish(fig, "Recommended DM parameters vs noise rate (band: bootstrap interval)")
+
+
+# ----------------------------------------------------------------- (b) landscape
+
+
+@dataclass(frozen=True)
+class LandscapePanel:
+    """One setting's COMPLETE trials in (mode, variance) space."""
+
+    title: str
+    noise_kind: str
+    noise_rate: float
+    modes: list[float]
+    variances: list[float]
+    accuracies: list[float]
+    trial_numbers: list[int]
+    selected: tuple[float, float] | None
+    variance_log: bool
+
+
+@dataclass(frozen=True)
+class LandscapeData:
+    """Clean-val accuracy landscapes, one panel per setting, on one colour scale."""
+
+    panels: list[LandscapePanel]
+    accuracy_min: float
+    accuracy_max: float
+
+
+def landscape_data(results: CampaignResults) -> LandscapeData:
+    """Compute figure (b)'s data: every COMPLETE DM trial per setting."""
+    panels = []
+    for s in results.settings:
+        sel = s.selected
+        panels.append(
+            LandscapePanel(
+                title=f"{s.noise_kind} {s.noise_rate:.2f}",
+                noise_kind=s.noise_kind,
+                noise_rate=s.noise_rate,
+                modes=[t.emphasis_mode for t in s.trials],
+                variances=[t.emphasis_variance for t in s.trials],
+                accuracies=[t.val_accuracy for t in s.trials],
+                trial_numbers=[t.number for t in s.trials],
+                selected=(sel.emphasis_mode, sel.emphasis_variance) if sel else None,
+                variance_log=s.variance_log,
+            )
+        )
+    accs = [a for p in panels for a in p.accuracies] or [0.0, 1.0]
+    return LandscapeData(panels, float(min(accs)), float(max(accs)))
+
+
+def landscape_figure(data: LandscapeData) -> go.Figure:
+    """Figure (b): trials as points coloured by clean-val accuracy, one panel per setting."""
+    n = max(len(data.panels), 1)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=[p.title for p in data.panels],
+        horizontal_spacing=0.08,
+        vertical_spacing=0.16 if rows > 1 else 0.1,
+    )
+    for i, panel in enumerate(data.panels):
+        row, col = divmod(i, cols)
+        _add_landscape_panel(fig, panel, row + 1, col + 1)
+    fig.update_layout(
+        coloraxis={
+            "colorscale": "Viridis",
+            "cmin": data.accuracy_min,
+            "cmax": data.accuracy_max,
+            "colorbar": {"title": {"text": "clean-val acc"}},
+        },
+        height=max(_HEIGHT, 320 * rows),
+        showlegend=False,
+    )
+    return _finish(fig, "Clean-validation accuracy over (emphasis_mode, emphasis_variance)")
+
+
+def _add_landscape_panel(fig: go.Figure, panel: LandscapePanel, row: int, col: int) -> None:
+    """Draw one setting's trials and mark the selected parameters."""
+    fig.add_trace(
+        go.Scatter(
+            x=panel.modes,
+            y=panel.variances,
+            mode="markers",
+            marker={"color": panel.accuracies, "coloraxis": "coloraxis", "size": 8},
+            customdata=np.column_stack([panel.trial_numbers, panel.accuracies]),
+            hovertemplate=(
+                "trial %{customdata[0]}<br>mode %{x:.3f}<br>variance %{y:.3g}"
+                "<br>val acc %{customdata[1]:.4f}<extra></extra>"
+            ),
+            name=panel.title,
+        ),
+        row,
+        col,
+    )
+    if panel.selected:
+        fig.add_trace(
+            go.Scatter(
+                x=[panel.selected[0]],
+                y=[panel.selected[1]],
+                mode="markers",
+                name="selected",
+                marker={
+                    "symbol": "star",
+                    "size": 16,
+                    "color": "rgba(0,0,0,0)",
+                    "line": {"color": "red", "width": 2},
+                },
+                hovertemplate="selected<extra></extra>",
+            ),
+            row,
+            col,
+        )
+    fig.update_xaxes(title_text="emphasis_mode", range=[-0.02, 1.0], row=row, col=col)
+    fig.update_yaxes(
+        title_text="emphasis_variance",
+        type="log" if panel.variance_log else "linear",
+        row=row,
+        col=col,
+    )
+
+
+# -------------------------------------------------------------- (c) unified view
+
+
+@dataclass(frozen=True)
+class DensityCurve:
+    """DM's emphasis density at one rate's recommended parameters, max 1."""
+
+    noise_kind: str
+    noise_rate: float
+    emphasis_mode: float
+    emphasis_variance: float
+    weights: list[float]
+
+
+@dataclass(frozen=True)
+class UnifiedViewData:
+    """Normalised derivative magnitudes of the baselines beside DM's densities."""
+
+    p: list[float]
+    losses: dict[str, list[float]]
+    densities: list[DensityCurve]
+
+    @property
+    def kinds(self) -> list[str]:
+        """Noise kinds with at least one density, in order of appearance."""
+        return list(dict.fromkeys(d.noise_kind for d in self.densities))
+
+
+def _normalised(w: np.ndarray) -> list[float]:
+    """Scale to max 1 (shapes are compared, not scales)."""
+    top = float(np.max(w))
+    return (w / top).tolist() if top > 0 else w.tolist()
+
+
+def unified_view_data(results: CampaignResults, points: int = 201) -> UnifiedViewData:
+    """Compute figure (c)'s data over p in [0, 1]."""
+    p = np.linspace(0.0, 1.0, points)
+    losses = {name: _normalised(derivative_magnitude(name, p)) for name in UNIFIED_VIEW_LOSSES}
+    densities = [
+        DensityCurve(
+            kind,
+            pt.noise_rate,
+            pt.emphasis_mode,
+            pt.emphasis_variance,
+            _normalised(dm_density(p, pt.emphasis_mode, pt.emphasis_variance)),
+        )
+        for kind, trend in results.trends.items()
+        for pt in trend.points
+    ]
+    return UnifiedViewData(p.tolist(), losses, densities)
+
+
+def unified_view_figure(data: UnifiedViewData) -> go.Figure:
+    """Figure (c): the losses' derivative magnitudes beside DM's recommended densities."""
+    kinds = data.kinds
+    titles = ["baseline losses: derivative magnitude"] + [f"DM ({k}) by noise rate" for k in kinds]
+    fig = make_subplots(rows=1, cols=1 + len(kinds), subplot_titles=titles, shared_yaxes=True)
+    for i, (name, w) in enumerate(data.losses.items()):
+        fig.add_trace(
+            go.Scatter(
+                x=data.p,
+                y=w,
+                name=name.upper(),
+                mode="lines",
+                line={"color": _colour(i), "dash": "dot"},
+            ),
+            1,
+            1,
+        )
+    for col, kind in enumerate(kinds, start=2):
+        curves = [d for d in data.densities if d.noise_kind == kind]
+        for j, d in enumerate(curves):
+            # Darker for higher rates: the paper's view is the mode moving right with noise.
+            shade = 0.35 + 0.65 * (j + 1) / len(curves)
+            fig.add_trace(
+                go.Scatter(
+                    x=data.p,
+                    y=d.weights,
+                    mode="lines",
+                    name=f"DM {kind} {d.noise_rate:.2f} (psi {d.emphasis_mode:.2f}, "
+                    f"beta {d.emphasis_variance:.3g})",
+                    line={"color": f"rgba(200,30,30,{shade:.2f})"},
+                ),
+                1,
+                col,
+            )
+    fig.update_xaxes(title_text="p (probability of the given label)", range=[0, 1])
+    fig.update_yaxes(title_text="weight (max 1)", row=1, col=1)
+    return _finish(fig, "Unified view: example weight as a function of p")
+
+
+# -------------------------------------------- (d) accuracy, (e) memorisation
+
+
+@dataclass(frozen=True)
+class KindLines:
+    """Named lines over one noise kind's rates (None: not measured)."""
+
+    noise_kind: str
+    rates: list[float]
+    lines: dict[str, list[float | None]]
+
+
+@dataclass(frozen=True)
+class AccuracyData:
+    """Final test accuracy of tuned DM and each baseline, per kind."""
+
+    kinds: list[KindLines]
+
+
+@dataclass(frozen=True)
+class MemorisationData:
+    """Fraction of corrupted examples fitted to their noisy label: DM vs CCE, per kind."""
+
+    kinds: list[KindLines]
+
+
+def accuracy_data(results: CampaignResults) -> AccuracyData:
+    """Compute figure (d)'s data (final test accuracy; selection used clean-val only)."""
+    out = []
+    for kind in results.kinds():
+        settings = results.settings_of(kind)
+        losses = sorted({loss for s in settings for loss in s.baselines})
+        lines = {"dm (tuned)": [_attr(s.selected, "test_accuracy") for s in settings]}
+        for loss in losses:
+            lines[loss] = [_attr(s.baselines.get(loss), "test_accuracy") for s in settings]
+        out.append(KindLines(kind, [s.noise_rate for s in settings], lines))
+    return AccuracyData(out)
+
+
+def memorisation_data(results: CampaignResults) -> MemorisationData:
+    """Compute figure (e)'s data: DM's selected parameters vs the CCE baseline."""
+    out = []
+    for kind in results.kinds():
+        settings = results.settings_of(kind)
+        lines = {
+            "dm (tuned)": [_attr(s.selected, "memorized_noisy_fraction") for s in settings],
+            "cce": [_attr(s.baselines.get("cce"), "memorized_noisy_fraction") for s in settings],
+        }
+        out.append(KindLines(kind, [s.noise_rate for s in settings], lines))
+    return MemorisationData(out)
+
+
+def _lines_figure(kinds: list[KindLines], y_title: str, title: str) -> go.Figure:
+    """One panel per noise kind, one line per name, colours shared across panels."""
+    fig = make_subplots(
+        rows=1,
+        cols=max(len(kinds), 1),
+        subplot_titles=[k.noise_kind for k in kinds],
+        shared_yaxes=True,
+    )
+    names = list(dict.fromkeys(n for k in kinds for n in k.lines))
+    for col, k in enumerate(kinds, start=1):
+        for name, values in k.lines.items():
+            i = names.index(name)
+            fig.add_trace(
+                go.Scatter(
+                    x=k.rates,
+                    y=_none_to_nan(values),
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    mode="lines+markers",
+                    line={"color": _colour(i), "width": 3 if name.startswith("dm") else 1.5},
+                ),
+                1,
+                col,
+            )
+    fig.update_xaxes(title_text="noise rate")
+    fig.update_yaxes(title_text=y_title, row=1, col=1)
+    return _finish(fig, title)
+
+
+def accuracy_figure(data: AccuracyData) -> go.Figure:
+    """Figure (d): test accuracy of tuned DM vs each baseline across rates."""
+    return _lines_figure(data.kinds, "final test accuracy", "Test accuracy: tuned DM vs baselines")
+
+
+def memorisation_figure(data: MemorisationData) -> go.Figure:
+    """Figure (e): memorised fraction of corrupted examples, DM vs CCE."""
+    return _lines_figure(
+        data.kinds,
+        "corrupted examples fitted to their noisy label",
+        "Memorisation of noisy labels: tuned DM vs CCE",
+    )
+
+
+# --------------------------------------------------------------------- registry
+
+
+def _finish(fig: go.Figure, title: str) -> go.Figure:
+    """Common layout: title, white template, fixed height for static export."""
+    fig.update_layout(title={"text": title}, template="plotly_white")
+    if fig.layout.height is None:
+        fig.update_layout(height=_HEIGHT)
+    return fig
+
+
+#: (stable name, title, data function, figure function) in report order
+FIGURES: tuple[tuple[str, str, Callable, Callable], ...] = (
+    ("trend", "Recommended parameters vs noise rate", trend_data, trend_figure),
+    ("landscape", "Accuracy landscape per setting", landscape_data, landscape_figure),
+    ("unified-view", "Unified view of example weighting", unified_view_data, unified_view_figure),
+    ("accuracy", "Test accuracy vs baselines", accuracy_data, accuracy_figure),
+    ("memorisation", "Memorisation of noisy labels", memorisation_data, memorisation_figure),
+)
+
+
+def build_figures(results: CampaignResults) -> dict[str, go.Figure]:
+    """Return every figure of the report, keyed by its stable name, in report order."""
+    return {name: fig_fn(data_fn(results)) for name, _, data_fn, fig_fn in FIGURES}

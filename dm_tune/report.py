@@ -1,0 +1,275 @@
+"""The campaign report: one self-contained HTML file plus a PNG per figure.
+
+The HTML inlines plotly.js once and needs no network; every figure sits in its own
+``<div class="dm-figure" data-figure="NAME">``. PNGs are drawn by kaleido in a local
+Chromium (``$BROWSER_PATH``, else chromium/chrome on ``PATH``, else
+``/usr/bin/chromium``); without one they are skipped with a one-line message.
+
+Example:
+    >>> paths = write_report(results, "reports/digits-quick")  # doctest: +SKIP
+    >>> paths.html  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from dm_tune.guidelines import BaselineResult, CampaignResults, SettingResult, TrendPoint
+from dm_tune.plots import FIGURES, build_figures
+
+__all__ = ["PNG_WIDTH", "ReportPaths", "find_browser", "render_html", "write_pngs", "write_report"]
+
+PNG_WIDTH = 1200
+_BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+_FALLBACK_BROWSER = "/usr/bin/chromium"
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """What write_report wrote."""
+
+    html: Path
+    pngs: dict[str, Path] = field(default_factory=dict)
+    png_skipped: str | None = None  # one-line reason when no PNG was written
+
+
+def write_report(
+    results: CampaignResults,
+    out_dir: Path | str,
+    png: bool = True,
+    *,
+    browser_path: str | None = None,
+) -> ReportPaths:
+    """Write ``report.html`` (and ``<figure>.png`` files) into ``out_dir``.
+
+    Raises:
+        RuntimeError: the browser exists but kaleido failed (the HTML is written first).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = build_figures(results)
+    html_path = out / "report.html"
+    html_path.write_text(render_html(results, figures), encoding="utf-8")
+    if not png:
+        return ReportPaths(html_path, png_skipped="PNG export disabled (--no-png)")
+    browser = browser_path or find_browser()
+    if browser is None:
+        return ReportPaths(
+            html_path,
+            png_skipped="no Chromium found (install chromium or set BROWSER_PATH): PNGs skipped",
+        )
+    return ReportPaths(html_path, pngs=write_pngs(figures, out, browser))
+
+
+def find_browser() -> str | None:
+    """Return a Chromium-based browser's path, or None."""
+    env = os.environ.get("BROWSER_PATH")
+    if env:
+        return env if shutil.which(env) else None
+    for name in _BROWSER_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return _FALLBACK_BROWSER if shutil.which(_FALLBACK_BROWSER) else None
+
+
+def write_pngs(figures: Mapping[str, go.Figure], out_dir: Path, browser: str) -> dict[str, Path]:
+    """Draw every figure as ``<name>.png`` in one browser session."""
+    import kaleido  # lazy: starting nothing at import keeps the CLI fast
+
+    paths = {name: out_dir / f"{name}.png" for name in figures}
+    specs = [
+        {
+            "fig": fig,
+            "path": paths[name],
+            "opts": {
+                "format": "png",
+                "width": fig.layout.width or PNG_WIDTH,
+                "height": fig.layout.height,
+                "scale": 1,
+            },
+        }
+        for name, fig in figures.items()
+    ]
+    try:
+        # mathjax=False: kaleido would otherwise load MathJax from a CDN, which fails
+        # (slowly) offline; our figures have no LaTeX. `path` picks the browser.
+        kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False, "path": browser})
+    except Exception as exc:  # kaleido raises many types; the report needs one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RuntimeError(f"PNG export with {browser} failed: {first}") from exc
+    return paths
+
+
+# ------------------------------------------------------------------------- HTML
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1280px;
+       color: #222; padding: 0 1em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td.text { text-align: left; }
+.dm-figure { margin: 2em 0; }
+.band { color: #777; font-size: 0.9em; }
+"""
+
+
+def render_html(results: CampaignResults, figures: Mapping[str, go.Figure]) -> str:
+    """Return the report as one self-contained HTML page."""
+    titles = {name: title for name, title, _, _ in FIGURES}
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>dm-tune report: {_e(results.campaign)}</title>",
+        f"<style>{_CSS}</style>",
+        # Inlined once for every figure: the report opens offline and from e-mail.
+        f'<script type="text/javascript">{get_plotlyjs()}</script>',
+        "</head><body>",
+        f"<h1>dm-tune report: {_e(results.campaign)}</h1>",
+        _provenance_html(results),
+        "<h2>Recommendations</h2>",
+        _recommendation_table_html(results),
+    ]
+    for name, fig in figures.items():
+        parts.append(
+            f'<div class="dm-figure" id="dm-figure-{name}" data-figure="{name}">'
+            f"<h2>{_e(titles.get(name, name))}</h2>{_figure_div(name, fig)}</div>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _figure_div(name: str, fig: go.Figure) -> str:
+    """One figure's div and script, without plotly.js (inlined once in the head)."""
+    return pio.to_html(
+        fig,
+        full_html=False,
+        include_plotlyjs=False,
+        div_id=f"dm-plot-{name}",
+        default_height=f"{fig.layout.height}px",
+        config={"displaylogo": False, "responsive": True},
+    )
+
+
+def _e(value: object) -> str:
+    """HTML-escape anything (campaign names and attrs come from user files)."""
+    return html.escape(str(value))
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    """Format a number for a table cell; an en dash when unknown."""
+    return "&ndash;" if value is None else f"{value:.{digits}g}"
+
+
+def _provenance_html(results: CampaignResults) -> str:
+    """A small table of where the numbers come from."""
+    prov = results.provenance
+    counts = ", ".join(f"{k.lower()} {v}" for k, v in prov.trial_counts.items() if v)
+    rows = {
+        "campaign": prov.campaign,
+        "dataset / model": f"{prov.dataset} / {prov.model}",
+        "config hash": prov.config_hash,
+        "dm-tune (trials / report)": f"{prov.dm_tune_version} / {prov.exported_by}",
+        "DM trials": counts or "none",
+        "trend": f"rank-weighted top-{results.top_k}, {results.resamples} bootstrap "
+        f"resamples, {results.interval:.0%} band",
+        "created": prov.created,
+    }
+    body = "".join(
+        f'<tr><th class="text">{_e(k)}</th><td class="text">{_e(v)}</td></tr>'
+        for k, v in rows.items()
+    )
+    return f'<table class="dm-provenance">{body}</table>'
+
+
+_TABLE_HEAD = (
+    "noise kind",
+    "rate",
+    "mode",
+    "variance",
+    "from",
+    "val acc",
+    "test acc",
+    "test acc @ best val",
+    "trend mode [band]",
+    "trend variance [band]",
+    "best baseline (test acc)",
+    "trials",
+)
+
+
+def _recommendation_table_html(results: CampaignResults) -> str:
+    """The recommendation table: one row per setting."""
+    head = "".join(f"<th>{h}</th>" for h in _TABLE_HEAD)
+    points = {
+        (kind, p.noise_rate): p for kind, trend in results.trends.items() for p in trend.points
+    }
+    rows = [_table_row(s, points.get((s.noise_kind, s.noise_rate))) for s in results.settings]
+    return (
+        f'<table class="dm-recommendations"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _table_row(s: SettingResult, point: TrendPoint | None) -> str:
+    """One setting's row."""
+    sel = s.selected
+    base = s.best_baseline()
+    source = (
+        "&ndash;"
+        if sel is None
+        else (
+            f"confirm ({sel.n_seeds} seeds)"
+            if sel.source == "confirm"
+            else f"trial {sel.trial_number}"
+        )
+    )
+    trend_mode = trend_var = "&ndash;"
+    if point is not None:
+        trend_mode = (
+            f"{_fmt(point.emphasis_mode, 3)} <span class='band'>[{_fmt(point.emphasis_mode_low, 3)}"
+            f", {_fmt(point.emphasis_mode_high, 3)}]</span>"
+        )
+        trend_var = (
+            f"{_fmt(point.emphasis_variance, 3)} <span class='band'>"
+            f"[{_fmt(point.emphasis_variance_low, 3)}, {_fmt(point.emphasis_variance_high, 3)}]"
+            "</span>"
+        )
+    counts = s.trial_counts
+    cells = [
+        f'<td class="text">{_e(s.noise_kind)}</td>',
+        f"<td>{s.noise_rate:.2f}</td>",
+        f"<td>{_fmt(_get(sel, 'emphasis_mode'), 3)}</td>",
+        f"<td>{_fmt(_get(sel, 'emphasis_variance'), 3)}</td>",
+        f'<td class="text">{source}</td>',
+        f"<td>{_fmt(_get(sel, 'val_accuracy'))}</td>",
+        f"<td>{_fmt(_get(sel, 'test_accuracy'))}</td>",
+        f"<td>{_fmt(_get(sel, 'test_accuracy_at_best_val'))}</td>",
+        f"<td>{trend_mode}</td>",
+        f"<td>{trend_var}</td>",
+        f'<td class="text">{_baseline_text(base)}</td>',
+        f"<td>{counts.get('COMPLETE', 0)} done, {counts.get('PRUNED', 0)} pruned, "
+        f"{counts.get('FAIL', 0)} failed</td>",
+    ]
+    return f"<tr>{''.join(cells)}</tr>"
+
+
+def _get(obj: object, name: str) -> float | None:
+    """getattr that tolerates a missing object."""
+    return None if obj is None else getattr(obj, name)
+
+
+def _baseline_text(base: BaselineResult | None) -> str:
+    """'gce (0.79)' or a dash."""
+    if base is None:
+        return "&ndash;"
+    return f"{_e(base.loss)} ({_fmt(base.test_accuracy)})"

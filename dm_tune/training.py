@@ -1,0 +1,368 @@
+"""One trial end to end: build a model, train with a loss on (noisy) labels, evaluate.
+
+The loop keeps the data on the device as tensors, draws batches from a seeded
+`torch.randperm` and syncs with the host only once per epoch.
+
+Example:
+    >>> from dm_tune.data import DataSpec
+    >>> result = train_trial(DataSpec("digits"), TrainSpec(epochs=5), loss="cce")
+    >>> result.epochs_run
+    5
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dm_tune.data import DataSpec, TrialData, augment_batch, prepare_data
+from dm_tune.models import build_model
+
+__all__ = [
+    "NonFiniteLossError",
+    "TrainSpec",
+    "TrialResult",
+    "evaluate",
+    "noise_fit_fractions",
+    "predict",
+    "train_trial",
+]
+
+SCHEDULES = ("constant", "cosine", "step")
+EVAL_BATCH = 2048
+EpochCallback = Callable[[int, dict[str, float]], None]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (the message names the epoch)."""
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How a trial trains: model, optimiser, schedule, seed, device."""
+
+    model: str = "mlp"
+    model_params: Mapping[str, Any] = field(default_factory=dict)
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    seed: int = 0
+    device: str = "cpu"
+    augment: bool | None = None  # None: on for image data
+    compile: bool = False
+    nesterov: bool = False
+
+
+@dataclass
+class TrialResult:
+    """Per-epoch curves and the final figures of one trial."""
+
+    val_accuracy_per_epoch: list[float]
+    test_accuracy_per_epoch: list[float]
+    val_accuracy: float
+    test_accuracy: float
+    best_val_epoch: int
+    test_accuracy_at_best_val: float
+    noisy_train_accuracy: float
+    memorized_noisy_fraction: float
+    corrected_noisy_fraction: float
+    realised_noise_rate: float
+    epochs_run: int
+    seconds: float
+    device: str
+    train_loss_per_epoch: list[float] = field(default_factory=list)
+
+    def user_attrs(self) -> dict[str, Any]:
+        """The trial user attributes of DESIGN.md section 5 (JSON-serialisable)."""
+        return {
+            "test_accuracy": float(self.test_accuracy),
+            "test_accuracy_at_best_val": float(self.test_accuracy_at_best_val),
+            "best_val_epoch": int(self.best_val_epoch),
+            "noisy_train_accuracy": float(self.noisy_train_accuracy),
+            "memorized_noisy_fraction": float(self.memorized_noisy_fraction),
+            "corrected_noisy_fraction": float(self.corrected_noisy_fraction),
+            "realised_noise_rate": float(self.realised_noise_rate),
+            "seconds": float(self.seconds),
+            "device": str(self.device),
+            "epochs_run": int(self.epochs_run),
+        }
+
+
+# ------------------------------------------------------------------------- evaluation
+
+
+def predict(
+    model: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH, autocast: bool = False
+) -> torch.Tensor:
+    """Predicted classes of `x` in eval mode, in large batches, without autograd."""
+    was_training = model.training
+    model.eval()
+    preds = []
+    with torch.inference_mode(), _autocast(x.device, autocast):
+        for chunk in torch.split(x, batch):
+            preds.append(model(chunk).argmax(dim=1))
+    model.train(was_training)
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=x.device)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: bool = False) -> float:
+    """Accuracy of `model` on (x, y); 0.0 for an empty set."""
+    if len(y) == 0:
+        return 0.0
+    return (predict(model, x, autocast=autocast) == y).float().mean().item()
+
+
+def noise_fit_fractions(
+    pred: torch.Tensor, noisy: torch.Tensor, true: torch.Tensor
+) -> tuple[float, float, float]:
+    """(accuracy vs noisy labels, memorised, corrected) fractions from train predictions.
+
+    Memorised: among corrupted examples (noisy != true), the fraction predicted as their
+    noisy label; corrected: the fraction predicted as their true label. Both are 0.0
+    when nothing is corrupted.
+    """
+    noisy_acc = (pred == noisy).float().mean().item() if len(pred) else 0.0
+    corrupted = noisy != true
+    n = int(corrupted.sum().item())
+    if n == 0:
+        return noisy_acc, 0.0, 0.0
+    memorized = (pred[corrupted] == noisy[corrupted]).sum().item() / n
+    corrected = (pred[corrupted] == true[corrupted]).sum().item() / n
+    return noisy_acc, memorized, corrected
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, nothing elsewhere (CPU trains in float32)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _lr_per_step(spec: TrainSpec, steps_per_epoch: int) -> list[float]:
+    """The learning rate of every optimiser step (cosine is per step, to zero)."""
+    total = spec.epochs * steps_per_epoch
+    if spec.schedule == "constant":
+        return [spec.lr] * total
+    if spec.schedule == "cosine":
+        return [0.5 * spec.lr * (1 + math.cos(math.pi * t / total)) for t in range(total)]
+    # step: divide by 10 at 50% and 75% of training (He et al.'s CIFAR recipe)
+    marks = (spec.epochs // 2 * steps_per_epoch, spec.epochs * 3 // 4 * steps_per_epoch)
+    return [spec.lr * 0.1 ** sum(t >= m for m in marks) for t in range(total)]
+
+
+def _check_train_spec(spec: TrainSpec) -> None:
+    """Raise ValueError on a TrainSpec that cannot train."""
+    if spec.schedule not in SCHEDULES:
+        raise ValueError(f"schedule: unknown {spec.schedule!r}; expected one of {SCHEDULES}")
+    if spec.epochs < 1:
+        raise ValueError(f"epochs: must be at least 1, got {spec.epochs}")
+    if spec.batch_size < 1:
+        raise ValueError(f"batch_size: must be at least 1, got {spec.batch_size}")
+    if not spec.lr > 0:
+        raise ValueError(f"lr: must be positive, got {spec.lr}")
+
+
+def _resolve_loss(loss: str | LossFn, loss_params: Mapping[str, Any] | None) -> LossFn:
+    """A loss callable from a registry name (losses.get_loss) or a callable as is."""
+    if callable(loss):
+        return loss
+    from dm_tune.losses import get_loss
+
+    return get_loss(loss, **dict(loss_params or {}))
+
+
+def _build(data: TrialData, spec: TrainSpec, device: torch.device) -> nn.Module:
+    """The model, initialised from spec.seed without touching the global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = build_model(spec.model, data.input_shape, data.num_classes, **spec.model_params)
+    model = model.to(device)
+    if device.type == "cuda" and data.is_image:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _progress(enabled: bool | None):
+    """A rich progress bar over epochs, or None."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), transient=True,
+    )
+
+
+@dataclass
+class _Loop:
+    """Everything one epoch of training needs (kept together to keep functions short)."""
+
+    model: nn.Module
+    step_model: Callable[[torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    lrs: list[float]
+    x: torch.Tensor
+    y: torch.Tensor
+    batch_size: int
+    order_gen: torch.Generator
+    aug_gen: torch.Generator | None
+    amp: bool
+    step: int = 0
+
+    def epoch(self) -> torch.Tensor:
+        """Train one epoch; return the mean batch loss as a device tensor (no host sync)."""
+        self.model.train()
+        perm = torch.randperm(len(self.y), generator=self.order_gen, device=self.y.device)
+        total = torch.zeros((), device=self.y.device)
+        group = self.optimizer.param_groups[0]
+        batches = torch.split(perm, self.batch_size)
+        for idx in batches:
+            xb, yb = self.x[idx], self.y[idx]
+            if self.aug_gen is not None:
+                xb = augment_batch(xb, self.aug_gen)
+            group["lr"] = self.lrs[self.step]
+            with _autocast(xb.device, self.amp):
+                logits = self.step_model(xb)
+            loss = self.loss_fn(logits.float(), yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach()
+            self.step += 1
+        return total / len(batches)
+
+
+def _make_loop(
+    data: TrialData, spec: TrainSpec, loss_fn: LossFn, device: torch.device
+) -> _Loop:
+    """Model, optimiser, schedule and generators of one trial."""
+    model = _build(data, spec, device)
+    steps = math.ceil(len(data.y_train) / spec.batch_size)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=spec.lr, momentum=spec.momentum,
+        weight_decay=spec.weight_decay, nesterov=spec.nesterov and spec.momentum > 0,
+    )
+    augment = data.is_image if spec.augment is None else spec.augment
+    if augment and not data.is_image:
+        raise ValueError("augment: crop/flip augmentation needs image data")
+    order_gen = torch.Generator(device=device).manual_seed(spec.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(spec.seed + 1) if augment else None
+    x = data.x_train
+    if device.type == "cuda" and data.is_image:
+        x = x.contiguous(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if spec.compile else model
+    return _Loop(
+        model, step_model, optimizer, loss_fn, _lr_per_step(spec, steps), x, data.y_train,
+        spec.batch_size, order_gen, aug_gen, amp=device.type == "cuda",
+    )
+
+
+def train_trial(
+    data: TrialData | DataSpec,
+    spec: TrainSpec,
+    loss: str | LossFn = "dm",
+    loss_params: Mapping[str, Any] | None = None,
+    on_epoch: EpochCallback | None = None,
+    progress: bool | None = None,
+) -> TrialResult:
+    """Train one model on `data` with `loss`; clean-val and test accuracy every epoch.
+
+    `on_epoch(epoch, metrics)` runs after each (1-based) epoch; what it raises (e.g.
+    optuna.TrialPruned) propagates. A NaN/inf training loss raises NonFiniteLossError.
+    """
+    _check_train_spec(spec)
+    start = time.perf_counter()
+    device = torch.device(spec.device)
+    if isinstance(data, DataSpec):
+        data = prepare_data(data)
+    data = data.to(device)
+    loss_fn = _resolve_loss(loss, loss_params)
+    bench = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda" or bench
+    try:
+        loop = _make_loop(data, spec, loss_fn, device)
+        curves = _run_epochs(loop, data, spec, on_epoch, progress, start)
+        pred = predict(loop.model, loop.x, autocast=loop.amp)
+        fit = noise_fit_fractions(pred, data.y_train, data.y_train_true)
+    finally:
+        torch.backends.cudnn.benchmark = bench
+    return _result(curves, fit, data, spec, time.perf_counter() - start)
+
+
+def _run_epochs(
+    loop: _Loop,
+    data: TrialData,
+    spec: TrainSpec,
+    on_epoch: EpochCallback | None,
+    progress: bool | None,
+    start: float,
+) -> dict[str, list[float]]:
+    """Train all epochs, evaluating and reporting after each."""
+    curves: dict[str, list[float]] = {"val": [], "test": [], "loss": []}
+    bar = _progress(progress)
+    with bar if bar is not None else contextlib.nullcontext():
+        task = bar.add_task(f"{spec.model}", total=spec.epochs) if bar is not None else None
+        for epoch in range(1, spec.epochs + 1):
+            train_loss = loop.epoch().item()  # the one host sync of the epoch
+            if not math.isfinite(train_loss):
+                raise NonFiniteLossError(
+                    f"training loss is {train_loss} in epoch {epoch} of {spec.epochs} "
+                    f"(lr {spec.lr}, model {spec.model})"
+                )
+            val = evaluate(loop.model, data.x_val, data.y_val, loop.amp)
+            test = evaluate(loop.model, data.x_test, data.y_test, loop.amp)
+            for key, value in (("val", val), ("test", test), ("loss", train_loss)):
+                curves[key].append(value)
+            if bar is not None:
+                bar.update(task, advance=1, description=f"{spec.model} val {val:.3f}")
+            if on_epoch is not None:
+                on_epoch(epoch, {
+                    "val_accuracy": val, "test_accuracy": test, "train_loss": train_loss,
+                    "lr": loop.lrs[loop.step - 1], "seconds": time.perf_counter() - start,
+                })
+    return curves
+
+
+def _result(
+    curves: dict[str, list[float]], fit: tuple[float, float, float], data: TrialData,
+    spec: TrainSpec, seconds: float,
+) -> TrialResult:
+    """Assemble the TrialResult from the curves and the final train-set figures."""
+    val, test = curves["val"], curves["test"]
+    best = max(range(len(val)), key=val.__getitem__)  # first epoch with the best val
+    return TrialResult(
+        val_accuracy_per_epoch=val,
+        test_accuracy_per_epoch=test,
+        val_accuracy=val[-1],
+        test_accuracy=test[-1],
+        best_val_epoch=best + 1,
+        test_accuracy_at_best_val=test[best],
+        noisy_train_accuracy=fit[0],
+        memorized_noisy_fraction=fit[1],
+        corrected_noisy_fraction=fit[2],
+        realised_noise_rate=float(data.realised_noise_rate),
+        epochs_run=len(val),
+        seconds=seconds,
+        device=str(spec.device),
+        train_loss_per_epoch=curves["loss"],
+    )

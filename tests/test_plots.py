@@ -1,0 +1,110 @@
+"""Tests of dm_tune.plots: the data objects carry the campaign's numbers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import plotly.graph_objects as go
+import pytest
+from fake_campaign import AGREED, CAMPAIGN, CONFIRMED, FakeTrial, add_setting, shared_campaign_url
+
+from dm_tune import plots
+from dm_tune.guidelines import load_campaign
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """The aggregated standard fake campaign."""
+    return load_campaign(shared_campaign_url(tmp_path_factory), CAMPAIGN)
+
+
+def test_trend_data(results):
+    data = plots.trend_data(results)
+    assert data.kinds == ["pairflip", "symmetric"]
+    sym = data.mode["symmetric"]
+    assert sym.x == [0.2, 0.4, 0.6]
+    assert sym.y == pytest.approx([AGREED[r][0] for r in sym.x])
+    assert data.variance["symmetric"].y == pytest.approx([8.0, 12.0, 12.0])
+    assert data.selected_mode["symmetric"] == [0.25, CONFIRMED[0], 0.55]
+    pf = data.mode["pairflip"]
+    assert pf.low[0] < pf.y[0] < pf.high[0]
+
+
+def test_trend_figure_draws_the_data(results):
+    data = plots.trend_data(results)
+    fig = plots.trend_figure(data)
+    centre = [t for t in fig.data if t.name == "symmetric"]
+    assert len(centre) == 2  # mode and variance panels
+    assert list(centre[0].y) == pytest.approx(data.mode["symmetric"].y)
+    assert list(centre[1].y) == pytest.approx(data.variance["symmetric"].y)
+
+
+def test_landscape_data(results):
+    data = plots.landscape_data(results)
+    assert [p.title for p in data.panels] == [
+        "pairflip 0.40",
+        "symmetric 0.20",
+        "symmetric 0.40",
+        "symmetric 0.60",
+    ]
+    panel = data.panels[2]
+    assert len(panel.accuracies) == 12 and panel.variance_log
+    assert panel.selected == CONFIRMED
+    assert max(panel.accuracies) == pytest.approx(0.90)
+    assert (data.accuracy_min, data.accuracy_max) == pytest.approx((0.27, 0.90))
+    fig = plots.landscape_figure(data)
+    assert fig.layout.coloraxis.cmax == pytest.approx(0.90)
+
+
+def test_unified_view_data(results):
+    data = plots.unified_view_data(results, points=201)
+    p = np.array(data.p)
+    assert set(data.losses) == {"cce", "mae", "mse", "gce", "sce"}
+    for w in data.losses.values():
+        assert max(w) == pytest.approx(1.0)
+    assert data.losses["cce"][0] == pytest.approx(1.0)  # CCE emphasises the hardest p=0
+    assert p[np.argmax(data.losses["mae"])] == pytest.approx(0.5)
+    assert p[np.argmax(data.losses["mse"])] == pytest.approx(1 / 3, abs=0.005)
+    sym = [d for d in data.densities if d.noise_kind == "symmetric"]
+    assert [d.noise_rate for d in sym] == [0.2, 0.4, 0.6]
+    for d in sym:  # each density peaks at its recommended emphasis mode
+        assert max(d.weights) == pytest.approx(1.0)
+        assert p[np.argmax(d.weights)] == pytest.approx(d.emphasis_mode, abs=0.005)
+    assert data.kinds == ["pairflip", "symmetric"]
+    fig = plots.unified_view_figure(data)
+    assert len(fig.data) == 5 + 4
+
+
+def test_accuracy_and_memorisation_data(results):
+    acc = {k.noise_kind: k for k in plots.accuracy_data(results).kinds}
+    sym = acc["symmetric"]
+    assert sym.rates == [0.2, 0.4, 0.6]
+    assert sym.lines["dm (tuned)"] == pytest.approx([0.88, 0.91, 0.88])
+    assert sym.lines["cce"] == pytest.approx([0.68] * 3)
+    assert sym.lines["gce"] == pytest.approx([0.79] * 3)
+    mem = {k.noise_kind: k for k in plots.memorisation_data(results).kinds}
+    assert mem["symmetric"].lines["dm (tuned)"] == pytest.approx([0.10, 0.06, 0.10])
+    assert mem["symmetric"].lines["cce"] == pytest.approx([0.60] * 3)
+
+
+def test_missing_baselines_and_attrs_are_gaps(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'g.db'}")
+    add_setting(storage, "symmetric", 0.2, [FakeTrial(0.3, 4.0, 0.8)], campaign="gaps")
+    results = load_campaign(storage, "gaps")
+    (kind,) = plots.memorisation_data(results).kinds
+    assert kind.lines == {"dm (tuned)": [None], "cce": [None]}
+    fig = plots.memorisation_figure(plots.memorisation_data(results))
+    assert all(math.isnan(y) for t in fig.data for y in t.y)
+    (kind,) = plots.accuracy_data(results).kinds
+    assert list(kind.lines) == ["dm (tuned)"]
+
+
+def test_build_figures_names_and_types(results):
+    figures = plots.build_figures(results)
+    assert list(figures) == ["trend", "landscape", "unified-view", "accuracy", "memorisation"]
+    for fig in figures.values():
+        assert isinstance(fig, go.Figure) and len(fig.data) > 0 and fig.layout.height

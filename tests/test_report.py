@@ -1,0 +1,218 @@
+"""Tests of dm_tune.report: self-contained HTML, rendered in headless Chromium, PNGs."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+import sys
+import types
+
+import optuna
+import pytest
+import typer
+from fake_campaign import CAMPAIGN, shared_campaign_url
+from plotly.offline import get_plotlyjs
+from rich.console import Console
+from typer.testing import CliRunner
+
+from dm_tune import report
+from dm_tune.cli_guidelines import (
+    print_recommendation_table,
+    report_command,
+    write_run_outputs,
+)
+from dm_tune.guidelines import load_campaign
+from dm_tune.plots import FIGURES
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FIGURE_NAMES = [name for name, *_ in FIGURES]
+# Records uncaught errors, rejected promises and console.error calls as <meta> tags that
+# --dump-dom shows: Chromium's stderr log does not tell console.error from console.log.
+ERROR_PROBE = """<script>
+(function () {
+  function note(kind, text) {
+    var m = document.createElement("meta");
+    m.setAttribute("name", "js-error");
+    m.setAttribute("content", kind + ": " + text);
+    document.head.appendChild(m);
+  }
+  window.addEventListener("error", function (e) { note("error", e.message); });
+  window.addEventListener("unhandledrejection", function (e) { note("rejection", e.reason); });
+  var original = console.error;
+  console.error = function () { note("console", Array.from(arguments).join(" "));
+                                original.apply(console, arguments); };
+})();
+</script>"""
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Chromium's path; skips locally without it, fails in CI (CI=true) without it."""
+    path = report.find_browser()
+    if path is None:
+        if _ci():
+            pytest.fail("chromium is required in CI: apt-get install -y chromium")
+        pytest.skip("chromium is not installed")
+    return path
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory) -> str:
+    """A SQLite storage holding the standard fake campaign."""
+    return shared_campaign_url(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def results(url):
+    """The aggregated fake campaign."""
+    return load_campaign(url, CAMPAIGN)
+
+
+@pytest.fixture(scope="module")
+def html_report(results, tmp_path_factory):
+    """A report written without PNGs."""
+    return report.write_report(results, tmp_path_factory.mktemp("html"), png=False)
+
+
+def test_html_is_self_contained(html_report):
+    text = html_report.html.read_text(encoding="utf-8")
+    assert text.count(get_plotlyjs()[:300]) == 1  # plotly.js inlined exactly once
+    assert not re.search(r"<script[^>]+src=", text)  # nothing fetched: works offline
+    assert text.count('class="dm-figure"') == len(FIGURE_NAMES)
+    for name in FIGURE_NAMES:
+        assert f'data-figure="{name}"' in text
+    assert 'class="dm-recommendations"' in text
+    assert "confirm (2 seeds)" in text and "gce (0.79)" in text
+    assert html_report.pngs == {} and "disabled" in html_report.png_skipped
+
+
+def _dump_dom(chromium: str, html_path, profile) -> subprocess.CompletedProcess:
+    """Render a page in headless Chromium and return the serialised DOM."""
+    return subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            html_path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+@pytest.mark.browser
+def test_report_renders_in_chromium(chromium, html_report, tmp_path):
+    page = tmp_path / "probed.html"
+    text = html_report.html.read_text(encoding="utf-8")
+    page.write_text(text.replace("<head>", "<head>" + ERROR_PROBE, 1), encoding="utf-8")
+    done = _dump_dom(chromium, page, tmp_path / "profile")
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    assert 'name="js-error"' not in dom, re.findall(r'name="js-error" content="([^"]*)"', dom)
+    assert "Uncaught" not in done.stderr
+    chunks = dom.split('class="dm-figure"')[1:]
+    assert len(chunks) == len(FIGURE_NAMES)
+    for name, chunk in zip(FIGURE_NAMES, chunks, strict=True):
+        assert f'data-figure="{name}"' in chunk
+        assert chunk.count('class="plot-container plotly"') == 1, name
+        assert "main-svg" in chunk, name
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.browser
+def test_png_export(chromium, results, tmp_path):
+    paths = report.write_report(results, tmp_path, png=True, browser_path=chromium)
+    assert paths.png_skipped is None
+    assert sorted(paths.pngs) == sorted(FIGURE_NAMES)
+    for path in paths.pngs.values():
+        width, height = _png_size(path)
+        assert width == report.PNG_WIDTH and height >= 400
+
+
+def test_png_skipped_without_browser(results, tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "find_browser", lambda: None)
+    paths = report.write_report(results, tmp_path)
+    assert paths.html.exists() and paths.pngs == {}
+    assert "no Chromium found" in paths.png_skipped and "\n" not in paths.png_skipped
+
+
+def test_find_browser_honours_browser_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "nothing-here"))
+    assert report.find_browser() is None
+    monkeypatch.setenv("BROWSER_PATH", sys.executable)
+    assert report.find_browser() == sys.executable
+
+
+def test_recommendation_table(results):
+    console = Console(record=True, width=140)
+    print_recommendation_table(results, console)
+    text = console.export_text()
+    assert "symmetric" in text and "0.450" in text and "gce 0.7900" in text
+
+
+@pytest.fixture
+def app(monkeypatch) -> typer.Typer:
+    """The report command with dm_tune.config stubbed (the file holds the campaign name)."""
+    stub = types.ModuleType("dm_tune.config")
+    stub.load_campaign_config = lambda path: types.SimpleNamespace(
+        campaign=types.SimpleNamespace(name=path.read_text().strip())
+    )
+    monkeypatch.setitem(sys.modules, "dm_tune.config", stub)
+    app = typer.Typer()
+    app.command("report")(report_command)
+    app.command("noop")(lambda: None)  # two commands: keep `report` a subcommand
+    return app
+
+
+def test_cli_report(app, url, tmp_path, monkeypatch):
+    config = tmp_path / "c.toml"
+    config.write_text(CAMPAIGN)
+    out = tmp_path / "rep"
+    res = CliRunner().invoke(
+        app, ["report", str(config), "--out", str(out), "--storage", url, "--no-png"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (out / "report.html").exists() and not list(out.glob("*.png"))
+    monkeypatch.setattr(report, "find_browser", lambda: None)
+    res = CliRunner().invoke(app, ["report", str(config), "--out", str(out), "--storage", url])
+    assert res.exit_code == 0 and "warning: no Chromium found" in res.stderr
+    config.write_text("nope")
+    res = CliRunner().invoke(app, ["report", str(config), "--out", str(out), "--storage", url])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1
+
+
+def test_write_run_outputs(url, tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "find_browser", lambda: None)  # PNGs are tested above
+    console = Console(record=True, width=140)
+    config = types.SimpleNamespace(campaign=types.SimpleNamespace(name=CAMPAIGN))
+    write_run_outputs(optuna.storages.RDBStorage(url), config, tmp_path / "out", console)
+    text = console.export_text()
+    assert "DM recommendations: fake" in text and "warning: no Chromium" in text
+    for name in ("recommendations.json", "recommendations.csv", "report.html"):
+        assert (tmp_path / "out" / name).exists()
+    config.campaign.name = "nope"
+    write_run_outputs(optuna.storages.RDBStorage(url), config, tmp_path / "none", console)
+    assert "no recommendations" in console.export_text()
