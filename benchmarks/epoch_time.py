@@ -52,12 +52,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     n_images = args.images or (512 if args.quick else 2048)
-    epochs = 4 if args.quick else 12
+    epochs = 3 if args.quick else 5  # image epochs; the first is warm-up and dropped
     digits = prepare_data(DataSpec("digits", val_fraction=0.125))
     images = synthetic_images(n_images)
     runs = {
-        "digits_mlp_epoch_s": (digits, TrainSpec(epochs=3 * epochs)),
-        "digits_mlp_dm_epoch_s": (digits, TrainSpec(epochs=3 * epochs)),
+        "digits_mlp_epoch_s": (digits, TrainSpec(epochs=10 * epochs)),
+        "digits_mlp_dm_epoch_s": (digits, TrainSpec(epochs=10 * epochs)),
         f"cnn32_{n_images}img_epoch_s": (images, TrainSpec(model="cnn", epochs=epochs,
                                                            batch_size=128)),
         f"resnet20_{n_images}img_epoch_s": (images, TrainSpec(model="resnet20", epochs=epochs,

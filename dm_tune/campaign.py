@@ -210,7 +210,8 @@ def _check_existing(study: optuna.Study, config: CampaignConfig, data: TrialData
     if attrs.get("label_digest") != data.label_digest:
         raise DigestMismatchError(
             f"study {study.study_name}: this machine's noisy labels (digest "
-            f"{data.label_digest[:12]}) differ from the study's ({str(attrs.get('label_digest'))[:12]})"
+            f"{data.label_digest[:12]}) differ from the study's "
+            f"({str(attrs.get('label_digest'))[:12]})"
         )
 
 
@@ -465,6 +466,10 @@ def claim_trial(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize"
             trial = study.ask()
+        if hasattr(storage, "record_heartbeat") and storage.get_heartbeat_interval():
+            # A trial without any heartbeat is never considered stale: beat once now, so a
+            # worker killed before its heartbeat thread starts still gets its trial retried.
+            storage.record_heartbeat(trial._trial_id)
     return ClaimedTrial(study, trial, settings[chosen.setting], chosen.role)
 
 
@@ -503,14 +508,55 @@ def _loss_of(claimed: ClaimedTrial, config: CampaignConfig) -> tuple[str, dict[s
 
 
 def _record(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    for key, value in attrs.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            value = None
-        trial.set_user_attr(key, value)
+    """Set many trial user attrs in one transaction (one commit instead of one per key)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+             for k, v in attrs.items()}
+    storage = trial.storage
+    rdb = getattr(storage, "_backend", storage)  # Optuna may wrap the RDB storage in a cache
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(rdb.scoped_session, True) as session:
+            for key, value in clean.items():
+                rdb._set_trial_attr_without_commit(
+                    session, models.TrialUserAttributeModel, trial._trial_id, key, value
+                )
+    except (ImportError, AttributeError):  # another Optuna layout: one write per key
+        for key, value in clean.items():
+            trial.set_user_attr(key, value)
+
+
+def report_epochs(config: CampaignConfig) -> frozenset[int]:
+    """Epochs at which a DM trial reports to the pruner (each report is a DB write).
+
+    Hyperband and successive halving only ever compare trials at the rungs
+    ``min_epochs * 3**k``; the median pruner at every ``min_epochs``-th epoch. The final
+    epoch is always reported; the whole validation curve is stored once at the end.
+    """
+    search, epochs = config.search, config.training.epochs
+    if search.pruner == "median":
+        marks = set(range(search.min_epochs, epochs + 1, search.min_epochs))
+    elif search.pruner == "hyperband":
+        marks, rung = set(), search.min_epochs
+        while rung < epochs:
+            marks.add(rung)
+            rung *= 3
+    else:
+        marks = set()
+    return frozenset(marks | {epochs})
+
+
+def _curves(curve: list[dict[str, float]]) -> dict[str, list[float]]:
+    return {
+        "val_accuracy_curve": [round(float(m["val_accuracy"]), 6) for m in curve],
+        "test_accuracy_curve": [round(float(m["test_accuracy"]), 6) for m in curve],
+    }
 
 
 def _partial_attrs(curve: list[dict[str, float]], started: float) -> dict[str, Any]:
-    attrs: dict[str, Any] = {"seconds": time.perf_counter() - started, "epochs_run": len(curve)}
+    attrs: dict[str, Any] = {"seconds": time.perf_counter() - started, "epochs_run": len(curve),
+                             **_curves(curve)}
     if curve:
         best = max(range(len(curve)), key=lambda i: curve[i]["val_accuracy"])
         attrs.update({
@@ -540,16 +586,18 @@ def run_claimed_trial(
                     "realised_noise_rate": data.realised_noise_rate})
     curve: list[dict[str, float]] = []
     started = time.perf_counter()
+    reported = report_epochs(config)
 
     def epoch_callback(epoch: int, metrics: dict[str, float]) -> None:
         curve.append(dict(metrics))
-        trial.report(float(metrics["val_accuracy"]), epoch)
         if on_epoch is not None:
             on_epoch(claimed, epoch, metrics)
         if stop is not None and stop.is_set():
             raise TrialStopped
-        if claimed.role == ROLE_DM and trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+        if epoch in reported:
+            trial.report(float(metrics["val_accuracy"]), epoch)
+            if claimed.role == ROLE_DM and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
     spec = train_spec(config, device, seed)
     with heartbeat(trial):
@@ -575,7 +623,7 @@ def run_claimed_trial(
             if isinstance(error, KeyboardInterrupt):
                 _requeue(study, trial)
             raise
-    _record(trial, result.user_attrs())
+    _record(trial, {**result.user_attrs(), **_curves(curve)})
     study.tell(trial, result.val_accuracy)
     return TrialState.COMPLETE
 

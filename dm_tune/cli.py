@@ -29,7 +29,9 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
-ConfigArg = Annotated[Path, typer.Argument(help="Campaign file (TOML), e.g. studies/digits-quick.toml")]
+ConfigArg = Annotated[
+    Path, typer.Argument(help="Campaign file (TOML), e.g. studies/digits-quick.toml")
+]
 StorageOpt = Annotated[
     str,
     typer.Option("--storage", envvar=STORAGE_ENV, help="SQLAlchemy URL of the trial database."),
@@ -80,12 +82,12 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _open(config_path: Path, storage_url: str, create: bool = True):
+def _open(config_path: Path, storage_url: str, create: bool = True, heartbeat: int = 60):
     from dm_tune.config import load_campaign_config
     from dm_tune.storage import open_storage
 
     config = load_campaign_config(config_path)  # validate before touching the database
-    storage = open_storage(storage_url, create=create)
+    storage = open_storage(storage_url, create=create, heartbeat_interval=heartbeat)
     return config, storage
 
 
@@ -185,15 +187,20 @@ def worker(
     config_path: ConfigArg,
     storage: StorageOpt = DEFAULT_STORAGE,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
-    max_trials: Annotated[int | None, typer.Option(min=1, help="Stop after this many trials.")] = None,
+    max_trials: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many trials.")
+    ] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads.")] = None,
     quiet: Annotated[bool, typer.Option(help="No per-trial lines.")] = False,
+    heartbeat: Annotated[int, typer.Option(
+        min=1, help="Seconds between heartbeats; a trial silent for twice that is failed "
+        "and re-queued by another worker.")] = 60,
 ) -> None:
     """Join a created campaign and take trials until every study meets its budget."""
     from dm_tune.campaign import worker_name
     from dm_tune.worker import install_stop_signals, run_worker
 
-    config, store = _open(config_path, storage, create=False)
+    config, store = _open(config_path, storage, create=False, heartbeat=heartbeat)
     _set_threads(threads)
     resolved = _resolve_device(device)
     stop = threading.Event()
@@ -250,7 +257,9 @@ def launch(
 @refusals
 def dashboard(
     storage: StorageOpt = DEFAULT_STORAGE,
-    host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (loopback by default).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
     allow_remote: Annotated[bool, typer.Option("--allow-remote",
                                                help="Allow a non-loopback host.")] = False,

@@ -85,13 +85,14 @@ def status_rows(storage: optuna.storages.RDBStorage, config: CampaignConfig) -> 
 def status_table(storage: optuna.storages.RDBStorage, config: CampaignConfig) -> Table:
     """The ``dm-tune status`` table."""
     table = Table(title=f"campaign {config.name}", title_justify="left")
-    for header in ("setting", "finished", "pruned", "failed", "running", "best val",
+    for header in ("setting", "trials", "complete", "pruned", "failed", "running", "best val",
                    "mode", "variance", "test", "baselines val/test"):
         table.add_column(header, justify="left" if header in ("setting", "baselines val/test")
                          else "right")
     for row in status_rows(storage, config):
         table.add_row(
-            row["setting"], f"{row['complete']}/{row['budget']}", str(row["pruned"]),
+            row["setting"], f"{row['complete'] + row['pruned']}/{row['budget']}",
+            str(row["complete"]), str(row["pruned"]),
             str(row["failed"]), str(row["running"]), _fmt(row["best_val"]),
             _fmt(row["emphasis_mode"]), _fmt(row["emphasis_variance"], 2),
             _fmt(row["test_accuracy"]), row["baselines"],

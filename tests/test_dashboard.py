@@ -84,14 +84,12 @@ class Server:
     def __init__(self, storage_url: str, host: str = "127.0.0.1", allow_remote: bool = False):
         self.port = _free_port()
         self.output = ""
-        code = (
-            "from dm_tune.dashboard import serve_dashboard; "
-            f"serve_dashboard({storage_url!r}, host={host!r}, port={self.port}, "
-            f"allow_remote={allow_remote}, quiet=True)"
-        )
-        # TODO(lead): switch to `dm-tune dashboard --storage ... --port ...` once cli.py exists.
+        command = [sys.executable, "-u", "-m", "dm_tune", "dashboard", "--storage", storage_url,
+                   "--host", host, "--port", str(self.port)]
+        if allow_remote:
+            command.append("--allow-remote")
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-c", code],
+            command,
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -144,6 +142,18 @@ def test_prints_url_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert url in srv.output
     assert srv.proc.returncode == 0  # Ctrl-C is a normal exit
     assert "Traceback" not in srv.output
+
+
+def test_cli_refuses_non_loopback_host_without_allow_remote(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    _make_db(url)
+    result = subprocess.run(
+        [sys.executable, "-m", "dm_tune", "dashboard", "--storage", url, "--host", "0.0.0.0",
+         "--port", str(_free_port())],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert "--allow-remote" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_allow_remote_warns(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def _p_true(logits: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize(("mode", "variance"), SETTINGS)
 def test_dm_gradient_norm_is_normalised_emphasis_density(mode, variance):
     logits, targets = _batch()
-    dm_loss(logits, targets, mode, variance).backward()
+    dm_loss(logits, targets, mode, variance, norm_epsilon=0.0).backward()
     grad = logits.grad.numpy()
     expected = dm_density(_p_true(logits, targets), mode, variance)
     np.testing.assert_allclose(np.abs(grad).sum(1), expected / expected.sum(), rtol=0, atol=1e-9)
@@ -46,9 +46,38 @@ def test_dm_gradient_norm_is_normalised_emphasis_density(mode, variance):
     np.testing.assert_allclose(cosine, 1.0, atol=1e-12)
 
 
+@pytest.mark.parametrize(("mode", "variance"), SETTINGS[:4])
+@pytest.mark.parametrize("epsilon", [1e-6, 1e-2])
+def test_default_normaliser_epsilon_matches_the_official_layer(mode, variance, epsilon):
+    # dL/dz = (w_i / sum w) (p - e_y) / (||p - e_y||_1 + eps): norm = w/sum w * l1/(l1 + eps)
+    logits, targets = _batch(scale=6.0)
+    dm_loss(logits, targets, mode, variance, norm_epsilon=epsilon).backward()
+    p_true = _p_true(logits, targets)
+    weights = dm_density(p_true, mode, variance)
+    l1 = 2 * (1 - p_true)
+    expected = weights / weights.sum() * l1 / (l1 + epsilon)
+    np.testing.assert_allclose(np.abs(logits.grad.numpy()).sum(1), expected, rtol=1e-9,
+                               atol=1e-15)
+
+
+def test_default_epsilon_fades_the_push_on_fitted_examples():
+    # why the epsilon is the default: a fitted example (1 - p = 1e-9) keeps its whole
+    # push with eps = 0, which grows margins without bound; with eps = 1e-6 it fades
+    logits = torch.zeros(2, 10, dtype=torch.float64)
+    logits[0, 0] = np.log(9 / 1e-9)
+    targets = torch.zeros(2, dtype=torch.long)
+    exact = logits.clone().requires_grad_(True)
+    dm_loss(exact, targets, 0.5, 0.0, norm_epsilon=0.0).backward()
+    faded = logits.clone().requires_grad_(True)
+    dm_loss(faded, targets, 0.5, 0.0).backward()
+    assert exact.grad[0].abs().sum() == pytest.approx(0.5)
+    assert faded.grad[0].abs().sum() == pytest.approx(0.5 * 2e-9 / (2e-9 + 1e-6), rel=1e-6)
+    assert faded.grad[1].abs().sum() == pytest.approx(0.5 * 1.8 / (1.8 + 1e-6), rel=1e-9)
+
+
 def test_variance_zero_gives_uniform_weights_like_normalised_cce():
     logits, targets = _batch(n=64)
-    dm_loss(logits, targets, 0.5, 0.0).backward()
+    dm_loss(logits, targets, 0.5, 0.0, norm_epsilon=0.0).backward()
     np.testing.assert_allclose(np.abs(logits.grad.numpy()).sum(1), 1 / 64, atol=1e-12)
 
 
@@ -57,7 +86,7 @@ def test_weights_carry_no_gradient():
     # differentiating through the weights would add a term that breaks the norm identity
     # for every batch above, so here we also check against an explicit formula.
     logits, targets = _batch(n=64, seed=3)
-    dm_loss(logits, targets, 0.5, 8.0).backward()
+    dm_loss(logits, targets, 0.5, 8.0, norm_epsilon=0.0).backward()
     weights = dm_weights(logits, targets, 0.5, 8.0).numpy()
     direction = _direction(logits, targets)
     unit = direction / np.abs(direction).sum(1, keepdims=True)
@@ -73,7 +102,7 @@ def test_confident_examples_float64_p_one_minus_1e_12():
     logits[32:] = torch.randn(32, 10, dtype=torch.float64)
     targets = torch.zeros(64, dtype=torch.long)
     logits.requires_grad_(True)
-    dm_loss(logits, targets, 0.5, 8.0).backward()
+    dm_loss(logits, targets, 0.5, 8.0, norm_epsilon=0.0).backward()
     grad = logits.grad.numpy()
     assert np.all(np.isfinite(grad))
     p_true = _p_true(logits, targets)
@@ -91,7 +120,7 @@ def test_confident_examples_float32_margin(margin):
     logits[32:, 1] = margin + 1.0  # half of them confidently wrong
     targets = torch.zeros(64, dtype=torch.long)
     logits.requires_grad_(True)
-    dm_loss(logits, targets, 0.5, 8.0).backward()
+    dm_loss(logits, targets, 0.5, 8.0, norm_epsilon=0.0).backward()
     grad = logits.grad.double().numpy()
     assert np.all(np.isfinite(grad))
     # every example has norm w_i / sum_j w_j; both groups are internally identical
@@ -102,6 +131,17 @@ def test_confident_examples_float32_margin(margin):
     np.testing.assert_allclose(norms, expected / expected.sum(), rtol=1e-5)
     # the labelled entry is minus the sum of the others: parallel to p - e_y
     np.testing.assert_allclose(-grad[:, 0], np.abs(grad).sum(1) / 2, rtol=1e-5)
+    # with the default epsilon: finite, and the fitted half's push faded as the formula says
+    logits.grad = None
+    dm_loss(logits, targets, 0.5, 8.0).backward()
+    faded = logits.grad.double().numpy()
+    assert np.all(np.isfinite(faded))
+    # 1 - p from the other classes' probabilities: float64 1 - p_true loses 1e-4 here
+    probs = torch.softmax(logits.detach().double(), 1).numpy()
+    l1 = 2 * probs[:, 1:].sum(1)
+    # (at margin 200 the faded push, ~1e-82, underflows float32 to an exact 0)
+    np.testing.assert_allclose(np.abs(faded).sum(1), expected / expected.sum() * l1 / (l1 + 1e-6),
+                               rtol=1e-5, atol=1e-40)
 
 
 def test_cross_entropy_itself_loses_the_labelled_entry_in_float32():
@@ -144,14 +184,19 @@ def test_dm_with_mode_zero_and_small_variance_orders_like_cce():
 
 def test_module_equals_function_and_preserves_dtype():
     for dtype in (torch.float32, torch.float64):
-        logits, targets = _batch(n=64, dtype=dtype)
-        module_value = DMLoss(0.5, 8.0)(logits, targets)
-        function_value = dm_loss(logits, targets, 0.5, 8.0)
-        assert module_value.dtype == dtype
-        assert torch.equal(module_value, function_value)
-        module_value.backward()
-        assert logits.grad.dtype == dtype
-        assert logits.grad.device == logits.device
+        for epsilon in (0.0, 1e-6):
+            logits, targets = _batch(n=64, dtype=dtype)
+            module_value = DMLoss(0.5, 8.0, norm_epsilon=epsilon)(logits, targets)
+            function_value = dm_loss(logits, targets, 0.5, 8.0, norm_epsilon=epsilon)
+            assert module_value.dtype == dtype
+            assert torch.equal(module_value, function_value)
+            module_value.backward()
+            module_grad = logits.grad.clone()
+            logits.grad = None
+            function_value.backward()
+            assert torch.equal(module_grad, logits.grad)
+            assert logits.grad.dtype == dtype
+            assert logits.grad.device == logits.device
 
 
 def test_bf16_logits_are_promoted_and_gradient_keeps_input_dtype():
@@ -226,3 +271,7 @@ def test_registry_errors_name_the_problem():
         get_loss("gce", q=0.0)
     with pytest.raises(ValueError, match="order"):
         get_loss("taylor", order=1.5)
+    with pytest.raises(ValueError, match="norm_epsilon"):
+        get_loss("dm", emphasis_mode=0.5, emphasis_variance=1.0, norm_epsilon=-1.0)
+    exact = get_loss("dm", emphasis_mode=0.5, emphasis_variance=1.0, norm_epsilon=0)
+    assert exact.norm_epsilon == 0

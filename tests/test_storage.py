@@ -128,7 +128,8 @@ def test_sqlite_created_in_wal_mode(tmp_path: Path) -> None:
     assert path.exists()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert storage.engine.dialect.name == "sqlite"
+    with storage.engine.connect() as conn:  # 1 = NORMAL: cheap commits, safe with WAL
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
     check_connection(f"sqlite:///{path}")
     open_storage(f"sqlite:///{path}", create=False)  # existing file: fine
 

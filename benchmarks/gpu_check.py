@@ -1,0 +1,224 @@
+"""GPU check: epoch time, DM/CCE ratio, peak memory and per-GPU worker throughput.
+
+Synthetic CIFAR-shaped data (50,000 random uint8 images 3x32x32, normalised, 10 classes,
+made on the device: no download), trained through ``dm_tune.training.train_trial``
+(data resident on the GPU, on-device crop/flip, bf16 autocast, channels_last,
+cudnn.benchmark; ``--compile`` adds torch.compile):
+
+1. per model (ResNet-32 at batch 128, fastnet at batch 512) and loss (CCE, DM): the median
+   seconds per epoch (epoch 1, the warm-up, dropped) and torch.cuda.max_memory_allocated;
+2. DM / CCE epoch-time ratio per model;
+3. P worker processes (default 4) each training fastnet at once on the same GPU vs one
+   alone: aggregate epochs per second ratio (what ``dm-tune launch --per-gpu P`` buys).
+
+Prints ``RESULT <name> <value> target <target>`` lines; ``--out FILE`` also writes them
+as JSON. ``--cpu-smoke`` runs a tiny version on CPU (128 images, tiny models, 2
+epochs, 2 processes) so CI can check that the script works.
+
+    bash benchmarks/gpu_check.sh              # on a GPU machine (< 8 min on one H200)
+    bash benchmarks/gpu_check.sh --cpu-smoke  # anywhere (< 60 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dm_tune.data import TrialData
+from dm_tune.models import MODELS
+from dm_tune.training import NonFiniteLossError, TrainSpec, train_trial
+
+DM_PARAMS = {"emphasis_mode": 1 / 3, "emphasis_variance": 8.0}
+RESULTS: list[dict] = []
+
+
+def result(name: str, value: float, target: str | float = "-") -> None:
+    """Print one RESULT line and keep it for --out."""
+    RESULTS.append({"name": name, "value": value, "target": target})
+    print(f"RESULT {name} {value:.4g} target {target}", flush=True)
+
+
+def synthetic_cifar(n: int, device: torch.device, seed: int = 0) -> TrialData:
+    """n random uint8 3x32x32 images, normalised per channel as data.py does; 10 classes."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n_val, n_test = max(n // 10, 16), max(n // 5, 16)
+
+    def images(count: int) -> torch.Tensor:
+        raw = torch.randint(0, 256, (count, 3, 32, 32), generator=gen, device=device,
+                            dtype=torch.uint8)
+        return raw.float().div_(255.0).sub_(0.5).div_(0.29)
+
+    def labels(count: int) -> torch.Tensor:
+        return torch.randint(0, 10, (count,), generator=gen, device=device)
+
+    y = labels(n)
+    return TrialData(
+        x_train=images(n), y_train=y, y_train_true=y.clone(), x_val=images(n_val),
+        y_val=labels(n_val), x_test=images(n_test), y_test=labels(n_test), num_classes=10,
+        input_shape=(3, 32, 32), realised_noise_rate=0.0, label_digest="synthetic",
+        is_image=True,
+    )
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_trial(data: TrialData, spec: TrainSpec, loss: str) -> list[float]:
+    """Wall-clock times (time.time) at the end of every epoch of one trial."""
+    ends: list[float] = []
+    params = DM_PARAMS if loss == "dm" else None
+    try:
+        train_trial(data, spec, loss=loss, loss_params=params, progress=False,
+                    on_epoch=lambda epoch, metrics: ends.append(time.time()))
+    except NonFiniteLossError as error:  # random labels, high lr: timing is still valid
+        print(f"# {spec.model}/{loss}: {error} (epoch times so far kept)", flush=True)
+    return ends
+
+
+def model_spec(model: str, args: argparse.Namespace, device: torch.device) -> TrainSpec:
+    """Training settings of each model (batch 128 for ResNet, 512 for fastnet)."""
+    params: dict = {}
+    if model == "fastnet" and args.cpu_smoke:
+        params = {"width": 8}
+    batch = 512 if model == "fastnet" else 128
+    if args.cpu_smoke:
+        batch = 64
+    return TrainSpec(model=model, model_params=params, epochs=args.epochs, batch_size=batch,
+                     lr=0.02, schedule="cosine", device=str(device), augment=True,
+                     compile=args.compile)
+
+
+def epoch_figures(args: argparse.Namespace, device: torch.device) -> None:
+    """Epoch time, DM/CCE ratio and peak memory per model."""
+    data = synthetic_cifar(args.images, device)
+    for model in args.models:
+        if model not in MODELS:
+            raise SystemExit(f"gpu_check: model {model!r} is not registered in dm_tune.models "
+                             f"(have {', '.join(sorted(MODELS))})")
+        spec = model_spec(model, args, device)
+        seconds = {}
+        for loss in ("cce", "dm"):
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            ends = timed_trial(data, spec, loss)
+            sync(device)
+            deltas = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+            seconds[loss] = statistics.median(deltas) if deltas else math.nan
+            result(f"epoch_s_{model}_{loss}", seconds[loss])
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(device) / 2**30
+                result(f"peak_mem_gib_{model}_{loss}", peak)
+        result(f"dm_cce_epoch_ratio_{model}", seconds["dm"] / seconds["cce"], 1.05)
+    del data
+
+
+def child(args: argparse.Namespace) -> None:
+    """One throughput worker: data on the device, wait at the barrier, train, report."""
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    data = synthetic_cifar(args.images, device, seed=args.child_id)
+    spec = model_spec("fastnet", args, device)
+    barrier = Path(args.barrier)
+    (barrier / f"ready-{args.child_id}").touch()
+    deadline = time.time() + 300
+    while len(list(barrier.glob("ready-*"))) < args.nprocs and time.time() < deadline:
+        time.sleep(0.02)
+    ends = timed_trial(data, spec, "dm")
+    (barrier / f"done-{args.child_id}.json").write_text(json.dumps(ends))
+
+
+def throughput(args: argparse.Namespace, nprocs: int) -> float:
+    """Aggregate epochs/s of nprocs concurrent fastnet workers (epoch 1 excluded)."""
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as barrier:
+        base = [sys.executable, __file__, "--child", "--barrier", barrier, "--nprocs",
+                str(nprocs), "--images", str(args.images), "--epochs", str(args.epochs),
+                "--device", args.device]
+        if args.cpu_smoke:
+            base.append("--cpu-smoke")
+        if args.compile:
+            base.append("--compile")
+        procs = [subprocess.Popen([*base, "--child-id", str(k)]) for k in range(nprocs)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise SystemExit(f"gpu_check: throughput workers exited with {codes}")
+        runs = [json.loads((Path(barrier) / f"done-{k}.json").read_text())
+                for k in range(nprocs)]
+    if any(len(r) < 2 for r in runs):
+        raise SystemExit("gpu_check: a throughput worker finished fewer than 2 epochs")
+    start, end = min(r[0] for r in runs), max(r[-1] for r in runs)
+    epochs = sum(len(r) - 1 for r in runs)
+    rate = epochs / (end - start)
+    print(f"# {nprocs} fastnet worker(s): {epochs} timed epochs in {end - start:.2f} s "
+          f"= {rate:.2f} epochs/s", flush=True)
+    return rate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny run on CPU (CI)")
+    parser.add_argument("--images", type=int, default=None, help="train images (50,000)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (4)")
+    parser.add_argument("--workers", type=int, default=None, help="processes per GPU (4)")
+    parser.add_argument("--models", default=None, help="comma-separated (resnet32,fastnet)")
+    parser.add_argument("--compile", action="store_true", help="TrainSpec.compile=True")
+    parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-id", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--nprocs", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--barrier", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    smoke = args.cpu_smoke
+    args.images = args.images or (128 if smoke else 50_000)
+    args.epochs = args.epochs or (2 if smoke else 4)
+    args.workers = args.workers or (2 if smoke else 4)
+    args.models = (args.models or ("resnet20,fastnet" if smoke else "resnet32,fastnet")).split(",")
+    if args.device is None:
+        args.device = "cpu" if smoke else "cuda"
+    if args.child:
+        child(args)
+        return 0
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: CUDA is not available (torch "
+              f"{torch.__version__}); use --cpu-smoke on a machine without a GPU",
+              file=sys.stderr)
+        return 2
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    print(f"# device {name or device}, torch {torch.__version__}, images {args.images}, "
+          f"epochs {args.epochs}, models {','.join(args.models)}, compile {args.compile}, "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    started = time.time()
+    epoch_figures(args, device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if "fastnet" in args.models:
+        one = throughput(args, 1)
+        many = throughput(args, args.workers)
+        result(f"worker_throughput_{args.workers}v1", many / one, 2.0)
+    print(f"# gpu_check took {time.time() - started:.1f} s", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"device": str(name), "torch": torch.__version__,
+                                              "results": RESULTS}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Every benchmark of dm-tune, one after the other (they would disturb each other's timings
+# if run together); prints each script's output, then all RESULT lines together.
+#
+#   bash benchmarks/run_all.sh          # `make bench`; CI-sized search_efficiency
+#   FULL=1 bash benchmarks/run_all.sh   # the full search_efficiency (3 settings, ~5 min)
+#   OUT=dir bash benchmarks/run_all.sh  # also keep the log in dir/bench.txt
+#
+# worker_scaling.py needs the local PostgreSQL server (it starts the cluster if needed);
+# gpu_check.sh runs on CUDA when torch sees a GPU, else its --cpu-smoke version.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+cd "$ROOT"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+[[ -x "$PY" ]] || PY="$(command -v python3)"
+
+LOG="$(mktemp -t dm-tune-bench.XXXXXX)"
+trap 'rm -f "$LOG"' EXIT
+failed=()
+
+run() {
+  local name="$1"
+  shift
+  echo "== $name: $*"
+  local start=$SECONDS
+  if "$@" 2>&1 | tee -a "$LOG"; then
+    echo "== $name: $((SECONDS - start)) s"
+  else
+    echo "== $name: FAILED after $((SECONDS - start)) s"
+    failed+=("$name")
+  fi
+}
+
+echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
+     "load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) CPUs"
+run loss_overhead "$PY" benchmarks/loss_overhead.py
+run epoch_time "$PY" benchmarks/epoch_time.py --quick
+run storage_overhead "$PY" benchmarks/storage_overhead.py
+run worker_scaling "$PY" benchmarks/worker_scaling.py
+if [[ "${FULL:-0}" == "1" ]]; then
+  run search_efficiency "$PY" benchmarks/search_efficiency.py
+else
+  run search_efficiency "$PY" benchmarks/search_efficiency.py --quick
+fi
+if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
+then
+  run gpu_check bash benchmarks/gpu_check.sh
+else
+  run gpu_check bash benchmarks/gpu_check.sh --cpu-smoke
+fi
+
+echo
+echo "== all RESULT lines (load average now $(cut -d' ' -f1-3 /proc/loadavg))"
+grep '^RESULT ' "$LOG" || true
+if [[ -n "${OUT:-}" ]]; then
+  mkdir -p "$OUT"
+  cp "$LOG" "$OUT/bench.txt"
+fi
+if ((${#failed[@]})); then
+  echo "failed: ${failed[*]}" >&2
+  exit 1
+fi

@@ -1,0 +1,79 @@
+"""The benchmark scripts run and print parseable RESULT lines (no timing assertions)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_results(output: str) -> dict[str, tuple[float, str]]:
+    """RESULT <name> <value> target <target> lines -> {name: (value, target)}."""
+    results = {}
+    for line in output.splitlines():
+        if not line.startswith("RESULT "):
+            continue
+        parts = line.split()
+        assert len(parts) == 5 and parts[3] == "target", line
+        target = parts[4]
+        if target != "-":
+            float(target)
+        results[parts[1]] = (float(parts[2]), target)
+    return results
+
+
+def _run(command: list[str], timeout: int, **env: str) -> str:
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **env})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def test_parse_results_rejects_malformed_lines():
+    assert parse_results("# x\nRESULT a 1.5 target 2\nRESULT b nan target -\n")["a"] == (1.5, "2")
+    with pytest.raises(AssertionError):
+        parse_results("RESULT a 1.5\n")
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_smoke_prints_results(tmp_path):
+    out = _run(["bash", "benchmarks/gpu_check.sh", "--cpu-smoke"], timeout=180,
+               OUT=str(tmp_path))
+    results = parse_results(out)
+    names = set(results)
+    assert {"epoch_s_resnet20_cce", "epoch_s_resnet20_dm", "dm_cce_epoch_ratio_resnet20",
+            "epoch_s_fastnet_cce", "epoch_s_fastnet_dm", "worker_throughput_2v1"} <= names
+    assert all(value > 0 and math.isfinite(value) for value, _ in results.values())
+    # OUT receives the log and the JSON
+    assert "RESULT" in (tmp_path / "gpu_check.txt").read_text()
+    assert (tmp_path / "gpu_check.json").exists()
+
+
+def test_gpu_check_refuses_clearly_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--cpu-smoke" in done.stderr
+
+
+@pytest.mark.slow
+def test_search_efficiency_smoke_prints_results():
+    out = _run([sys.executable, "benchmarks/search_efficiency.py", "--quick", "--smoke"],
+               timeout=180)
+    results = parse_results(out)
+    for name in ("search_epochs_fraction_symmetric-0.40", "search_epochs_fraction",
+                 "search_epochs_fraction_cold", "selected_test_accuracy_symmetric-0.40"):
+        assert name in results
+    fraction = results["search_epochs_fraction"][0]
+    assert fraction > 0  # inf when the search never matched the grid: still parseable
+    assert 0 < results["selected_test_accuracy_symmetric-0.40"][0] <= 1
