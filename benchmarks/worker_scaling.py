@@ -5,8 +5,8 @@ baselines, no pruning so every trial does the same 40 epochs of work) is written
 temporary directory; for each run a fresh PostgreSQL database is created (psycopg,
 autocommit), ``dm-tune create`` runs once, then K ``dm-tune worker CONFIG --storage URL
 --device cpu --threads 1 --quiet`` processes share it until the budget is met, and the
-database is dropped. Runs are interleaved (1, 2, 2, 1, ...) to cancel drift in the load
-other processes put on the machine.
+database is dropped. Runs are interleaved (1, 2, 2, 1, 1, 2) to cancel drift in the load
+other processes put on the machine; the medians per worker count are reported.
 
 Each worker process is the real CLI started through a thin timing shim (this file with
 ``--shim OUT``) that wraps ``claim_trial`` (campaign lock, progress query, stale check,
@@ -23,7 +23,7 @@ is printed too). Prints::
     RESULT sampler_storage_fraction <fraction> target 0.02
     RESULT trials_per_minute_<k>w <trials/min> target -
 
-    .venv/bin/python benchmarks/worker_scaling.py [--trials 24 --repeats 2 --epochs 40]
+    .venv/bin/python benchmarks/worker_scaling.py [--trials 24 --repeats 3 --epochs 40]
 """
 
 from __future__ import annotations
@@ -233,8 +233,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24, help="DM trials per run (2 settings)")
     parser.add_argument("--epochs", type=int, default=40, help="epochs per trial")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="pairs of runs (order 1,2 then 2,1, ...)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="pairs of runs (order 1,2 then 2,1, ...); medians are reported")
     if len(sys.argv) > 2 and sys.argv[1] == "--shim":
         run_shim(sys.argv[2], sys.argv[3:])
         return 0
@@ -254,7 +254,8 @@ def main() -> int:
                   f"training {run['train_s']:.2f} s, claim {run['claim_ms']:.1f} ms, "
                   f"report+prune {run['callbacks_ms']:.1f} ms, other {run['other_ms']:.1f} ms; "
                   f"load average {run['load'][0]:.2f} -> {run['load'][1]:.2f}", flush=True)
-    rate = {k: statistics.fmean(r["per_minute"] for r in runs if r["workers"] == k) for k in (1, 2)}
+    rate = {k: statistics.median(r["per_minute"] for r in runs if r["workers"] == k)
+            for k in (1, 2)}
     overhead = statistics.median(r["overhead"] for r in runs)
     load = statistics.fmean(x for r in runs for x in r["load"])
     print(f"# load average (1 min) during the runs: {load:.2f} on {os.cpu_count()} CPUs")

@@ -164,10 +164,8 @@ def run(
 
 
 def _write_outputs(config, store, storage_url: str, out: Path | None) -> None:
-    try:
-        from dm_tune.cli_guidelines import write_run_outputs
-    except ImportError:  # guidelines not installed in this build
-        return
+    from dm_tune.cli_guidelines import write_run_outputs
+
     directory = out or _default_report_dir(storage_url, config.name)
     write_run_outputs(store, config, directory, console)
 
@@ -295,10 +293,8 @@ def confirm(
 
 
 def _register_guideline_commands() -> None:
-    try:
-        from dm_tune import cli_guidelines
-    except ImportError:
-        return
+    from dm_tune import cli_guidelines
+
     app.command("export")(refusals(cli_guidelines.export_command))
     app.command("recommend")(refusals(cli_guidelines.recommend_command))
     app.command("report")(refusals(cli_guidelines.report_command))
