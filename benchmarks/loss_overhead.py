@@ -50,11 +50,13 @@ def measure(model_name: str, rounds: int, steps: int) -> float:
         timers[loss_name] = _step_timer(model, get_loss(loss_name, **params), x, y, optimiser)
     for timer in timers.values():  # warm-up
         timer(steps)
-    ratios = []
+    ratios, cce_times = [], []
     for round_index in range(rounds):
         order = ("dm", "cce") if round_index % 2 else ("cce", "dm")
         times = {name: timers[name](steps) for name in order}
         ratios.append(times["dm"] / times["cce"])
+        cce_times.append(times["cce"])
+    print(f"# {model_name}: median CCE step {statistics.median(cce_times) * 1e3:.3f} ms")
     return statistics.median(ratios)
 
 
@@ -64,8 +66,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--flush-denormal", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
     for model_name in args.models.split(","):
         ratio = measure(model_name, args.rounds, args.steps)
         print(f"RESULT loss_overhead_{model_name} {ratio:.3f} target {TARGETS[model_name]}")

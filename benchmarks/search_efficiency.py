@@ -12,7 +12,7 @@ thread, a temporary SQLite file), with the training of ``studies/digits-quick.to
   digits-quick budget): the epochs consumed, in trial order, until a trial's objective
   first comes within 0.005 of the grid's best (measured in this run);
 - *cold search*: the same without the warm start (``warm_start = "none"``; a budget of
-  48 trials so that it shows where it gets, not only whether 16 suffice). Four of
+  48 trials so that it shows where it gets). Four of
   the five warm-start points are grid points and trials share the campaign seed, so the
   warm search can match the grid by re-running its best point; the cold figure measures
   TPE + Hyperband alone.
@@ -32,7 +32,7 @@ so a single-seed selection can be a lucky one.
 selected-test-accuracy target is DESIGN.md section 7's hand-written Optuna study (0.91
 at 40% symmetric noise); other settings print ``target -``.
 
-    .venv/bin/python benchmarks/search_efficiency.py            # 3 settings (~5 min on 2 cores)
+    .venv/bin/python benchmarks/search_efficiency.py            # 3 settings (~2-3 min, 2 cores)
     .venv/bin/python benchmarks/search_efficiency.py --quick    # symmetric 0.4 only
     .venv/bin/python benchmarks/search_efficiency.py --quick --smoke  # CI: seconds
 """

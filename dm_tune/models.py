@@ -1,4 +1,4 @@
-"""Model registry: an MLP for feature vectors, a small CNN and the CIFAR ResNets.
+"""Model registry: an MLP for feature vectors, a small CNN, the CIFAR ResNets and fastnet.
 
 Example:
     >>> model = build_model("resnet", (3, 32, 32), 10, depth=20)
@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MODELS", "build_model", "register_model", "MLP", "SmallCNN", "CifarResNet"]
+__all__ = [
+    "MODELS", "build_model", "register_model", "MLP", "SmallCNN", "CifarResNet", "FastNet",
+]
 
 ModelFactory = Callable[..., nn.Module]
 MODELS: dict[str, ModelFactory] = {}
@@ -195,8 +197,81 @@ def _resnet_alias(depth: int) -> ModelFactory:
     return factory
 
 
+# ---------------------------------------------------------------------------- fastnet
+
+
+class _FastBlock(nn.Module):
+    """conv -> max pool -> BN -> ReLU, then optionally x + (conv-BN-ReLU x2)(x) (ResNet-9)."""
+
+    def __init__(self, c_in: int, c_out: int, residual: bool):
+        super().__init__()
+        self.down = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2),
+            nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        )
+        self.res = nn.Sequential(*_conv_bn(c_out, c_out), *_conv_bn(c_out, c_out)) \
+            if residual else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Block output (half the spatial size)."""
+        x = self.down(x)
+        return x + self.res(x) if self.res is not None else x
+
+
+class FastNet(nn.Module):
+    """A small fast network for 32x32 images, after the CIFAR-10 speed-run networks.
+
+    Page's ResNet-9 / airbench style: a conv-BN-ReLU stem, three blocks of conv + max
+    pool + BN + ReLU (with a residual pair of convs when ``residual``), a global max
+    pool and a linear layer whose logits are multiplied by ``scale``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        widths: Sequence[int] = (64, 256, 256, 256),
+        residual: bool = True,
+        scale: float = 0.125,
+    ):
+        super().__init__()
+        if len(widths) != 4 or any(int(w) < 1 for w in widths):
+            raise ValueError(f"width: expected 4 positive widths (stem, 3 blocks), got {widths}")
+        w = [int(v) for v in widths]
+        self.stem = nn.Sequential(*_conv_bn(in_channels, w[0]))
+        self.blocks = nn.Sequential(*(_FastBlock(w[i], w[i + 1], residual) for i in range(3)))
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Linear(w[3], num_classes, bias=False)
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch."""
+        out = self.pool(self.blocks(self.stem(x)))
+        return self.head(torch.flatten(out, 1)) * self.scale
+
+
+def _fastnet(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    width: int | Sequence[int] = 64,
+    residual: bool = True,
+    scale: float = 0.125,
+):
+    """fastnet; ``width`` w gives widths (w, 4w, 4w, 4w), or pass the 4 widths."""
+    if isinstance(width, int):
+        widths: Sequence[int] = (width, 4 * width, 4 * width, 4 * width)
+    else:
+        widths = tuple(width)
+    channels = _image_channels(input_shape, "fastnet")
+    if min(input_shape[1:]) < 8:
+        raise ValueError(f"model: 'fastnet' pools three times and needs images of at least "
+                         f"8x8, got shape {input_shape}")
+    return FastNet(channels, num_classes, widths, residual, scale)
+
+
 register_model("mlp", _mlp)
 register_model("cnn", _cnn)
 register_model("resnet", _resnet)
+register_model("fastnet", _fastnet)
 for _depth in RESNET_DEPTHS:
     register_model(f"resnet{_depth}", _resnet_alias(_depth))

@@ -12,10 +12,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import html
+import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,11 +105,31 @@ def write_pngs(figures: Mapping[str, go.Figure], out_dir: Path, browser: str) ->
     try:
         # mathjax=False: kaleido would otherwise load MathJax from a CDN, which fails
         # (slowly) offline; our figures have no LaTeX. `path` picks the browser.
-        kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False, "path": browser})
+        with _quiet_browser_driver():
+            kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False, "path": browser})
     except Exception as exc:  # kaleido raises many types; the report needs one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RuntimeError(f"PNG export with {browser} failed: {first}") from exc
     return paths
+
+
+@contextlib.contextmanager
+def _quiet_browser_driver() -> Iterator[None]:
+    """Silence kaleido's browser driver, which logs tracebacks for messages it skips.
+
+    choreographer logs "JSONError decoding message. Ignoring" with a full traceback when
+    Chromium writes a non-JSON line on its pipe; the export still succeeds, so the user
+    should not see a traceback. Real failures still raise.
+    """
+    loggers = [logging.getLogger(name) for name in ("choreographer", "kaleido", "logistro")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 # ------------------------------------------------------------------------- HTML

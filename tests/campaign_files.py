@@ -28,12 +28,19 @@ warm_start = "paper"
 startup_trials = 2
 
 [baselines]
-losses = ["cce"]
+losses = {losses}
 """
 
 
-def write_tiny(tmp_path: Path, name: str = "tiny", epochs: int = 3, trials: int = 6) -> Path:
-    """A 2-setting digits campaign; returns the file path."""
+def write_tiny(
+    tmp_path: Path,
+    name: str = "tiny",
+    epochs: int = 3,
+    trials: int = 6,
+    baselines: tuple[str, ...] = ("cce",),
+) -> Path:
+    """A 2-setting digits campaign (symmetric 0.2 and 0.4); returns the file path."""
     path = tmp_path / f"{name}.toml"
-    path.write_text(TINY.format(name=name, epochs=epochs, trials=trials))
+    losses = "[" + ", ".join(f'"{loss}"' for loss in baselines) + "]"
+    path.write_text(TINY.format(name=name, epochs=epochs, trials=trials, losses=losses))
     return path

@@ -77,3 +77,92 @@ def test_search_efficiency_smoke_prints_results():
     fraction = results["search_epochs_fraction"][0]
     assert fraction > 0  # inf when the search never matched the grid: still parseable
     assert 0 < results["selected_test_accuracy_symmetric-0.40"][0] <= 1
+
+
+# -------------------------------------------- fastnet and the GPU path of gpu_check.py
+
+
+def test_fastnet_shapes_widths_and_options():
+    import torch
+
+    from dm_tune.models import build_model
+
+    model = build_model("fastnet", (3, 32, 32), 10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs][:2] == [64, 256]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    small = build_model("fastnet", (3, 32, 32), 100, width=[4, 8, 8, 16], residual=False)
+    assert small(torch.randn(3, 3, 32, 32)).shape == (3, 100)
+    assert len([m for m in small.modules() if isinstance(m, torch.nn.Conv2d)]) == 4
+    with pytest.raises(ValueError, match="fastnet"):
+        build_model("fastnet", (64,), 10)
+    with pytest.raises(ValueError, match="8x8"):
+        build_model("fastnet", (3, 4, 4), 10)
+    with pytest.raises(ValueError, match="width"):
+        build_model("fastnet", (3, 32, 32), 10, width=[8, 8])
+
+
+def test_fastnet_fits_a_tiny_synthetic_batch():
+    import torch
+
+    from dm_tune.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("fastnet", (3, 16, 16), 10, width=4)
+    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for _ in range(10):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def _tiny_images(n: int = 32):
+    import torch
+
+    from dm_tune.data import TrialData
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 3, 16, 16, generator=gen), torch.arange(n) % 4
+    return TrialData(x_train=x, y_train=y, y_train_true=y, x_val=x[:8], y_val=y[:8],
+                     x_test=x[:8], y_test=y[:8], num_classes=4, input_shape=(3, 16, 16),
+                     realised_noise_rate=0.0, label_digest="t", is_image=True)
+
+
+def test_train_trial_compile_option_wraps_the_training_forward(monkeypatch):
+    import torch
+
+    from dm_tune.training import TrainSpec, train_trial
+
+    compiled = []
+
+    def fake_compile(model, *args, **kwargs):
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    spec = TrainSpec(model="fastnet", model_params={"width": 4}, epochs=1, batch_size=16)
+    train_trial(_tiny_images(), spec, loss="cce", progress=False)
+    assert compiled == []
+    result = train_trial(_tiny_images(), TrainSpec(**{**spec.__dict__, "compile": True}),
+                         loss="dm", loss_params={"emphasis_mode": 0.5,
+                                                 "emphasis_variance": 8.0}, progress=False)
+    assert len(compiled) == 1 and result.epochs_run == 1
+
+
+def test_device_layout_is_channels_last_on_cuda_only():
+    import torch
+
+    from dm_tune.training import device_layout
+
+    data = _tiny_images()
+    assert device_layout(data, torch.device("cpu")) is data
+    moved = device_layout(data, torch.device("cuda"))  # the layout step only: no transfer
+    for x in (moved.x_train, moved.x_val, moved.x_test):
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        assert x.shape[1:] == (3, 16, 16)
+    assert torch.equal(moved.x_train, data.x_train)

@@ -15,32 +15,12 @@ from optuna.trial import TrialState
 from pg import pg_url  # noqa: F401 (a pytest fixture)
 
 from dm_tune.worker import plan_slots
+from tests.campaign_files import write_tiny
 
 pytestmark = pytest.mark.postgres
 
-CAMPAIGN = """
-[campaign]
-name = "dist"
-[data]
-val_fraction = 0.125
-[training]
-epochs = {epochs}
-[[noise]]
-kind = "symmetric"
-rates = [0.2, 0.4]
-[search]
-trials = {trials}
-min_epochs = 1
-startup_trials = 3
-[baselines]
-losses = []
-"""
-
-
 def _campaign(tmp_path: Path, epochs: int = 3, trials: int = 12) -> Path:
-    path = tmp_path / "dist.toml"
-    path.write_text(CAMPAIGN.format(epochs=epochs, trials=trials))
-    return path
+    return write_tiny(tmp_path, name="dist", epochs=epochs, trials=trials, baselines=())
 
 
 def _cli(*args: str) -> list[str]:
