@@ -59,7 +59,9 @@ def _wait_for_running(url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if any(t.state == TrialState.RUNNING for ts in _all_trials(url).values() for t in ts):
+            # mid-trial: claimed and its parameters sampled (training under way)
+            if any(t.state == TrialState.RUNNING and t.params
+                   for ts in _all_trials(url).values() for t in ts):
                 return
         except Exception:  # tables may not exist yet
             pass
