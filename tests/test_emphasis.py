@@ -109,3 +109,12 @@ def test_paper_reference_points():
 def test_bad_input_names_the_argument(call, needle):
     with pytest.raises(ValueError, match=needle):
         call()
+
+
+def test_package_exports_resolve():
+    import dm_tune
+
+    for name in dm_tune.__all__:
+        assert getattr(dm_tune, name) is not None
+    with pytest.raises(AttributeError):
+        dm_tune.no_such_name  # noqa: B018
