@@ -9,13 +9,15 @@ trial is sampler + storage. Prints one line per backend:
     RESULT storage_overhead_<backend> <fraction> target 0.02
     RESULT storage_ms_per_trial_<backend> <ms> target -
 
-Run: .venv/bin/python benchmarks/storage_overhead.py [--trials 24] [--epochs 40]
+Run: .venv/bin/python benchmarks/storage_overhead.py [--trials 24] [--epochs 40] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import tempfile
 import time
 import uuid
@@ -84,6 +86,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the PostgreSQL run and print where the time goes")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"# load average {os.getloadavg()[0]:.2f}; {args.trials} trials x {args.epochs} "
@@ -97,9 +101,14 @@ def main() -> None:
     except sqlalchemy.exc.OperationalError as error:
         print(f"# PostgreSQL unreachable, skipped: {str(error.orig).splitlines()[0]}")
         return
+    profiler = cProfile.Profile() if args.profile else None
     try:
+        if profiler is not None:
+            profiler.enable()
         fraction, ms = measure(url, args.trials, args.epochs)
     finally:
+        if profiler is not None:
+            profiler.disable()
         with admin.connect() as connection:
             connection.exec_driver_sql(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -109,6 +118,12 @@ def main() -> None:
         admin.dispose()
     print(f"RESULT storage_overhead_postgresql {fraction:.4f} target 0.02")
     print(f"RESULT storage_ms_per_trial_postgresql {ms:.1f} target -")
+    if profiler is not None:
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("cumulative").print_stats(
+            r"campaign.py.*\((claim_trial|_record|_loss_of)\)|should_prune|study.py.*\((ask|tell)\)"
+            r"|_trial.py.*\(report\)"
+        )
 
 
 if __name__ == "__main__":
