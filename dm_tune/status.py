@@ -158,8 +158,9 @@ def run_with_progress(
 
     with bars.progress:
         bars.refresh()
+        # one in-process worker: a fixed sampler seed makes `dm-tune run` reproducible
         summary = run_worker(storage, config, device, stop=stop, on_trial=on_trial,
-                             on_epoch=on_epoch)
+                             on_epoch=on_epoch, sampler_seed=0)
         bars.refresh(note="stopped" if summary.stopped else "done")
     return summary.stopped
 

@@ -85,8 +85,13 @@ def run_worker(
     on_trial: Callable[[ClaimedTrial, TrialState], None] | None = None,
     on_epoch: Callable[[ClaimedTrial, int, dict[str, float]], None] | None = None,
     poll_seconds: float = IDLE_POLL_S,
+    sampler_seed: int | None = None,
 ) -> WorkerSummary:
     """Take trials until every study meets its budget, ``max_trials`` or a stop request.
+
+    ``sampler_seed`` seeds the samplers (with the campaign seed); by default it derives
+    from the worker's name, so that parallel workers propose different trials. A single
+    worker given a fixed seed reproduces a campaign exactly on CPU.
 
     Raises:
         DigestMismatchError: this machine's labels differ from the studies' (exit 2).
@@ -94,7 +99,7 @@ def run_worker(
     stop = stop or threading.Event()
     name = name or worker_name()
     verify_labels(storage, config)
-    cache = StudyCache(storage, config, seed_of(name))
+    cache = StudyCache(storage, config, seed_of(name) if sampler_seed is None else sampler_seed)
     summary = WorkerSummary(name)
     while not stop.is_set() and (max_trials is None or summary.trials < max_trials):
         claimed = claim_trial(storage, config, cache)

@@ -156,3 +156,15 @@ def test_confirmations_rerun_top_settings_with_new_seeds(tiny):
         for trial in confirm:
             assert trial.state == TrialState.COMPLETE
             assert trial.params == source[trial.user_attrs["source_trial"]]
+
+
+def test_a_single_worker_with_a_fixed_sampler_seed_reproduces_the_campaign(tmp_path):
+    config = load_campaign_config(write_tiny(tmp_path, trials=8))
+    outcomes = []
+    for run in range(2):
+        storage = open_storage(f"sqlite:///{tmp_path / f'r{run}.db'}")
+        create_campaign(config, storage)
+        run_worker(storage, config, "cpu", name=f"w{run}", sampler_seed=0)
+        study = optuna.load_study(study_name="tiny/symmetric-0.40", storage=storage)
+        outcomes.append([(t.params, t.state, t.value) for t in study.get_trials()])
+    assert outcomes[0] == outcomes[1]
