@@ -154,9 +154,11 @@ def run(
         _set_threads(None, config)
         stopped = run_with_progress(store, config, _resolve_device(device), console)
     else:
-        from dm_tune.worker import launch_workers, plan_slots
+        from dm_tune.status import live_launch
+        from dm_tune.worker import plan_slots
 
-        codes = launch_workers(plan_slots(None, 1, jobs), str(config_path), storage)
+        codes = live_launch(store, config, plan_slots(None, 1, jobs), str(config_path),
+                            storage, console)
         failed = {label: code for label, code in codes.items() if code != 0}
         if failed:
             err_console.print(f"dm-tune: workers exited non-zero: {failed}")

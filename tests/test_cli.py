@@ -125,3 +125,21 @@ def test_run_then_status_then_resume_adds_nothing(tmp_path):
     assert "3/3" in status.stdout
     assert sum(len(optuna.load_study(study_name=s.study_name, storage=storage).get_trials())
                for s in storage.get_all_studies()) == 8
+
+
+def test_run_with_two_jobs_shares_a_sqlite_campaign_exactly(tmp_path):
+    # two worker processes on one SQLite file: the flock-based claim keeps budgets exact
+    config = write_tiny(tmp_path, epochs=3, trials=6)
+    db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    result = dm_tune("run", str(config), "--storage", db, "--jobs", "2", "--no-report")
+    assert result.returncode == 0, result.stderr
+    storage = optuna.storages.RDBStorage(db)
+    for summary in storage.get_all_studies():
+        trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+        expected = 1 if summary.study_name.endswith("baselines") else 6
+        assert len(trials) == expected
+        assert len({t.number for t in trials}) == expected
+        assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    workers = {t.user_attrs["worker"] for s in storage.get_all_studies()
+               for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials()}
+    assert workers and workers <= {"cpu0", "cpu1"}  # both usually share; timing decides
