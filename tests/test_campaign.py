@@ -168,3 +168,24 @@ def test_a_single_worker_with_a_fixed_sampler_seed_reproduces_the_campaign(tmp_p
         study = optuna.load_study(study_name="tiny/symmetric-0.40", storage=storage)
         outcomes.append([(t.params, t.state, t.value) for t in study.get_trials()])
     assert outcomes[0] == outcomes[1]
+
+
+def test_a_diverging_trial_is_pruned_with_its_reason(tiny, monkeypatch):
+    import dm_tune.campaign as campaign_module
+    from dm_tune.training import NonFiniteLossError
+
+    config, storage = tiny
+    create_campaign(config, storage)
+
+    def diverging(data, spec, loss, loss_params, on_epoch=None, progress=None):
+        on_epoch(1, {"val_accuracy": 0.5, "test_accuracy": 0.4, "train_loss": 1.0})
+        raise NonFiniteLossError("training loss is nan at epoch 2")
+
+    monkeypatch.setattr(campaign_module, "train_trial", diverging)
+    summary = run_worker(storage, config, "cpu", max_trials=1, name="w0")
+    assert summary.states == {"PRUNED": 1}
+    (trial,) = [t for s in settings_of(config) for t in _trials(storage, s.study_name("tiny"))
+                if t.state == TrialState.PRUNED]
+    assert "nan" in trial.user_attrs["pruned_reason"]
+    assert trial.user_attrs["epochs_run"] == 1
+    assert trial.user_attrs["val_accuracy_curve"] == [0.5]
