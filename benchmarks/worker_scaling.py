@@ -52,7 +52,7 @@ URL_TEMPLATE = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
 
 def run_shim(out: str, argv: list[str]) -> None:
     """Run ``dm-tune <argv>`` in this process with timing hooks; write them to ``out``."""
-    import dm_tune.campaign as campaign
+    import dm_tune.trials as campaign
     import dm_tune.worker as worker
     from dm_tune.cli import main
 

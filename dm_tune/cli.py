@@ -205,7 +205,7 @@ def worker(
         "and re-queued by another worker.")] = 60,
 ) -> None:
     """Join a created campaign and take trials until every study meets its budget."""
-    from dm_tune.campaign import worker_name
+    from dm_tune.trials import worker_name
     from dm_tune.worker import install_stop_signals, run_worker
 
     config, store = _open(config_path, storage, create=False, heartbeat=heartbeat)

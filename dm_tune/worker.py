@@ -17,20 +17,22 @@ from optuna.trial import TrialState
 
 from dm_tune.campaign import (
     CampaignError,
-    ClaimedTrial,
     DigestMismatchError,
-    StudyCache,
-    _check_existing,
     campaign_progress,
-    claim_trial,
-    fail_stale_everywhere,
+    check_study_matches,
     load_setting_data,
-    run_claimed_trial,
-    seed_of,
     settings_of,
-    worker_name,
 )
 from dm_tune.config import CampaignConfig
+from dm_tune.trials import (
+    ClaimedTrial,
+    StudyCache,
+    claim_trial,
+    fail_stale_everywhere,
+    run_claimed_trial,
+    seed_of,
+    worker_name,
+)
 
 __all__ = ["WorkerSummary", "install_stop_signals", "launch_workers", "run_worker"]
 
@@ -60,7 +62,7 @@ def verify_labels(storage: optuna.storages.RDBStorage, config: CampaignConfig) -
                 f"study {name} does not exist; run `dm-tune create` for this campaign first"
             )
         data = load_setting_data(config, setting)
-        _check_existing(optuna.load_study(study_name=name, storage=storage), config, data)
+        check_study_matches(optuna.load_study(study_name=name, storage=storage), config, data)
 
 
 def install_stop_signals(stop: threading.Event) -> None:

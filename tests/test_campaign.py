@@ -171,7 +171,7 @@ def test_a_single_worker_with_a_fixed_sampler_seed_reproduces_the_campaign(tmp_p
 
 
 def test_a_diverging_trial_is_pruned_with_its_reason(tiny, monkeypatch):
-    import dm_tune.campaign as campaign_module
+    import dm_tune.trials as campaign_module
     from dm_tune.training import NonFiniteLossError
 
     config, storage = tiny
