@@ -52,7 +52,7 @@ def measure(url: str, trials: int, epochs: int) -> tuple[float, float]:
     campaign.create_campaign(config, storage)
     campaign.load_setting_data(config, campaign.settings_of(config)[0])  # data outside timing
     training = []
-    real_train = trials.train_trial
+    real_train = trial_runner.train_trial
 
     def timed_train(*args, **kwargs):
         start = time.perf_counter()
@@ -61,13 +61,13 @@ def measure(url: str, trials: int, epochs: int) -> tuple[float, float]:
         finally:
             training.append(time.perf_counter() - start)
 
-    trials.train_trial = timed_train
+    trial_runner.train_trial = timed_train
     try:
         start = time.perf_counter()
         summary = run_worker(storage, config, "cpu", name="bench")
         wall = time.perf_counter() - start
     finally:
-        trials.train_trial = real_train
+        trial_runner.train_trial = real_train
         storage.engine.dispose()
     outside = wall - sum(training)
     return outside / wall, 1000 * outside / max(1, summary.trials)
