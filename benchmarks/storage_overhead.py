@@ -27,6 +27,7 @@ import sqlalchemy
 import torch
 
 import dm_tune.campaign as campaign
+import dm_tune.trials as trial_runner
 from dm_tune.config import load_campaign_config, parse_campaign_config
 from dm_tune.storage import open_storage
 from dm_tune.worker import run_worker

@@ -166,3 +166,24 @@ def test_device_layout_is_channels_last_on_cuda_only():
         assert x.is_contiguous(memory_format=torch.channels_last)
         assert x.shape[1:] == (3, 16, 16)
     assert torch.equal(moved.x_train, data.x_train)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_storage_overhead_measures_the_real_worker_on_both_backends():
+    out = _run([sys.executable, "benchmarks/storage_overhead.py", "--trials", "3",
+                "--epochs", "2"], timeout=300)
+    results = parse_results(out)
+    for backend in ("sqlite", "postgresql"):
+        fraction, target = results[f"storage_overhead_{backend}"]
+        assert 0.0 < fraction < 1.0 and target == "0.02"
+        assert results[f"storage_ms_per_trial_{backend}"][0] > 0
+
+
+@pytest.mark.slow
+def test_dm_vs_cce_prints_every_figure():
+    out = _run([sys.executable, "benchmarks/dm_vs_cce.py", "--epochs", "3"], timeout=300)
+    results = parse_results(out)
+    for label in ("cce", "dm_mode0.50_var8", "dm_mode0.33_var8"):
+        assert 0.0 <= results[f"{label}_test_accuracy"][0] <= 1.0
+        assert 0.0 <= results[f"{label}_memorized_noisy_fraction"][0] <= 1.0
