@@ -57,7 +57,7 @@ class ExportFormat(StrEnum):
 
 def _fail(message: str, code: int = 2) -> NoReturn:
     """Print one line to stderr and exit."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"dm-tune: {message}", err=True)
     raise typer.Exit(code)
 
 
