@@ -10,7 +10,6 @@ Example (in dm_tune/cli.py):
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import warnings
@@ -23,7 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from dm_tune import guidelines
+from dm_tune.config import ConfigError, load_campaign_config
 from dm_tune.guidelines import CampaignResults
+from dm_tune.storage import DEFAULT_STORAGE, STORAGE_ENV, StorageError
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -37,9 +38,6 @@ __all__ = [
     "run_report",
     "write_run_outputs",
 ]
-
-DEFAULT_STORAGE = "sqlite:///dm_tune.db"
-STORAGE_ENV = "DM_TUNE_STORAGE"
 
 StorageOption = Annotated[
     str,
@@ -62,14 +60,10 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _campaign_name(config: Path) -> str:
-    """Read the campaign name from a campaign file through dm_tune.config."""
-    # lazy, via importlib: keeps `recommend` free of it and lets tests substitute the module
-    config_module = importlib.import_module("dm_tune.config")
-
-    error = getattr(config_module, "ConfigError", ValueError)
+    """The campaign name of a campaign file (a bad file: one line, exit 2)."""
     try:
-        return config_module.load_campaign_config(config).campaign.name
-    except (error, OSError, ValueError) as exc:
+        return load_campaign_config(config).campaign.name
+    except ConfigError as exc:
         _fail(_one_line(exc))
 
 
@@ -81,8 +75,6 @@ def _one_line(exc: BaseException) -> str:
 
 def _load(campaign: str, storage: str) -> CampaignResults:
     """Load a campaign's results, turning the expected failures into exit code 2."""
-    from dm_tune.storage import StorageError
-
     try:
         return guidelines.load_campaign(storage, campaign)
     except (StorageError, guidelines.NoResultsError) as exc:

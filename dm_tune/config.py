@@ -251,7 +251,7 @@ def load_campaign_config(path: Path | str) -> CampaignConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such campaign file") from None
+        raise ConfigError(f"{path}: campaign file not found") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     try:

@@ -196,3 +196,8 @@ def shared_campaign_url(tmp_path_factory) -> str:
         path = tmp_path_factory.mktemp("fake-campaign") / "fake.db"
         _SHARED[base] = build_campaign(f"sqlite:///{path}")
     return _SHARED[base]
+
+
+def campaign_file(name: str) -> str:
+    """A minimal valid campaign file (TOML) whose campaign is ``name``."""
+    return f'[campaign]\nname = "{name}"\n\n[[noise]]\nkind = "symmetric"\nrates = [0.2, 0.4]\n'

@@ -89,5 +89,5 @@ def test_bad_files_name_the_key_and_the_file(tmp_path, text, needle):
 
 
 def test_missing_file():
-    with pytest.raises(ConfigError, match="no such campaign file"):
+    with pytest.raises(ConfigError, match="campaign file not found"):
         load_campaign_config("/nonexistent/campaign.toml")

@@ -6,14 +6,20 @@ import csv
 import io
 import json
 import math
-import sys
-import types
 import warnings
 
 import optuna
 import pytest
 import typer
-from fake_campaign import AGREED, CAMPAIGN, CONFIRMED, FakeTrial, add_setting, shared_campaign_url
+from fake_campaign import (
+    AGREED,
+    CAMPAIGN,
+    CONFIRMED,
+    FakeTrial,
+    add_setting,
+    campaign_file,
+    shared_campaign_url,
+)
 from typer.testing import CliRunner
 
 from dm_tune import guidelines as g
@@ -241,18 +247,8 @@ def test_load_export_rejects_newer_and_malformed(results, tmp_path):
 
 
 @pytest.fixture
-def app(monkeypatch) -> typer.Typer:
-    """The guideline commands in a Typer app; dm_tune.config is replaced by a stub."""
-    stub = types.ModuleType("dm_tune.config")
-
-    def load_campaign_config(path):
-        if not path.exists():
-            raise FileNotFoundError(f"campaign file {path} not found")
-        name = path.read_text().strip()
-        return types.SimpleNamespace(campaign=types.SimpleNamespace(name=name))
-
-    stub.load_campaign_config = load_campaign_config
-    monkeypatch.setitem(sys.modules, "dm_tune.config", stub)
+def app() -> typer.Typer:
+    """The guideline commands in a Typer app."""
     app = typer.Typer()
     app.command("export")(export_command)
     app.command("recommend")(recommend_command)
@@ -261,7 +257,7 @@ def app(monkeypatch) -> typer.Typer:
 
 def _config(tmp_path, name=CAMPAIGN) -> str:
     path = tmp_path / "c.toml"
-    path.write_text(name)
+    path.write_text(campaign_file(name))
     return str(path)
 
 

@@ -12,7 +12,7 @@ import types
 import optuna
 import pytest
 import typer
-from fake_campaign import CAMPAIGN, shared_campaign_url
+from fake_campaign import CAMPAIGN, campaign_file, shared_campaign_url
 from plotly.offline import get_plotlyjs
 from rich.console import Console
 from typer.testing import CliRunner
@@ -174,13 +174,8 @@ def test_recommendation_table(results):
 
 
 @pytest.fixture
-def app(monkeypatch) -> typer.Typer:
-    """The report command with dm_tune.config stubbed (the file holds the campaign name)."""
-    stub = types.ModuleType("dm_tune.config")
-    stub.load_campaign_config = lambda path: types.SimpleNamespace(
-        campaign=types.SimpleNamespace(name=path.read_text().strip())
-    )
-    monkeypatch.setitem(sys.modules, "dm_tune.config", stub)
+def app() -> typer.Typer:
+    """The report command in a Typer app."""
     app = typer.Typer()
     app.command("report")(report_command)
     app.command("noop")(lambda: None)  # two commands: keep `report` a subcommand
@@ -189,7 +184,7 @@ def app(monkeypatch) -> typer.Typer:
 
 def test_cli_report(app, url, tmp_path, monkeypatch):
     config = tmp_path / "c.toml"
-    config.write_text(CAMPAIGN)
+    config.write_text(campaign_file(CAMPAIGN))
     out = tmp_path / "rep"
     res = CliRunner().invoke(
         app, ["report", str(config), "--out", str(out), "--storage", url, "--no-png"]
@@ -199,7 +194,7 @@ def test_cli_report(app, url, tmp_path, monkeypatch):
     monkeypatch.setattr(report, "find_browser", lambda: None)
     res = CliRunner().invoke(app, ["report", str(config), "--out", str(out), "--storage", url])
     assert res.exit_code == 0 and "warning: no Chromium found" in res.stderr
-    config.write_text("nope")
+    config.write_text(campaign_file("nope"))
     res = CliRunner().invoke(app, ["report", str(config), "--out", str(out), "--storage", url])
     assert res.exit_code == 2 and res.stderr.count("\n") == 1
 
