@@ -100,14 +100,10 @@ def _open(config_path: Path, storage_url: str, create: bool = True, heartbeat: i
 
 
 def _database_location(storage_url: str) -> str:
-    from sqlalchemy.engine import make_url
+    from dm_tune.storage import redact_url, sqlite_file
 
-    from dm_tune.storage import redact_url
-
-    url = make_url(storage_url)
-    if url.get_backend_name() == "sqlite" and url.database:
-        return str(Path(url.database).resolve())
-    return redact_url(storage_url)
+    path = sqlite_file(storage_url)
+    return str(path.resolve()) if path is not None else redact_url(storage_url)
 
 
 @app.command()
@@ -181,11 +177,10 @@ def _write_outputs(config, store, storage_url: str, out: Path | None) -> None:
 
 
 def _default_report_dir(storage_url: str, campaign: str) -> Path:
-    from sqlalchemy.engine import make_url
+    from dm_tune.storage import sqlite_file
 
-    url = make_url(storage_url)
-    base = Path(url.database).resolve().parent if url.get_backend_name() == "sqlite" and \
-        url.database not in (None, "", ":memory:") else Path.cwd()
+    path = sqlite_file(storage_url)
+    base = path.resolve().parent if path is not None else Path.cwd()
     return base / "dm_tune_reports" / campaign
 
 

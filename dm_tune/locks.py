@@ -21,6 +21,8 @@ from pathlib import Path
 
 import sqlalchemy
 
+from dm_tune.storage import sqlite_file
+
 __all__ = ["campaign_lock"]
 
 _thread_locks: dict[str, threading.Lock] = {}
@@ -67,14 +69,14 @@ def _file_lock(path: Path) -> Iterator[None]:
 @contextmanager
 def campaign_lock(engine: sqlalchemy.engine.Engine, name: str) -> Iterator[None]:
     """Hold an exclusive lock named ``name`` across every process using this database."""
-    url = engine.url
+    database_file = sqlite_file(engine.url)
     with _thread_lock(name):
-        if url.get_backend_name() == "postgresql":
+        if engine.url.get_backend_name() == "postgresql":
             with _postgres_lock(engine, name):
                 yield
-        elif url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        elif database_file is not None:
             digest = hashlib.sha256(name.encode()).hexdigest()[:12]
-            with _file_lock(Path(f"{url.database}.{digest}.lock")):
+            with _file_lock(Path(f"{database_file}.{digest}.lock")):
                 yield
         else:
             yield  # an in-memory database lives in one process: the thread lock suffices

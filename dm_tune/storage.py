@@ -136,6 +136,14 @@ def _sqlite_path(url: URL) -> Path | None:
     return Path(database)
 
 
+def sqlite_file(url: str | URL | None) -> Path | None:
+    """The database file of a SQLite storage URL; None for in-memory SQLite or another backend."""
+    parsed = url if isinstance(url, URL) else make_url(resolve_storage_url(url))
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    return _sqlite_path(parsed)
+
+
 def _check_sqlite_file(url: URL, raw: str, create: bool) -> None:
     """Refuse a missing SQLite file when create=False and a missing directory always."""
     path = _sqlite_path(url)
