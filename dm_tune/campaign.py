@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ __all__ = [
     "Setting",
     "StudyProgress",
     "campaign_progress",
+    "check_campaign",
     "create_campaign",
     "data_spec",
     "settings_of",
@@ -47,7 +48,9 @@ ROLE_DM = "dm"
 ROLE_BASELINES = "baselines"
 ROLE_CONFIRM = "confirm"
 PARAMS = ("emphasis_mode", "emphasis_variance")
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: user attrs that define a queued job (baseline loss, confirmation seed and source):
+#: a re-queued trial must carry them, and nothing else from the failed run
+JOB_ATTRS = ("loss", "loss_params", "seed", "source_trial")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -218,35 +221,51 @@ def _ensure_study(
         for key, value in _study_attrs(config, setting, role, data, budget).items():
             study.set_user_attr(key, value)
         return study, True
-    check_study_matches(study, config, data)
     if study.user_attrs.get("budget") != budget:
         study.set_user_attr("budget", budget)  # the budget may grow or shrink between runs
     return study, False
 
 
-def create_campaign(
-    config: CampaignConfig,
-    storage: optuna.storages.RDBStorage,
-    on_setting: Callable[[Setting], None] | None = None,
-) -> list[str]:
+def create_campaign(config: CampaignConfig, storage: optuna.storages.RDBStorage) -> list[str]:
     """Create every missing study of the campaign (idempotent); return the study names.
 
     All data is prepared and every existing study checked before anything is written, so
     a refused campaign leaves the database as it was.
     """
-    settings = settings_of(config)
-    prepared = {}
-    for setting in settings:
-        prepared[setting] = load_setting_data(config, setting)
-        _check_noise_bounds(setting, prepared[setting])
-        if on_setting is not None:
-            on_setting(setting)
+    for setting in settings_of(config):
+        load_setting_data(config, setting)  # slow for CIFAR: load (and cache) outside the lock
     names = []
     with campaign_lock(storage.engine, f"dm-tune/{config.name}"):
-        _check_all_existing(storage, config, settings, prepared)
-        for setting in settings:
-            names.extend(_create_setting(storage, config, setting, prepared[setting]))
+        prepared = check_campaign(storage, config)
+        for setting, data in prepared.items():
+            names.extend(_create_setting(storage, config, setting, data))
     return names
+
+
+def check_campaign(
+    storage: optuna.storages.RDBStorage, config: CampaignConfig, require_created: bool = False
+) -> dict[Setting, TrialData]:
+    """Every setting's data, once each existing study is checked against this machine's.
+
+    Raises:
+        CampaignError: a rate beyond its noise kind's bound, a study made from another
+            configuration, or (``require_created``) a study that does not exist yet.
+        DigestMismatchError: this machine's noisy labels differ from a study's.
+    """
+    prepared = {setting: load_setting_data(config, setting) for setting in settings_of(config)}
+    existing = {summary.study_name for summary in storage.get_all_studies()}
+    for setting, data in prepared.items():
+        _check_noise_bounds(setting, data)
+        for role in (ROLE_DM, ROLE_BASELINES):
+            name = setting.study_name(config.name, role)
+            if name in existing:
+                check_study_matches(optuna.load_study(study_name=name, storage=storage), config,
+                                    data)
+            elif require_created and role == ROLE_DM:
+                raise CampaignError(
+                    f"study {name} does not exist; run `dm-tune create` for this campaign first"
+                )
+    return prepared
 
 
 def _check_noise_bounds(setting: Setting, data: TrialData) -> None:
@@ -260,16 +279,6 @@ def _check_noise_bounds(setting: Setting, data: TrialData) -> None:
             f"setting {setting.name}: rate must be below {bound:.4g} for {setting.kind} noise "
             f"with {data.num_classes} classes"
         )
-
-
-def _check_all_existing(storage, config, settings, prepared) -> None:
-    existing = {s.study_name for s in storage.get_all_studies()}
-    for setting in settings:
-        for role in (ROLE_DM, ROLE_BASELINES):
-            name = setting.study_name(config.name, role)
-            if name in existing:
-                check_study_matches(optuna.load_study(study_name=name, storage=storage), config,
-                                prepared[setting])
 
 
 def _create_setting(storage, config: CampaignConfig, setting: Setting, data: TrialData):

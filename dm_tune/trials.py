@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from dm_tune.campaign import (
+    JOB_ATTRS,
     ROLE_BASELINES,
     ROLE_DM,
     Setting,
@@ -315,8 +316,10 @@ def run_claimed_trial(
 
 
 def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
+    # Not the storage's heartbeat retry callback: a stop is no failure of the trial, so it
+    # must not use up its bounded retries, nor copy the partial results of the run.
     frozen = study._storage.get_trial(trial._trial_id)
-    keep = {k: v for k, v in frozen.user_attrs.items() if k in ("loss", "loss_params", "seed")}
+    keep = {k: v for k, v in frozen.user_attrs.items() if k in JOB_ATTRS}
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING,
         params=frozen.params,

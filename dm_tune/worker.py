@@ -15,14 +15,7 @@ from types import FrameType
 import optuna
 from optuna.trial import TrialState
 
-from dm_tune.campaign import (
-    CampaignError,
-    DigestMismatchError,
-    campaign_progress,
-    check_study_matches,
-    load_setting_data,
-    settings_of,
-)
+from dm_tune.campaign import DigestMismatchError, campaign_progress, check_campaign
 from dm_tune.config import CampaignConfig
 from dm_tune.trials import (
     ClaimedTrial,
@@ -50,19 +43,6 @@ class WorkerSummary:
     @property
     def trials(self) -> int:
         return sum(self.states.values())
-
-
-def verify_labels(storage: optuna.storages.RDBStorage, config: CampaignConfig) -> None:
-    """Refuse to work unless this machine's noisy labels match every study's digest."""
-    existing = {s.study_name for s in storage.get_all_studies()}
-    for setting in settings_of(config):
-        name = setting.study_name(config.name)
-        if name not in existing:
-            raise CampaignError(
-                f"study {name} does not exist; run `dm-tune create` for this campaign first"
-            )
-        data = load_setting_data(config, setting)
-        check_study_matches(optuna.load_study(study_name=name, storage=storage), config, data)
 
 
 def install_stop_signals(stop: threading.Event) -> None:
@@ -100,7 +80,7 @@ def run_worker(
     """
     stop = stop or threading.Event()
     name = name or worker_name()
-    verify_labels(storage, config)
+    check_campaign(storage, config, require_created=True)  # refuse other labels up front
     cache = StudyCache(storage, config, seed_of(name) if sampler_seed is None else sampler_seed)
     summary = WorkerSummary(name)
     while not stop.is_set() and (max_trials is None or summary.trials < max_trials):
@@ -187,4 +167,4 @@ def launch_workers(
     return codes
 
 
-__all__ += ["DigestMismatchError", "Slot", "plan_slots", "verify_labels", "worker_command"]
+__all__ += ["DigestMismatchError", "Slot", "plan_slots", "worker_command"]

@@ -189,3 +189,22 @@ def test_a_diverging_trial_is_pruned_with_its_reason(tiny, monkeypatch):
     assert "nan" in trial.user_attrs["pruned_reason"]
     assert trial.user_attrs["epochs_run"] == 1
     assert trial.user_attrs["val_accuracy_curve"] == [0.5]
+
+
+def test_a_stopped_confirmation_is_requeued_with_its_job(tiny):
+    config, storage = tiny
+    create_campaign(config, storage)
+    run_worker(storage, config, "cpu", name="w0")
+    create_confirmations(storage, config, top_k=1, seeds=1)
+    stop = threading.Event()
+    run_worker(storage, config, "cpu", stop=stop, name="w1",
+               on_epoch=lambda claimed, epoch, metrics: stop.set())
+    confirm = [t for s in settings_of(config)
+               for t in _trials(storage, s.study_name("tiny", "confirm"))]
+    (stopped,) = [t for t in confirm if t.state == TrialState.FAIL]
+    (requeued,) = [t for t in confirm if t.system_attrs.get("failed_trial") == stopped.number]
+    assert requeued.state == TrialState.WAITING
+    assert requeued.user_attrs["seed"] == 1000
+    assert requeued.user_attrs["source_trial"] == stopped.user_attrs["source_trial"]
+    assert "stopped" not in requeued.user_attrs  # nothing from the interrupted run
+    assert requeued.params == stopped.params
