@@ -52,6 +52,7 @@ __all__ = [
     "load_campaign",
     "load_export",
     "recommend",
+    "summarize_baselines",
     "to_csv_rows",
     "to_export_dict",
     "validate_export",
@@ -303,7 +304,7 @@ def _setting_result(
     selected = _selection_from_confirm(roles["confirm"][1]) if "confirm" in roles else None
     if selected is None and ranked:
         selected = _selection_from_trial(ranked[0])
-    baselines = _baselines(roles["baselines"][1]) if "baselines" in roles else {}
+    baselines = summarize_baselines(roles["baselines"][1]) if "baselines" in roles else {}
     return SettingResult(
         noise_kind=kind,
         noise_rate=rate,
@@ -421,7 +422,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(known)) if known else None
 
 
-def _baselines(trials: Iterable[FrozenTrial]) -> dict[str, BaselineResult]:
+def summarize_baselines(trials: Iterable[FrozenTrial]) -> dict[str, BaselineResult]:
     """Average each baseline loss's COMPLETE trials over its seeds."""
     by_loss: dict[str, list[FrozenTrial]] = defaultdict(list)
     for t in _complete(trials):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from dm_tune.campaign import (
     campaign_progress,
 )
 from dm_tune.config import CampaignConfig
+from dm_tune.guidelines import summarize_baselines
 
 __all__ = ["live_launch", "run_with_progress", "status_rows", "status_table"]
 
@@ -31,17 +31,8 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def _baseline_summary(study: optuna.Study) -> str:
-    by_loss: dict[str, list[tuple[float, float | None]]] = {}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        by_loss.setdefault(str(trial.user_attrs.get("loss")), []).append(
-            (float(trial.value), trial.user_attrs.get("test_accuracy"))
-        )
-    parts = []
-    for loss, values in sorted(by_loss.items()):
-        val = statistics.mean(v for v, _ in values)
-        tests = [t for _, t in values if t is not None]
-        test = statistics.mean(tests) if tests else None
-        parts.append(f"{loss} {val:.3f}/{_fmt(test)}")
+    results = summarize_baselines(study.get_trials(deepcopy=False))
+    parts = [f"{r.loss} {_fmt(r.val_accuracy)}/{_fmt(r.test_accuracy)}" for r in results.values()]
     return ", ".join(parts) or "-"
 
 
