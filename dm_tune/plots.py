@@ -103,24 +103,23 @@ def trend_data(results: CampaignResults) -> TrendPlotData:
     for kind, trend in results.trends.items():
         pts = trend.points
         rates = [p.noise_rate for p in pts]
-        mode[kind] = BandSeries(
-            kind,
-            rates,
-            [p.emphasis_mode for p in pts],
-            [p.emphasis_mode_low for p in pts],
-            [p.emphasis_mode_high for p in pts],
-        )
-        variance[kind] = BandSeries(
-            kind,
-            rates,
-            [p.emphasis_variance for p in pts],
-            [p.emphasis_variance_low for p in pts],
-            [p.emphasis_variance_high for p in pts],
-        )
+        mode[kind] = _band(kind, rates, pts, "emphasis_mode")
+        variance[kind] = _band(kind, rates, pts, "emphasis_variance")
         selected = {s.noise_rate: s.selected for s in results.settings_of(kind)}
         sel_mode[kind] = [_attr(selected.get(r), "emphasis_mode") for r in rates]
         sel_var[kind] = [_attr(selected.get(r), "emphasis_variance") for r in rates]
     return TrendPlotData(list(results.trends), mode, variance, sel_mode, sel_var)
+
+
+def _band(kind: str, rates: list[float], points: list, param: str) -> BandSeries:
+    """One parameter's centre line and band (``<param>``, ``_low``, ``_high``) per rate."""
+    return BandSeries(
+        kind,
+        rates,
+        [getattr(p, param) for p in points],
+        [getattr(p, f"{param}_low") for p in points],
+        [getattr(p, f"{param}_high") for p in points],
+    )
 
 
 def _attr(obj: object, name: str) -> float | None:
