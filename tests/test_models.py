@@ -82,3 +82,45 @@ def test_register_model_extends_the_registry() -> None:
         assert build_model("_tiny", (4,), 2)(torch.randn(3, 4)).shape == (3, 2)
     finally:
         del MODELS["_tiny"]
+
+
+# ------------------------------------------------------------------------ fastnet
+
+
+def test_fastnet_shapes_widths_and_options():
+    import torch
+
+    from dm_tune.models import build_model
+
+    model = build_model("fastnet", (3, 32, 32), 10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs][:2] == [64, 256]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    small = build_model("fastnet", (3, 32, 32), 100, width=[4, 8, 8, 16], residual=False)
+    assert small(torch.randn(3, 3, 32, 32)).shape == (3, 100)
+    assert len([m for m in small.modules() if isinstance(m, torch.nn.Conv2d)]) == 4
+    with pytest.raises(ValueError, match="fastnet"):
+        build_model("fastnet", (64,), 10)
+    with pytest.raises(ValueError, match="8x8"):
+        build_model("fastnet", (3, 4, 4), 10)
+    with pytest.raises(ValueError, match="width"):
+        build_model("fastnet", (3, 32, 32), 10, width=[8, 8])
+
+
+def test_fastnet_fits_a_tiny_synthetic_batch():
+    import torch
+
+    from dm_tune.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("fastnet", (3, 16, 16), 10, width=4)
+    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for _ in range(10):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]

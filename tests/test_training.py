@@ -199,3 +199,53 @@ def test_image_models_train_with_augmentation_deterministically(
 def test_result_type(clean: TrialData) -> None:
     result = train_trial(clean, TrainSpec(epochs=1), loss="cce", progress=False)
     assert isinstance(result, TrialResult) and result.device == "cpu"
+
+
+# ---------------------------------------------- GPU-path options (checked on CPU)
+
+
+def _tiny_images(n: int = 32):
+    import torch
+
+    from dm_tune.data import TrialData
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 3, 16, 16, generator=gen), torch.arange(n) % 4
+    return TrialData(x_train=x, y_train=y, y_train_true=y, x_val=x[:8], y_val=y[:8],
+                     x_test=x[:8], y_test=y[:8], num_classes=4, input_shape=(3, 16, 16),
+                     realised_noise_rate=0.0, label_digest="t", is_image=True)
+
+
+def test_train_trial_compile_option_wraps_the_training_forward(monkeypatch):
+    import torch
+
+    from dm_tune.training import TrainSpec, train_trial
+
+    compiled = []
+
+    def fake_compile(model, *args, **kwargs):
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    spec = TrainSpec(model="fastnet", model_params={"width": 4}, epochs=1, batch_size=16)
+    train_trial(_tiny_images(), spec, loss="cce", progress=False)
+    assert compiled == []
+    result = train_trial(_tiny_images(), TrainSpec(**{**spec.__dict__, "compile": True}),
+                         loss="dm", loss_params={"emphasis_mode": 0.5,
+                                                 "emphasis_variance": 8.0}, progress=False)
+    assert len(compiled) == 1 and result.epochs_run == 1
+
+
+def test_device_layout_is_channels_last_on_cuda_only():
+    import torch
+
+    from dm_tune.training import device_layout
+
+    data = _tiny_images()
+    assert device_layout(data, torch.device("cpu")) is data
+    moved = device_layout(data, torch.device("cuda"))  # the layout step only: no transfer
+    for x in (moved.x_train, moved.x_val, moved.x_test):
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        assert x.shape[1:] == (3, 16, 16)
+    assert torch.equal(moved.x_train, data.x_train)
