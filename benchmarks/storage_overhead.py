@@ -20,11 +20,10 @@ import os
 import pstats
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import sqlalchemy
 import torch
+from pgtemp import create_database, database_url, drop_database, ensure_postgres
 
 import dm_tune.campaign as campaign
 import dm_tune.trials as trial_runner
@@ -33,7 +32,6 @@ from dm_tune.storage import open_storage
 from dm_tune.worker import run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def _config(trials: int, epochs: int):
@@ -74,15 +72,6 @@ def measure(url: str, trials: int, epochs: int) -> tuple[float, float]:
     return outside / wall, 1000 * outside / max(1, summary.trials)
 
 
-def _pg_database() -> tuple[str, sqlalchemy.Engine, str]:
-    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    name = f"dmtune_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sqlalchemy.engine.make_url(PG_ADMIN).set(database=name)
-    return url.render_as_string(hide_password=False), admin, name
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24)
@@ -98,31 +87,26 @@ def main() -> None:
     print(f"RESULT storage_overhead_sqlite {fraction:.4f} target 0.02")
     print(f"RESULT storage_ms_per_trial_sqlite {ms:.1f} target -")
     try:
-        url, admin, name = _pg_database()
-    except sqlalchemy.exc.OperationalError as error:
-        print(f"# PostgreSQL unreachable, skipped: {str(error.orig).splitlines()[0]}")
+        ensure_postgres()
+        name = create_database()
+    except Exception as error:  # noqa: BLE001 - report and go on: SQLite was measured
+        print(f"# PostgreSQL unavailable, skipped: {str(error).splitlines()[0]}")
         return
     profiler = cProfile.Profile() if args.profile else None
     try:
         if profiler is not None:
             profiler.enable()
-        fraction, ms = measure(url, args.trials, args.epochs)
+        fraction, ms = measure(database_url(name), args.trials, args.epochs)
     finally:
         if profiler is not None:
             profiler.disable()
-        with admin.connect() as connection:
-            connection.exec_driver_sql(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-            )
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.dispose()
+        drop_database(name)
     print(f"RESULT storage_overhead_postgresql {fraction:.4f} target 0.02")
     print(f"RESULT storage_ms_per_trial_postgresql {ms:.1f} target -")
     if profiler is not None:
         stats = pstats.Stats(profiler)
         stats.sort_stats("cumulative").print_stats(
-            r"campaign.py.*\((claim_trial|_record|_loss_of)\)|should_prune|study.py.*\((ask|tell)\)"
+            r"trials.py.*\((claim_trial|_record|_loss_of)\)|should_prune|study.py.*\((ask|tell)\)"
             r"|_trial.py.*\(report\)"
         )
 

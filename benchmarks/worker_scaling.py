@@ -38,13 +38,12 @@ import sys
 import tempfile
 import time
 import tomllib
-import uuid
 from pathlib import Path
+
+from pgtemp import create_database, database_url, drop_database, ensure_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY_FILE = ROOT / "studies" / "digits-quick.toml"
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-URL_TEMPLATE = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
 
 
 # ------------------------------------------------------------------------- worker shim
@@ -108,44 +107,6 @@ def run_shim(out: str, argv: list[str]) -> None:
     main()
 
 
-# ------------------------------------------------------------------------------ server
-
-
-def ensure_postgres() -> None:
-    """Start the local cluster if it does not answer (as the brief's command does)."""
-    ready = ["pg_isready", "-q", "-h", "127.0.0.1"]
-    if subprocess.run(ready, check=False).returncode == 0:
-        return
-    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
-    if not versions:
-        raise RuntimeError("PostgreSQL is not running and no cluster is configured")
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"],
-                   check=False)
-    for _ in range(30):
-        if subprocess.run(ready, check=False).returncode == 0:
-            return
-        time.sleep(0.5)
-    raise RuntimeError("PostgreSQL did not come up on 127.0.0.1:5432")
-
-
-def create_database() -> str:
-    import psycopg
-
-    name = f"dmtune_scaling_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name
-
-
-def drop_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-
-
 # ------------------------------------------------------------------------------ a run
 
 
@@ -191,7 +152,7 @@ def storage_span(url: str) -> tuple[int, float]:
 def one_run(config: Path, workers: int, workdir: Path) -> dict:
     """A fresh database, `dm-tune create`, K workers to the end; timings."""
     db = create_database()
-    url = URL_TEMPLATE.format(db=db)
+    url = database_url(db)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
            "DM_TUNE_STORAGE": ""}
     try:
