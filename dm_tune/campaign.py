@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from dm_tune import __version__
 from dm_tune.config import CampaignConfig
 from dm_tune.data import DataSpec, TrialData, prepare_data
+from dm_tune.errors import CampaignError, DigestMismatchError
 from dm_tune.locks import campaign_lock
 from dm_tune.training import TrainSpec
 
@@ -53,14 +54,6 @@ PARAMS = ("emphasis_mode", "emphasis_variance")
 JOB_ATTRS = ("loss", "loss_params", "seed", "source_trial")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-class CampaignError(ValueError):
-    """The campaign cannot be created or joined as asked (a refusal: exit code 2)."""
-
-
-class DigestMismatchError(CampaignError):
-    """This machine's noisy labels differ from the ones the study was created with."""
 
 
 @dataclass(frozen=True)

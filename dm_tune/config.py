@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dm_tune.errors import ConfigError
+
 __all__ = [
     "BaselinesConfig",
     "CampaignConfig",
@@ -44,8 +46,6 @@ PAPER_WARM_START: tuple[tuple[float, float], ...] = (
 )
 
 
-class ConfigError(ValueError):
-    """A campaign file that cannot be used; the message names the file and the key."""
 
 
 class _Strict(BaseModel):

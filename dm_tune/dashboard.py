@@ -18,15 +18,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna_dashboard
 
+from dm_tune.errors import DashboardRefused
 from dm_tune.storage import open_storage, redact_url, resolve_storage_url
 
 __all__ = ["DashboardRefused", "is_loopback", "serve_dashboard"]
 
 _logger = logging.getLogger(__name__)
-
-
-class DashboardRefused(ValueError):
-    """Serving the dashboard on a non-loopback address was refused."""
 
 
 class _Server(ThreadingMixIn, WSGIServer):

@@ -32,6 +32,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import dm_tune
+from dm_tune.errors import NoResultsError
 
 __all__ = [
     "SCHEMA",
@@ -71,8 +72,6 @@ DEFAULT_RESAMPLES = 200
 DEFAULT_INTERVAL = 0.9
 
 
-class NoResultsError(ValueError):
-    """The campaign has no study or no finished trial to aggregate."""
 
 
 # --------------------------------------------------------------------------- data

@@ -26,6 +26,8 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 
+from dm_tune.errors import StorageError
+
 __all__ = [
     "DEFAULT_STORAGE",
     "STORAGE_ENV",
@@ -59,8 +61,6 @@ _QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|secret|sslpassword)
 _DRIVER_ALIASES = {"postgres": "postgresql+psycopg", "postgresql": "postgresql+psycopg"}
 
 
-class StorageError(Exception):
-    """A storage could not be opened or reached; the message is one line, password redacted."""
 
 
 def resolve_storage_url(url: str | None) -> str:
