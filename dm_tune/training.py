@@ -32,6 +32,7 @@ __all__ = [
     "NonFiniteLossError",
     "TrainSpec",
     "TrialResult",
+    "best_val_epoch",
     "evaluate",
     "noise_fit_fractions",
     "predict",
@@ -359,20 +360,26 @@ def _run_epochs(
     return curves
 
 
+def best_val_epoch(val: list[float], test: list[float]) -> tuple[int, float]:
+    """The first (1-based) epoch with the best validation accuracy, and test accuracy there."""
+    best = max(range(len(val)), key=val.__getitem__)
+    return best + 1, test[best]
+
+
 def _result(
     curves: dict[str, list[float]], fit: tuple[float, float, float], data: TrialData,
     spec: TrainSpec, seconds: float,
 ) -> TrialResult:
     """Assemble the TrialResult from the curves and the final train-set figures."""
     val, test = curves["val"], curves["test"]
-    best = max(range(len(val)), key=val.__getitem__)  # first epoch with the best val
+    best_epoch, test_at_best = best_val_epoch(val, test)
     return TrialResult(
         val_accuracy_per_epoch=val,
         test_accuracy_per_epoch=test,
         val_accuracy=val[-1],
         test_accuracy=test[-1],
-        best_val_epoch=best + 1,
-        test_accuracy_at_best_val=test[best],
+        best_val_epoch=best_epoch,
+        test_accuracy_at_best_val=test_at_best,
         noisy_train_accuracy=fit[0],
         memorized_noisy_fraction=fit[1],
         corrected_noisy_fraction=fit[2],
