@@ -1,7 +1,7 @@
 """Epochs dm-tune's search spends to match the paper's full grid, on digits (CPU).
 
 For each noise setting, two campaigns run through the product itself
-(``dm_tune.campaign.create_campaign`` + ``dm_tune.worker.run_worker``, one worker, one
+(``dm_tune.campaign.create_campaign`` + ``dm_tune.campaign.run_worker``, one worker, one
 thread, a temporary SQLite file), with the training of ``studies/digits-quick.toml``
 (MLP, 40 epochs, batch 64, lr 0.1, cosine):
 
@@ -53,11 +53,16 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from dm_tune.campaign import create_campaign, load_setting_data, settings_of, train_spec
+from dm_tune.campaign import (
+    create_campaign,
+    load_setting_data,
+    run_worker,
+    settings_of,
+    train_spec,
+)
 from dm_tune.config import CampaignConfig, parse_campaign_config
 from dm_tune.storage import open_storage
 from dm_tune.training import NonFiniteLossError, train_trial
-from dm_tune.worker import run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY_FILE = ROOT / "studies" / "digits-quick.toml"

@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from pgtemp import create_database, database_url, drop_database, ensure_postgres
 
-import dm_tune.campaign as campaign
-import dm_tune.trials as trial_runner
+from dm_tune import campaign
+from dm_tune.campaign import run_worker
 from dm_tune.config import load_campaign_config, parse_campaign_config
 from dm_tune.storage import open_storage
-from dm_tune.worker import run_worker
+from dm_tune.training import train_trial
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,22 +51,19 @@ def measure(url: str, trials: int, epochs: int) -> tuple[float, float]:
     campaign.create_campaign(config, storage)
     campaign.load_setting_data(config, campaign.settings_of(config)[0])  # data outside timing
     training = []
-    real_train = trial_runner.train_trial
 
     def timed_train(*args, **kwargs):
         start = time.perf_counter()
         try:
-            return real_train(*args, **kwargs)
+            return train_trial(*args, **kwargs)
         finally:
             training.append(time.perf_counter() - start)
 
-    trial_runner.train_trial = timed_train
     try:
         start = time.perf_counter()
-        summary = run_worker(storage, config, "cpu", name="bench")
+        summary = run_worker(storage, config, "cpu", name="bench", train=timed_train)
         wall = time.perf_counter() - start
     finally:
-        trial_runner.train_trial = real_train
         storage.engine.dispose()
     outside = wall - sum(training)
     return outside / wall, 1000 * outside / max(1, summary.trials)
@@ -106,7 +103,8 @@ def main() -> None:
     if profiler is not None:
         stats = pstats.Stats(profiler)
         stats.sort_stats("cumulative").print_stats(
-            r"trials.py.*\((claim_trial|_record|_loss_of)\)|should_prune|study.py.*\((ask|tell)\)"
+            r"claims.py.*\(claim_trial\)|run_trial.py.*\((_record|loss_of)\)|should_prune"
+            r"|study.py.*\((ask|tell)\)"
             r"|_trial.py.*\(report\)"
         )
 

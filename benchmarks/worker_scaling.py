@@ -8,10 +8,11 @@ autocommit), ``dm-tune create`` runs once, then K ``dm-tune worker CONFIG --stor
 database is dropped. Runs are interleaved (1, 2, 2, 1, 1, 2) to cancel drift in the load
 other processes put on the machine; the medians per worker count are reported.
 
-Each worker process is the real CLI started through a thin timing shim (this file with
-``--shim OUT``) that wraps ``claim_trial`` (campaign lock, progress query, stale check,
-``study.ask``), ``run_claimed_trial`` (attrs, heartbeat, training, ``tell``) and
-``train_trial`` minus its epoch callbacks (``trial.report`` + ``should_prune``), so that
+Each worker process is ``run_worker`` started through a thin shim (this file with
+``--shim OUT CONFIG URL LABEL``) that reads the worker's own timings of its claims
+(campaign lock, progress query, stale check, ``study.ask``) and trials (attrs,
+heartbeat, training, ``tell``) and passes a timed ``train`` hook that separates pure
+training from the epoch callbacks (``trial.report`` + ``should_prune``), so that
 
     sampler_storage_fraction = (claim + run - pure training) / (claim + run)
 
@@ -29,7 +30,6 @@ is printed too). Prints::
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import statistics
@@ -49,33 +49,23 @@ STUDY_FILE = ROOT / "studies" / "digits-quick.toml"
 # ------------------------------------------------------------------------- worker shim
 
 
-def run_shim(out: str, argv: list[str]) -> None:
-    """Run ``dm-tune <argv>`` in this process with timing hooks; write them to ``out``."""
-    import dm_tune.trials as campaign
-    import dm_tune.worker as worker
-    from dm_tune.cli import main
+def run_shim(out: str, config_path: str, url: str, label: str) -> None:
+    """Run one worker in this process through its explicit hooks; write the timings to ``out``.
 
-    rec: dict[str, list[float] | float] = {"claim": [], "run": [], "train": [], "callbacks": [],
-                                           "idle": 0.0, "started": time.time()}
+    ``run_worker`` times its claims and trials itself; ``train`` is the one hook wrapped
+    here, to split pure training from the epoch callbacks (report + should_prune).
+    """
+    import torch
 
-    def claim_trial(*args, **kwargs):
-        t = time.perf_counter()
-        claimed = original_claim(*args, **kwargs)
-        took = time.perf_counter() - t
-        if claimed is None:
-            rec["idle"] += took  # nothing left to claim: end-of-campaign polling
-        else:
-            rec["claim"].append(took)
-        return claimed
+    from dm_tune.campaign import run_worker
+    from dm_tune.config import load_campaign_config
+    from dm_tune.storage import open_storage
+    from dm_tune.training import train_trial
 
-    def run_claimed_trial(*args, **kwargs):
-        t = time.perf_counter()
-        try:
-            return original_run(*args, **kwargs)
-        finally:
-            rec["run"].append(time.perf_counter() - t)
+    torch.set_num_threads(1)
+    rec: dict[str, list[float] | float] = {"train": [], "callbacks": [], "started": time.time()}
 
-    def train_trial(data, spec, loss="dm", loss_params=None, on_epoch=None, progress=None):
+    def timed_train(data, spec, loss="dm", loss_params=None, on_epoch=None, progress=None):
         in_callbacks = [0.0]
 
         def timed(epoch, metrics):
@@ -87,24 +77,17 @@ def run_shim(out: str, argv: list[str]) -> None:
 
         t = time.perf_counter()
         try:
-            return original_train(data, spec, loss, loss_params,
-                                  on_epoch=timed if on_epoch else None, progress=progress)
+            return train_trial(data, spec, loss, loss_params,
+                               on_epoch=timed if on_epoch else None, progress=progress)
         finally:
             rec["train"].append(time.perf_counter() - t - in_callbacks[0])
             rec["callbacks"].append(in_callbacks[0])
 
-    original_claim, original_run = worker.claim_trial, worker.run_claimed_trial
-    original_train = campaign.train_trial
-    worker.claim_trial, worker.run_claimed_trial = claim_trial, run_claimed_trial
-    campaign.train_trial = train_trial
-
-    def dump() -> None:
-        rec["ended"] = time.time()
-        Path(out).write_text(json.dumps(rec))
-
-    atexit.register(dump)
-    sys.argv = ["dm-tune", *argv]
-    main()
+    summary = run_worker(open_storage(url), load_campaign_config(config_path), "cpu",
+                         name=label, train=timed_train)
+    rec.update(claim=summary.claim_seconds, run=summary.trial_seconds,
+               idle=summary.idle_seconds, ended=time.time())
+    Path(out).write_text(json.dumps(rec))
 
 
 # ------------------------------------------------------------------------------ a run
@@ -163,9 +146,8 @@ def one_run(config: Path, workers: int, workdir: Path) -> dict:
         started = time.perf_counter()
         processes = [
             subprocess.Popen(
-                [sys.executable, __file__, "--shim", str(out), "worker", str(config),
-                 "--storage", url, "--device", "cpu", "--threads", "1", "--quiet"],
-                env={**env, "DM_TUNE_WORKER_LABEL": f"bench-w{k}"}, stdout=subprocess.DEVNULL,
+                [sys.executable, __file__, "--shim", str(out), str(config), url, f"bench-w{k}"],
+                env=env, stdout=subprocess.DEVNULL,
             )
             for k, out in enumerate(outs)
         ]
@@ -197,7 +179,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3,
                         help="pairs of runs (order 1,2 then 2,1, ...); medians are reported")
     if len(sys.argv) > 2 and sys.argv[1] == "--shim":
-        run_shim(sys.argv[2], sys.argv[3:])
+        run_shim(*sys.argv[2:6])
         return 0
     args = parser.parse_args()
     ensure_postgres()

@@ -35,7 +35,7 @@ _EXPORTS = {
     "load_campaign_config": "dm_tune.config",
     "open_storage": "dm_tune.storage",
     "create_campaign": "dm_tune.campaign",
-    "run_worker": "dm_tune.worker",
+    "run_worker": "dm_tune.campaign",
     "load_campaign": "dm_tune.guidelines",
     "recommend": "dm_tune.guidelines",
 }

@@ -22,7 +22,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dm_tune.errors import ConfigError
 
@@ -140,6 +148,15 @@ class SearchSection(_Strict):
     def _mode_inside_unit_interval(self) -> SearchSection:
         if self.emphasis_mode.low < 0.0 or self.emphasis_mode.high >= 1.0:
             raise ValueError("emphasis_mode range must lie in [0, 1)")
+        if self.emphasis_variance.low < 0.0:
+            raise ValueError("emphasis_variance range must be >= 0 (it scales the density)")
+        if self.sampler == "grid" and not (self.grid_modes and self.grid_variances):
+            raise ValueError("the grid sampler needs non-empty grid_modes and grid_variances")
+        if isinstance(self.warm_start, list):
+            outside = [p for p in self.warm_start if tuple(map(float, p)) not in
+                       self.warm_start_points()]
+            if outside:
+                raise ValueError(f"warm_start points {outside} lie outside the search ranges")
         for mode, _ in self.warm_start_points():
             if not 0.0 <= mode < 1.0:
                 raise ValueError(f"warm_start emphasis_mode {mode} is outside [0, 1)")
@@ -192,6 +209,7 @@ class CampaignConfig(_Strict):
     noise: list[NoiseSection]
     search: SearchSection = SearchSection()
     baselines: BaselinesConfig = BaselinesConfig()
+    _source: str = PrivateAttr(default="<config>")
 
     @model_validator(mode="after")
     def _consistent(self) -> CampaignConfig:
@@ -205,6 +223,11 @@ class CampaignConfig(_Strict):
     @property
     def name(self) -> str:
         return self.campaign.name
+
+    @property
+    def source(self) -> str:
+        """The campaign file this config was read from (errors name it)."""
+        return self._source
 
     def config_hash(self) -> str:
         """sha256 of what defines the experiment a study belongs to.
@@ -240,9 +263,11 @@ def _describe(error: ValidationError, path: Path | str) -> str:
 def parse_campaign_config(data: dict[str, Any], source: Path | str = "<config>") -> CampaignConfig:
     """Validate an already parsed TOML document."""
     try:
-        return CampaignConfig.model_validate(data)
+        config = CampaignConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_describe(error, source)) from None
+    config._source = str(source)
+    return config
 
 
 def load_campaign_config(path: Path | str) -> CampaignConfig:

@@ -4,6 +4,13 @@ A trial's data is the train split (noisy labels, plus the true ones for the
 memorisation figures), a clean validation split (true labels) and a test split
 (true labels). Everything is deterministic given a `DataSpec`.
 
+Memory: the features are loaded, converted to float32, normalised and split once per
+(dataset, root, download, split fractions, seed) and shared, as the same tensors, by the
+`TrialData` of every noise setting; only the noisy train labels, the realised rate and
+the digest differ between settings. The features are built in chunks straight into
+their split tensors (an npz's images are streamed from the file) and the raw arrays are
+released once they are built. `clear_data_cache()` drops what this module caches.
+
 Example:
     >>> data = prepare_data(DataSpec("digits", noise_kind="symmetric", noise_rate=0.4))
     >>> data.x_train.shape[1], data.num_classes
@@ -14,16 +21,25 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import pickle
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
 from dm_tune import noise
+from dm_tune.datasets import (
+    DATASETS,
+    RawDataset,
+    check_dataset,
+    file_stamp,
+    load_cached,
+    load_npz,
+    load_raw,
+    row_chunks,
+    rows_per_chunk,
+)
 
 __all__ = [
     "DATASETS",
@@ -31,16 +47,10 @@ __all__ = [
     "RawDataset",
     "TrialData",
     "augment_batch",
+    "clear_data_cache",
     "load_raw",
     "prepare_data",
 ]
-
-CIFAR10_DIR = "cifar-10-batches-py"
-CIFAR100_DIR = "cifar-100-python"
-CIFAR10N_FILE = "CIFAR-10_human.pt"
-CIFAR100N_FILE = "CIFAR-100_human.pt"
-CIFAR10N_LABELS = ("aggre_label", "worse_label", "random_label1", "random_label2", "random_label3")
-CIFAR100N_LABELS = ("noisy_label",)
 
 
 @dataclass(frozen=True)
@@ -58,27 +68,12 @@ class DataSpec:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class RawDataset:
-    """A loaded dataset before splitting (arrays are read-only and shared via the cache)."""
-
-    x: np.ndarray  # features (N, D) float32, or images (N, C, H, W) uint8/float32
-    y: np.ndarray  # true labels, int64
-    num_classes: int
-    is_image: bool
-    x_test: np.ndarray | None = None
-    y_test: np.ndarray | None = None
-    noisy_labels: dict[str, np.ndarray] | None = None  # human label sets, aligned with y
-    default_noisy: str | None = None
-    class_names: tuple[str, ...] | None = None
-    noise_map: str | None = None  # dataset name noise.py knows for the asymmetric map
-    channel_mean: np.ndarray | None = None  # per-channel stats of x in [0, 1] units
-    channel_std: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
 class TrialData:
-    """Tensors of one trial: train (noisy and true labels), clean validation, test."""
+    """Tensors of one trial: train (noisy and true labels), clean validation, test.
+
+    Every tensor but `y_train` is shared with the other noise settings of the same data
+    (see `clear_data_cache`): never modify them in place.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -102,286 +97,6 @@ class TrialData:
         }
         return replace(self, **moved)
 
-
-# ---------------------------------------------------------------------------- loaders
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    """Mark a cached array read-only so no trial can alter another trial's data."""
-    a.flags.writeable = False
-    return a
-
-
-def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of NCHW images, in [0, 1] units, chunked to bound memory."""
-    scale = 255.0 if x.dtype == np.uint8 else 1.0
-    c = x.shape[1]
-    s1, s2, n = np.zeros(c), np.zeros(c), 0
-    for i in range(0, len(x), 4096):
-        chunk = x[i : i + 4096].astype(np.float64) / scale
-        s1 += chunk.sum(axis=(0, 2, 3))
-        s2 += (chunk**2).sum(axis=(0, 2, 3))
-        n += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
-    mean = s1 / n
-    std = np.sqrt(np.maximum(s2 / n - mean**2, 1e-12))
-    return mean.astype(np.float32), std.astype(np.float32)
-
-
-def _image_dataset(x, y, num_classes, x_test=None, y_test=None, **kw) -> RawDataset:
-    """Build an image RawDataset with its channel statistics."""
-    mean, std = _channel_stats(x)
-    return RawDataset(
-        x=_readonly(x), y=_readonly(y), num_classes=num_classes, is_image=True,
-        x_test=None if x_test is None else _readonly(x_test),
-        y_test=None if y_test is None else _readonly(y_test),
-        channel_mean=mean, channel_std=std, **kw,
-    )
-
-
-def _load_digits(root: str | None, download: bool) -> RawDataset:
-    """sklearn's 8x8 digits (bundled, offline), flattened to 64 features in [0, 1]."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = (bunch.data / 16.0).astype(np.float32)
-    y = bunch.target.astype(np.int64)
-    names = tuple(str(n) for n in bunch.target_names)
-    return RawDataset(
-        x=_readonly(x), y=_readonly(y), num_classes=10, is_image=False,
-        class_names=names, noise_map="digits",
-    )
-
-
-def _unpickle(path: Path) -> dict:
-    """Read one CIFAR python pickle batch (byte-string keys, as the archives ship them)."""
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
-
-
-def _get(d: dict, key: str):
-    """Look a CIFAR pickle key up as bytes or str (archives use bytes, fixtures may not)."""
-    return d[key.encode()] if key.encode() in d else d[key]
-
-
-def _cifar_images(batch: dict) -> np.ndarray:
-    """CIFAR rows of 3072 bytes -> uint8 NCHW."""
-    return np.asarray(_get(batch, "data"), dtype=np.uint8).reshape(-1, 3, 32, 32)
-
-
-def _require_root(dataset: str, root: str | None) -> Path:
-    """The dataset root as a Path, or a ValueError saying it is needed."""
-    if root is None:
-        raise ValueError(f"root: dataset {dataset!r} needs root=<folder with its files>")
-    return Path(root).expanduser()
-
-
-def _cifar_folder(dataset: str, root: Path, download: bool, folder: str, files: list[str]) -> Path:
-    """The CIFAR folder with all `files`, downloading via torchvision when asked."""
-    path = root / folder
-    if all((path / f).is_file() for f in files):
-        return path
-    if not download:
-        raise ValueError(
-            f"root: {dataset} files not found in {path} (looked for {', '.join(files)}); "
-            f"set download=true or place {folder} there"
-        )
-    from torchvision import datasets
-
-    cls = datasets.CIFAR10 if folder == CIFAR10_DIR else datasets.CIFAR100
-    cls(str(root), train=True, download=True)
-    cls(str(root), train=False, download=True)
-    return path
-
-
-def _load_cifar10(root: str | None, download: bool) -> RawDataset:
-    """CIFAR-10 from the standard python pickle batches (read here, no md5 check)."""
-    base = _require_root("cifar10", root)
-    train_files = [f"data_batch_{i}" for i in range(1, 6)]
-    path = _cifar_folder("cifar10", base, download, CIFAR10_DIR, [*train_files, "test_batch"])
-    batches = [_unpickle(path / f) for f in train_files]
-    test = _unpickle(path / "test_batch")
-    names = None
-    if (path / "batches.meta").is_file():
-        names = tuple(_decode(n) for n in _get(_unpickle(path / "batches.meta"), "label_names"))
-    return _image_dataset(
-        np.concatenate([_cifar_images(b) for b in batches]),
-        np.concatenate([np.asarray(_get(b, "labels"), np.int64) for b in batches]),
-        10, _cifar_images(test), np.asarray(_get(test, "labels"), np.int64),
-        class_names=names, noise_map="cifar10",
-    )
-
-
-def _load_cifar100(root: str | None, download: bool) -> RawDataset:
-    """CIFAR-100 (fine labels) from the standard python pickle files."""
-    base = _require_root("cifar100", root)
-    path = _cifar_folder("cifar100", base, download, CIFAR100_DIR, ["train", "test"])
-    train, test = _unpickle(path / "train"), _unpickle(path / "test")
-    names = None
-    if (path / "meta").is_file():
-        names = tuple(_decode(n) for n in _get(_unpickle(path / "meta"), "fine_label_names"))
-    return _image_dataset(
-        _cifar_images(train), np.asarray(_get(train, "fine_labels"), np.int64),
-        100, _cifar_images(test), np.asarray(_get(test, "fine_labels"), np.int64),
-        class_names=names, noise_map="cifar100",
-    )
-
-
-def _decode(name) -> str:
-    """A class name from a pickle (bytes or str) as str."""
-    return name.decode() if isinstance(name, bytes) else str(name)
-
-
-def _torch_load_labels(path: Path) -> dict:
-    """torch.load with weights_only=True, allowing the numpy arrays CIFAR-N files hold."""
-    import numpy.dtypes as npd
-    from numpy._core.multiarray import _reconstruct
-
-    safe = [_reconstruct, np.ndarray, np.dtype]
-    safe += [getattr(npd, n) for n in dir(npd) if n.endswith("DType")]
-    with torch.serialization.safe_globals(safe):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _human_labels(dataset, base: RawDataset, root, file, keys, default) -> RawDataset:
-    """Attach a CIFAR-N human label file to its CIFAR dataset."""
-    path = Path(root).expanduser() / file
-    if not path.is_file():
-        raise ValueError(f"root: {dataset} needs the human label file {path} (place {file} there)")
-    raw = _torch_load_labels(path)
-    labels = {}
-    for key in keys:
-        if key in raw:
-            labels[key] = _readonly(_as_labels(raw[key], f"{file}[{key!r}]", len(base.y)))
-    if not labels:
-        raise ValueError(f"root: {path} holds none of the label sets {', '.join(keys)}")
-    for key, lab in labels.items():
-        _check_range(lab, base.num_classes, f"{file}[{key!r}]")
-    return replace(base, noisy_labels=labels, default_noisy=default)
-
-
-def _load_cifar10n(root: str | None, download: bool) -> RawDataset:
-    """CIFAR-10 images with the CIFAR-10N human label sets."""
-    base = _load_cifar10(root, download)
-    return _human_labels("cifar10n", base, root, CIFAR10N_FILE, CIFAR10N_LABELS, "worse_label")
-
-
-def _load_cifar100n(root: str | None, download: bool) -> RawDataset:
-    """CIFAR-100 images with the CIFAR-100N human labels."""
-    base = _load_cifar100(root, download)
-    return _human_labels("cifar100n", base, root, CIFAR100N_FILE, CIFAR100N_LABELS, "noisy_label")
-
-
-def _as_labels(a, name: str, n: int | None = None) -> np.ndarray:
-    """Integer label vector from a tensor/array, or a ValueError naming `name`."""
-    arr = a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    arr = arr.reshape(-1) if arr.ndim == 2 and 1 in arr.shape else arr
-    if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or _integral_float(arr)):
-        raise ValueError(f"{name}: expected 1-d integer labels, got {arr.dtype} {arr.shape}")
-    if n is not None and len(arr) != n:
-        raise ValueError(f"{name}: expected {n} labels (one per example), got {len(arr)}")
-    return arr.astype(np.int64)
-
-
-def _integral_float(arr: np.ndarray) -> bool:
-    """True for float arrays whose values are all whole numbers."""
-    return np.issubdtype(arr.dtype, np.floating) and bool(np.all(np.mod(arr, 1) == 0))
-
-
-def _check_range(y: np.ndarray, num_classes: int, name: str) -> None:
-    """Raise ValueError when a label is outside [0, num_classes)."""
-    if len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(
-            f"{name}: labels must lie in [0, {num_classes}), got range [{y.min()}, {y.max()}]"
-        )
-
-
-def _to_nchw(x: np.ndarray, name: str) -> np.ndarray:
-    """Images as NCHW: NHWC (channels last, 1/3/4 channels) is transposed, NHW gets C=1."""
-    if x.ndim == 3:
-        return x[:, None]
-    if x.shape[1] not in (1, 3, 4) and x.shape[3] in (1, 3, 4):
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    if x.shape[1] not in (1, 3, 4):
-        raise ValueError(f"{name}: cannot tell the channel axis of images shaped {x.shape}")
-    return x
-
-
-def _load_npz(root: str | None, download: bool) -> RawDataset:
-    """A user .npz: x, y, optional noisy_y, class_names, x_test/y_test."""
-    path = _require_root("npz", root)
-    if not path.is_file():
-        raise ValueError(f"root: npz file {path} not found (root must be the path to the .npz)")
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    missing = [k for k in ("x", "y") if k not in arrays]
-    if missing:
-        raise ValueError(f"root: {path} lacks array(s) {', '.join(missing)}; expected x and y")
-    x, y = arrays["x"], _as_labels(arrays["y"], "y")
-    if len(x) != len(y):
-        raise ValueError(f"x: {len(x)} examples but y has {len(y)} labels")
-    names = tuple(str(n) for n in arrays["class_names"]) if "class_names" in arrays else None
-    num_classes = len(names) if names else int(y.max()) + 1
-    _check_range(y, num_classes, "y")
-    kw = {"class_names": names, "noise_map": None}
-    if "noisy_y" in arrays:
-        noisy = _as_labels(arrays["noisy_y"], "noisy_y", len(y))
-        _check_range(noisy, num_classes, "noisy_y")
-        kw |= {"noisy_labels": {"noisy_y": _readonly(noisy)}, "default_noisy": "noisy_y"}
-    x_test, y_test = _npz_test(arrays, num_classes)
-    if x.ndim in (3, 4):
-        x = _to_nchw(x, "x")
-        x_test = None if x_test is None else _to_nchw(x_test, "x_test")
-        return _image_dataset(x, y, num_classes, x_test, y_test, **kw)
-    x = x.reshape(len(x), -1).astype(np.float32)
-    x_test = None if x_test is None else x_test.reshape(len(x_test), -1).astype(np.float32)
-    return RawDataset(
-        x=_readonly(x), y=_readonly(y), num_classes=num_classes, is_image=False,
-        x_test=None if x_test is None else _readonly(x_test),
-        y_test=None if y_test is None else _readonly(y_test), **kw,
-    )
-
-
-def _npz_test(arrays: dict, num_classes: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The npz's own test split when it has both x_test and y_test."""
-    if ("x_test" in arrays) != ("y_test" in arrays):
-        raise ValueError("x_test: an npz test split needs both x_test and y_test")
-    if "x_test" not in arrays:
-        return None, None
-    y_test = _as_labels(arrays["y_test"], "y_test", len(arrays["x_test"]))
-    _check_range(y_test, num_classes, "y_test")
-    return arrays["x_test"], y_test
-
-
-DATASETS: dict[str, Callable[[str | None, bool], RawDataset]] = {
-    "digits": _load_digits,
-    "cifar10": _load_cifar10,
-    "cifar100": _load_cifar100,
-    "cifar10n": _load_cifar10n,
-    "cifar100n": _load_cifar100n,
-    "npz": _load_npz,
-}
-
-
-@functools.lru_cache(maxsize=4)
-def _load_cached(dataset: str, root: str | None, download: bool, stamp: str) -> RawDataset:
-    """Load once per process: a worker runs many trials on the same data."""
-    return DATASETS[dataset](root, download)
-
-
-def _file_stamp(dataset: str, root: str | None) -> str:
-    """Cache key part that changes when an npz file is rewritten (tests, users editing)."""
-    if dataset != "npz" or root is None:
-        return ""
-    p = Path(root).expanduser()
-    st = p.stat() if p.is_file() else None
-    return "" if st is None else f"{st.st_mtime_ns}-{st.st_size}"
-
-
-def load_raw(dataset: str, root: str | None = None, download: bool = False) -> RawDataset:
-    """Load (cached in-process) the raw dataset `dataset`."""
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset: unknown {dataset!r}; expected one of {', '.join(DATASETS)}")
-    return _load_cached(dataset, root, bool(download), _file_stamp(dataset, root))
 
 
 # ----------------------------------------------------------------------------- splits
@@ -431,69 +146,170 @@ def _check_spec(spec: DataSpec) -> None:
         raise ValueError(f"noise_rate: {spec.noise_rate} given with noise_kind='none'")
 
 
-def _noisy_train_labels(spec: DataSpec, raw: RawDataset, train_idx, y_true) -> tuple:
+@dataclass(frozen=True)
+class _SharedSplit:
+    """The noise-free part of a TrialData, built once and shared by every noise setting."""
+
+    x_train: torch.Tensor
+    y_train_true: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    train_idx: np.ndarray  # rows of the source arrays, for the human label sets
+    num_classes: int
+    is_image: bool
+    noise_map: str | None
+    noisy_labels: dict[str, np.ndarray] | None  # label arrays only, never the images
+    default_noisy: str | None
+
+
+def _x_tensors(x, parts: list[np.ndarray], raw: RawDataset) -> list[torch.Tensor]:
+    """Rows `parts[k]` of `x` as new float32 tensors, images normalised per channel.
+
+    One pass over x in chunks of a few MiB scatters each chunk's rows into their split
+    tensor (numpy's cast, as np.array(..., float32)); images are then normalised in
+    place, chunk by chunk. The only large allocations are the outputs themselves.
+    """
+    outs = [torch.empty((len(idx), *x.shape[1:]), dtype=torch.float32) for idx in parts]
+    part_of = np.full(len(x), -1, dtype=np.int64)
+    row_of = np.zeros(len(x), dtype=np.int64)
+    for k, idx in enumerate(parts):
+        part_of[idx], row_of[idx] = k, np.arange(len(idx))
+    step = rows_per_chunk(x, 4)
+    for start, chunk in row_chunks(x, step):
+        which, rows = part_of[start : start + len(chunk)], row_of[start : start + len(chunk)]
+        for k, out in enumerate(outs):
+            mask = which == k
+            if mask.any():
+                out.numpy()[rows[mask]] = chunk[mask]
+    if raw.is_image:
+        mean = torch.from_numpy(raw.channel_mean).view(1, -1, 1, 1)
+        std = torch.from_numpy(raw.channel_std).view(1, -1, 1, 1)
+        for out in outs:
+            for part in torch.split(out, step):
+                if x.dtype == np.uint8:
+                    part.div_(255.0)
+                part.sub_(mean).div_(std)
+    return outs
+
+
+def _build_split(
+    dataset: str, root: str | None, download: bool, val_fraction: float, test_fraction: float,
+    seed: int,
+) -> _SharedSplit:
+    """Load (uncached), split and convert; the raw arrays die with this call."""
+    loader = DATASETS[dataset]
+    if loader is load_npz:
+        loader = functools.partial(load_npz, stream=True)
+    raw = loader(root, download)
+    idx = np.arange(len(raw.y))
+    test_idx = None
+    if raw.x_test is not None:
+        y_test = raw.y_test
+    else:
+        idx, test_idx = _stratified_split(idx, raw.y, test_fraction, "test_fraction", seed)
+        y_test = raw.y[test_idx]
+    train_idx, val_idx = _stratified_split(idx, raw.y, val_fraction, "val_fraction", seed)
+    if test_idx is None:
+        x_train, x_val = _x_tensors(raw.x, [train_idx, val_idx], raw)
+        (x_test,) = _x_tensors(raw.x_test, [np.arange(len(raw.x_test))], raw)
+    else:
+        x_train, x_val, x_test = _x_tensors(raw.x, [train_idx, val_idx, test_idx], raw)
+    return _SharedSplit(
+        x_train=x_train,
+        y_train_true=torch.from_numpy(np.array(raw.y[train_idx], dtype=np.int64)),
+        x_val=x_val,
+        y_val=torch.from_numpy(np.array(raw.y[val_idx], dtype=np.int64)),
+        x_test=x_test,
+        y_test=torch.from_numpy(np.array(y_test, dtype=np.int64)),
+        train_idx=train_idx,
+        num_classes=raw.num_classes,
+        is_image=raw.is_image,
+        noise_map=raw.noise_map,
+        noisy_labels=raw.noisy_labels,
+        default_noisy=raw.default_noisy,
+    )
+
+
+_SPLIT_LOCK = threading.Lock()  # two threads asking for the same data build it once
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_split(
+    dataset: str, root: str | None, download: bool, val_fraction: float, test_fraction: float,
+    seed: int, stamp: str,
+) -> _SharedSplit:
+    """One split per data identity (everything in a DataSpec but the noise)."""
+    return _build_split(dataset, root, download, val_fraction, test_fraction, seed)
+
+
+def _shared_split(spec: DataSpec) -> _SharedSplit:
+    """The features and clean labels of `spec`'s data, built on first use."""
+    check_dataset(spec.dataset)
+    stamp = file_stamp(spec.dataset, spec.root)
+    with _SPLIT_LOCK:
+        return _cached_split(
+            spec.dataset, spec.root, bool(spec.download), float(spec.val_fraction),
+            float(spec.test_fraction), int(spec.seed), stamp,
+        )
+
+
+def clear_data_cache() -> None:
+    """Drop the cached features and raw datasets of this module.
+
+    Their memory is freed once no `TrialData` built from them is referenced any more
+    (callers that cache TrialData, such as the campaign code, must drop theirs too).
+    """
+    with _SPLIT_LOCK:
+        _cached_split.cache_clear()
+    load_cached.cache_clear()
+
+
+def _noisy_train_labels(spec: DataSpec, split: _SharedSplit, y_true: np.ndarray) -> tuple:
     """Given labels of the train split and the realised noise rate."""
     if spec.noise_kind == "none":
         return y_true.copy(), 0.0
     if spec.noise_kind == "human":
-        sets = raw.noisy_labels or {}
-        key = spec.human_label or raw.default_noisy
+        sets = split.noisy_labels or {}
+        key = spec.human_label or split.default_noisy
         if key not in sets:
             have = ", ".join(sets) or "none (this dataset has no human labels)"
             raise ValueError(f"human_label: {key!r} not available for {spec.dataset}; have {have}")
-        given = np.array(sets[key][train_idx], dtype=np.int64)
+        given = np.array(sets[key][split.train_idx], dtype=np.int64)
         return given, float(np.mean(given != y_true)) if len(given) else 0.0
     seed = noise.noise_seed(spec.dataset, spec.noise_kind, spec.noise_rate, spec.seed)
     out = noise.corrupt_labels(
-        y_true, raw.num_classes, spec.noise_kind, spec.noise_rate, seed,
-        dataset=raw.noise_map or spec.dataset,
+        y_true, split.num_classes, spec.noise_kind, spec.noise_rate, seed,
+        dataset=split.noise_map or spec.dataset,
     )
     return np.asarray(out.labels, dtype=np.int64), float(out.realised_rate)
 
 
-def _x_tensor(x: np.ndarray, raw: RawDataset) -> torch.Tensor:
-    """Features as float32, images normalised per channel (float32 NCHW)."""
-    if not raw.is_image:
-        return torch.from_numpy(np.array(x, dtype=np.float32))
-    t = torch.tensor(x, dtype=torch.float32)  # a copy: x may be the read-only cached array
-    if x.dtype == np.uint8:
-        t.div_(255.0)
-    mean = torch.from_numpy(raw.channel_mean).view(1, -1, 1, 1)
-    std = torch.from_numpy(raw.channel_std).view(1, -1, 1, 1)
-    return t.sub_(mean).div_(std)
-
-
 def prepare_data(spec: DataSpec) -> TrialData:
-    """Load, split (train / clean val / test), corrupt train labels; CPU tensors."""
+    """Split (train / clean val / test) and corrupt train labels; CPU tensors.
+
+    The features and clean labels are built on the first call for a data identity
+    (dataset, root, download, fractions, seed) and shared by every later call that
+    differs only in the noise; `clear_data_cache()` drops them.
+    """
     _check_spec(spec)
-    raw = load_raw(spec.dataset, spec.root, spec.download)
-    idx = np.arange(len(raw.y))
-    if raw.x_test is not None:
-        x_test, y_test = raw.x_test, raw.y_test
-    else:
-        idx, test_idx = _stratified_split(
-            idx, raw.y, spec.test_fraction, "test_fraction", spec.seed
-        )
-        x_test, y_test = raw.x[test_idx], raw.y[test_idx]
-    train_idx, val_idx = _stratified_split(
-        idx, raw.y, spec.val_fraction, "val_fraction", spec.seed
-    )
-    y_true = np.array(raw.y[train_idx], dtype=np.int64)
-    given, rate = _noisy_train_labels(spec, raw, train_idx, y_true)
-    x_train = _x_tensor(raw.x[train_idx], raw)
+    split = _shared_split(spec)
+    y_true = split.y_train_true.numpy()
+    given, rate = _noisy_train_labels(spec, split, y_true)
     return TrialData(
-        x_train=x_train,
+        x_train=split.x_train,
         y_train=torch.from_numpy(given),
-        y_train_true=torch.from_numpy(y_true),
-        x_val=_x_tensor(raw.x[val_idx], raw),
-        y_val=torch.from_numpy(np.array(raw.y[val_idx], dtype=np.int64)),
-        x_test=_x_tensor(x_test, raw),
-        y_test=torch.from_numpy(np.array(y_test, dtype=np.int64)),
-        num_classes=raw.num_classes,
-        input_shape=tuple(x_train.shape[1:]),
+        y_train_true=split.y_train_true,
+        x_val=split.x_val,
+        y_val=split.y_val,
+        x_test=split.x_test,
+        y_test=split.y_test,
+        num_classes=split.num_classes,
+        input_shape=tuple(split.x_train.shape[1:]),
         realised_noise_rate=rate,
         label_digest=noise.label_digest(given),
-        is_image=raw.is_image,
+        is_image=split.is_image,
     )
 
 

@@ -118,6 +118,9 @@ class _BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.pad = 0
         self.stride = stride
+        # models packed side by side on the channel axis (dm_tune.population): option A
+        # pads each member's channel block, not the ends of the whole channel axis
+        self.packed_members = 1
         self.proj: nn.Module | None = None
         if stride != 1 or c_in != c_out:
             if shortcut == "A":  # parameter-free: subsample and zero-pad channels
@@ -133,7 +136,11 @@ class _BasicBlock(nn.Module):
         if self.stride != 1 or self.pad:
             x = x[:, :, :: self.stride, :: self.stride]
             half = self.pad // 2
-            x = F.pad(x, (0, 0, 0, 0, half, self.pad - half))
+            if self.packed_members == 1:
+                return F.pad(x, (0, 0, 0, 0, half, self.pad - half))
+            n, channels, h, w = x.shape
+            blocks = x.reshape(n, self.packed_members, channels // self.packed_members, h, w)
+            x = F.pad(blocks, (0, 0, 0, 0, half, self.pad - half)).flatten(1, 2)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from plotly.subplots import make_subplots
 
 from dm_tune.emphasis import derivative_magnitude, dm_density
 from dm_tune.guidelines import CampaignResults
+from dm_tune.guidelines.rows import value_of
 
 __all__ = [
     "FIGURES",
@@ -106,8 +107,8 @@ def trend_data(results: CampaignResults) -> TrendPlotData:
         mode[kind] = _band(kind, rates, pts, "emphasis_mode")
         variance[kind] = _band(kind, rates, pts, "emphasis_variance")
         selected = {s.noise_rate: s.selected for s in results.settings_of(kind)}
-        sel_mode[kind] = [_attr(selected.get(r), "emphasis_mode") for r in rates]
-        sel_var[kind] = [_attr(selected.get(r), "emphasis_variance") for r in rates]
+        sel_mode[kind] = [value_of(selected.get(r), "emphasis_mode") for r in rates]
+        sel_var[kind] = [value_of(selected.get(r), "emphasis_variance") for r in rates]
     return TrendPlotData(list(results.trends), mode, variance, sel_mode, sel_var)
 
 
@@ -120,11 +121,6 @@ def _band(kind: str, rates: list[float], points: list, param: str) -> BandSeries
         [getattr(p, f"{param}_low") for p in points],
         [getattr(p, f"{param}_high") for p in points],
     )
-
-
-def _attr(obj: object, name: str) -> float | None:
-    """getattr that tolerates a missing object."""
-    return None if obj is None else getattr(obj, name)
 
 
 def _add_band(fig: go.Figure, s: BandSeries, colour: str, row: int, col: int, legend: bool):
@@ -439,9 +435,9 @@ def accuracy_data(results: CampaignResults) -> AccuracyData:
     for kind in results.kinds():
         settings = results.settings_of(kind)
         losses = sorted({loss for s in settings for loss in s.baselines})
-        lines = {"dm (tuned)": [_attr(s.selected, "test_accuracy") for s in settings]}
+        lines = {"dm (tuned)": [value_of(s.selected, "test_accuracy") for s in settings]}
         for loss in losses:
-            lines[loss] = [_attr(s.baselines.get(loss), "test_accuracy") for s in settings]
+            lines[loss] = [value_of(s.baselines.get(loss), "test_accuracy") for s in settings]
         out.append(KindLines(kind, [s.noise_rate for s in settings], lines))
     return AccuracyData(out)
 
@@ -452,8 +448,8 @@ def memorisation_data(results: CampaignResults) -> MemorisationData:
     for kind in results.kinds():
         settings = results.settings_of(kind)
         lines = {
-            "dm (tuned)": [_attr(s.selected, "memorized_noisy_fraction") for s in settings],
-            "cce": [_attr(s.baselines.get("cce"), "memorized_noisy_fraction") for s in settings],
+            "dm (tuned)": [value_of(s.selected, "memorized_noisy_fraction") for s in settings],
+            "cce": [value_of(s.baselines.get("cce"), "memorized_noisy_fraction") for s in settings],
         }
         out.append(KindLines(kind, [s.noise_rate for s in settings], lines))
     return MemorisationData(out)

@@ -26,11 +26,13 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from dm_tune.guidelines import BaselineResult, CampaignResults, SettingResult, TrendPoint
+from dm_tune.guidelines.rows import baseline_text, fmt, source_text, value_of
 from dm_tune.plots import FIGURES, build_figures
 
 __all__ = ["PNG_WIDTH", "ReportPaths", "find_browser", "render_html", "write_pngs", "write_report"]
 
 PNG_WIDTH = 1200
+DASH = "&ndash;"
 _BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 _FALLBACK_BROWSER = "/usr/bin/chromium"
 
@@ -188,8 +190,8 @@ def _e(value: object) -> str:
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
-    """Format a number for a table cell; an en dash when unknown."""
-    return "&ndash;" if value is None else f"{value:.{digits}g}"
+    """A table cell's number; an en dash when unknown."""
+    return fmt(value, f".{digits}g", missing=DASH)
 
 
 def _provenance_html(results: CampaignResults) -> str:
@@ -246,16 +248,8 @@ def _table_row(s: SettingResult, point: TrendPoint | None) -> str:
     """One setting's row."""
     sel = s.selected
     base = s.best_baseline()
-    source = (
-        "&ndash;"
-        if sel is None
-        else (
-            f"confirm ({sel.n_seeds} seeds)"
-            if sel.source == "confirm"
-            else f"trial {sel.trial_number}"
-        )
-    )
-    trend_mode = trend_var = "&ndash;"
+    source = DASH if sel is None else _e(source_text(sel))
+    trend_mode = trend_var = DASH
     if point is not None:
         trend_mode = (
             f"{_fmt(point.emphasis_mode, 3)} <span class='band'>[{_fmt(point.emphasis_mode_low, 3)}"
@@ -270,12 +264,12 @@ def _table_row(s: SettingResult, point: TrendPoint | None) -> str:
     cells = [
         f'<td class="text">{_e(s.noise_kind)}</td>',
         f"<td>{s.noise_rate:.2f}</td>",
-        f"<td>{_fmt(_get(sel, 'emphasis_mode'), 3)}</td>",
-        f"<td>{_fmt(_get(sel, 'emphasis_variance'), 3)}</td>",
+        f"<td>{_fmt(value_of(sel, 'emphasis_mode'), 3)}</td>",
+        f"<td>{_fmt(value_of(sel, 'emphasis_variance'), 3)}</td>",
         f'<td class="text">{source}</td>',
-        f"<td>{_fmt(_get(sel, 'val_accuracy'))}</td>",
-        f"<td>{_fmt(_get(sel, 'test_accuracy'))}</td>",
-        f"<td>{_fmt(_get(sel, 'test_accuracy_at_best_val'))}</td>",
+        f"<td>{_fmt(value_of(sel, 'val_accuracy'))}</td>",
+        f"<td>{_fmt(value_of(sel, 'test_accuracy'))}</td>",
+        f"<td>{_fmt(value_of(sel, 'test_accuracy_at_best_val'))}</td>",
         f"<td>{trend_mode}</td>",
         f"<td>{trend_var}</td>",
         f'<td class="text">{_baseline_text(base)}</td>',
@@ -285,13 +279,6 @@ def _table_row(s: SettingResult, point: TrendPoint | None) -> str:
     return f"<tr>{''.join(cells)}</tr>"
 
 
-def _get(obj: object, name: str) -> float | None:
-    """getattr that tolerates a missing object."""
-    return None if obj is None else getattr(obj, name)
-
-
 def _baseline_text(base: BaselineResult | None) -> str:
-    """'gce (0.79)' or a dash."""
-    if base is None:
-        return "&ndash;"
-    return f"{_e(base.loss)} ({_fmt(base.test_accuracy)})"
+    """'gce 0.79' (test accuracy) or a dash."""
+    return _e(baseline_text(base, ".4g", missing=DASH)) if base else DASH

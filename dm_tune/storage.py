@@ -15,10 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +31,6 @@ __all__ = [
     "SUPPORTED_BACKENDS",
     "StorageError",
     "check_connection",
-    "fail_stale_trials",
-    "heartbeat",
     "open_storage",
     "redact_url",
     "resolve_storage_url",
@@ -283,46 +278,3 @@ def check_connection(url: str | None) -> None:
         ) from None
     finally:
         engine.dispose()
-
-
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail the study's heartbeat-stale trials now and re-queue them (retry callback)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
-@contextmanager
-def heartbeat(trial: optuna.Trial) -> Iterator[None]:
-    """Record heartbeats for ``trial`` while the block runs (for ask/tell loops).
-
-    ``study.optimize`` already does this; ``study.ask``/``tell`` does not, so a worker
-    that uses ask/tell must wrap the trial in this to be protected by the retry callback.
-    """
-    storage = trial.storage
-    interval = (
-        storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
-    )
-    if interval is None:
-        yield
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            try:
-                storage.record_heartbeat(trial._trial_id)
-            except Exception as exc:  # a DB hiccup must not kill the trial; retry next beat
-                _logger.warning(
-                    "heartbeat of trial %d failed: %s", trial.number, _first_line(exc, [])
-                )
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()

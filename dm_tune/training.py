@@ -18,7 +18,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,10 +33,18 @@ __all__ = [
     "TrainSpec",
     "TrialResult",
     "best_val_epoch",
+    "check_train_spec",
     "evaluate",
+    "lr_per_step",
     "noise_fit_fractions",
+    "nonfinite_loss_message",
     "predict",
+    "train_autocast",
     "train_trial",
+    "trial_generators",
+    "trial_model",
+    "trial_optimizer",
+    "trial_result",
 ]
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -261,15 +269,8 @@ def _make_loop(
     """Model, optimiser, schedule and generators of one trial."""
     model = _build(data, spec, device)
     steps = math.ceil(len(data.y_train) / spec.batch_size)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=spec.lr, momentum=spec.momentum,
-        weight_decay=spec.weight_decay, nesterov=spec.nesterov and spec.momentum > 0,
-    )
-    augment = data.is_image if spec.augment is None else spec.augment
-    if augment and not data.is_image:
-        raise ValueError("augment: crop/flip augmentation needs image data")
-    order_gen = torch.Generator(device=device).manual_seed(spec.seed)
-    aug_gen = torch.Generator(device=device).manual_seed(spec.seed + 1) if augment else None
+    optimizer = trial_optimizer(model.parameters(), spec)
+    order_gen, aug_gen = trial_generators(data, spec, device)
     # torch.compile wraps the training forward only; evaluation runs the eager module
     # (same parameters), so the varying eval batch sizes never trigger recompiles.
     step_model = torch.compile(model) if spec.compile else model
@@ -278,6 +279,72 @@ def _make_loop(
         data.y_train,
         spec.batch_size, order_gen, aug_gen, amp=device.type == "cuda",
     )
+
+
+# Public hooks for engines that must replicate a trial exactly (dm_tune.population trains
+# K trials as one model): the same model and initialisation, optimiser, schedule, random
+# streams and result assembly as train_trial, from one place.
+
+
+def trial_model(data: TrialData, spec: TrainSpec, device: torch.device) -> nn.Module:
+    """The model train_trial trains, initialised from spec.seed (global RNG untouched)."""
+    return _build(data, spec, device)
+
+
+def trial_optimizer(
+    params: Iterable[torch.Tensor], spec: TrainSpec, fused: bool | None = None
+) -> torch.optim.SGD:
+    """train_trial's SGD (momentum, weight decay, nesterov) over `params`.
+
+    `fused=True` runs each tensor's update as one kernel: the same per-element update
+    (torch's fused SGD computes it like the for-loop one), fewer passes over memory.
+    """
+    return torch.optim.SGD(
+        params, lr=spec.lr, momentum=spec.momentum,
+        weight_decay=spec.weight_decay, nesterov=spec.nesterov and spec.momentum > 0,
+        fused=fused,
+    )
+
+
+def trial_generators(
+    data: TrialData, spec: TrainSpec, device: torch.device
+) -> tuple[torch.Generator, torch.Generator | None]:
+    """(batch order, augmentation or None) generators of a trial seeded from spec.seed."""
+    augment = data.is_image if spec.augment is None else spec.augment
+    if augment and not data.is_image:
+        raise ValueError("augment: crop/flip augmentation needs image data")
+    order_gen = torch.Generator(device=device).manual_seed(spec.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(spec.seed + 1) if augment else None
+    return order_gen, aug_gen
+
+
+def lr_per_step(spec: TrainSpec, steps_per_epoch: int) -> list[float]:
+    """The learning rate of every optimiser step of a trial."""
+    return _lr_per_step(spec, steps_per_epoch)
+
+
+def check_train_spec(spec: TrainSpec) -> None:
+    """Raise ValueError on a TrainSpec that cannot train."""
+    _check_train_spec(spec)
+
+
+def train_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """The autocast context train_trial runs forwards under (bf16 on CUDA, else none)."""
+    return _autocast(device, enabled)
+
+
+def trial_result(
+    curves: dict[str, list[float]], fit: tuple[float, float, float], data: TrialData,
+    spec: TrainSpec, seconds: float,
+) -> TrialResult:
+    """A TrialResult from curves {"val", "test", "loss"} and noise_fit_fractions' figures."""
+    return _result(curves, fit, data, spec, seconds)
+
+
+def nonfinite_loss_message(train_loss: float, epoch: int, spec: TrainSpec) -> str:
+    """The NonFiniteLossError message of a trial whose epoch loss is NaN/inf."""
+    return (f"training loss is {train_loss} in epoch {epoch} of {spec.epochs} "
+            f"(lr {spec.lr}, model {spec.model})")
 
 
 def device_layout(data: TrialData, device: torch.device) -> TrialData:
@@ -342,10 +409,7 @@ def _run_epochs(
         for epoch in range(1, spec.epochs + 1):
             train_loss = loop.epoch().item()  # the one host sync of the epoch
             if not math.isfinite(train_loss):
-                raise NonFiniteLossError(
-                    f"training loss is {train_loss} in epoch {epoch} of {spec.epochs} "
-                    f"(lr {spec.lr}, model {spec.model})"
-                )
+                raise NonFiniteLossError(nonfinite_loss_message(train_loss, epoch, spec))
             val = evaluate(loop.model, data.x_val, data.y_val, loop.amp)
             test = evaluate(loop.model, data.x_test, data.y_test, loop.amp)
             for key, value in (("val", val), ("test", test), ("loss", train_loss)):

@@ -10,18 +10,18 @@ from optuna.trial import TrialState
 
 from dm_tune import __version__
 from dm_tune.campaign import (
-    CampaignError,
     create_campaign,
     create_confirmations,
     data_spec,
     load_setting_data,
+    run_worker,
     settings_of,
     train_spec,
 )
 from dm_tune.config import load_campaign_config
+from dm_tune.errors import CampaignError
 from dm_tune.storage import open_storage
 from dm_tune.training import train_trial
-from dm_tune.worker import run_worker
 from tests.campaign_files import write_tiny
 
 TRIAL_ATTRS = {"loss", "seed", "test_accuracy", "test_accuracy_at_best_val", "best_val_epoch",
@@ -170,8 +170,7 @@ def test_a_single_worker_with_a_fixed_sampler_seed_reproduces_the_campaign(tmp_p
     assert outcomes[0] == outcomes[1]
 
 
-def test_a_diverging_trial_is_pruned_with_its_reason(tiny, monkeypatch):
-    import dm_tune.trials as campaign_module
+def test_a_diverging_trial_is_pruned_with_its_reason(tiny):
     from dm_tune.training import NonFiniteLossError
 
     config, storage = tiny
@@ -181,8 +180,7 @@ def test_a_diverging_trial_is_pruned_with_its_reason(tiny, monkeypatch):
         on_epoch(1, {"val_accuracy": 0.5, "test_accuracy": 0.4, "train_loss": 1.0})
         raise NonFiniteLossError("training loss is nan at epoch 2")
 
-    monkeypatch.setattr(campaign_module, "train_trial", diverging)
-    summary = run_worker(storage, config, "cpu", max_trials=1, name="w0")
+    summary = run_worker(storage, config, "cpu", max_trials=1, name="w0", train=diverging)
     assert summary.states == {"PRUNED": 1}
     (trial,) = [t for s in settings_of(config) for t in _trials(storage, s.study_name("tiny"))
                 if t.state == TrialState.PRUNED]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dm_tune.campaign import settings_of
+from dm_tune.campaign.settings import settings_of
 from dm_tune.config import ConfigError, load_campaign_config, parse_campaign_config
 from dm_tune.models import build_model
 

@@ -23,7 +23,6 @@ from fake_campaign import (
 from typer.testing import CliRunner
 
 from dm_tune import guidelines as g
-from dm_tune.cli_guidelines import export_command, recommend_command
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -249,9 +248,8 @@ def test_load_export_rejects_newer_and_malformed(results, tmp_path):
 @pytest.fixture
 def app() -> typer.Typer:
     """The guideline commands in a Typer app."""
-    app = typer.Typer()
-    app.command("export")(export_command)
-    app.command("recommend")(recommend_command)
+    from dm_tune.cli import app
+
     return app
 
 

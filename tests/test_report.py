@@ -18,11 +18,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from dm_tune import report
-from dm_tune.cli_guidelines import (
-    print_recommendation_table,
-    report_command,
-    write_run_outputs,
-)
+from dm_tune.cli.guideline_commands import write_run_outputs
+from dm_tune.cli.tables import recommendation_table
 from dm_tune.guidelines import load_campaign
 from dm_tune.plots import FIGURES
 
@@ -89,7 +86,7 @@ def test_html_is_self_contained(html_report):
     for name in FIGURE_NAMES:
         assert f'data-figure="{name}"' in text
     assert 'class="dm-recommendations"' in text
-    assert "confirm (2 seeds)" in text and "gce (0.79)" in text
+    assert "confirm (2 seeds)" in text and "gce 0.79" in text
     assert html_report.pngs == {} and "disabled" in html_report.png_skipped
 
 
@@ -168,7 +165,7 @@ def test_find_browser_honours_browser_path(monkeypatch, tmp_path):
 
 def test_recommendation_table(results):
     console = Console(record=True, width=140)
-    print_recommendation_table(results, console)
+    console.print(recommendation_table(results))
     text = console.export_text()
     assert "symmetric" in text and "0.450" in text and "gce 0.7900" in text
 
@@ -176,9 +173,8 @@ def test_recommendation_table(results):
 @pytest.fixture
 def app() -> typer.Typer:
     """The report command in a Typer app."""
-    app = typer.Typer()
-    app.command("report")(report_command)
-    app.command("noop")(lambda: None)  # two commands: keep `report` a subcommand
+    from dm_tune.cli import app
+
     return app
 
 
@@ -199,15 +195,14 @@ def test_cli_report(app, url, tmp_path, monkeypatch):
     assert res.exit_code == 2 and res.stderr.count("\n") == 1
 
 
-def test_write_run_outputs(url, tmp_path, monkeypatch):
+def test_write_run_outputs(url, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(report, "find_browser", lambda: None)  # PNGs are tested above
-    console = Console(record=True, width=140)
     config = types.SimpleNamespace(campaign=types.SimpleNamespace(name=CAMPAIGN))
-    write_run_outputs(optuna.storages.RDBStorage(url), config, tmp_path / "out", console)
-    text = console.export_text()
+    write_run_outputs(optuna.storages.RDBStorage(url), config, tmp_path / "out")
+    text = "".join(capsys.readouterr())
     assert "DM recommendations: fake" in text and "warning: no Chromium" in text
     for name in ("recommendations.json", "recommendations.csv", "report.html"):
         assert (tmp_path / "out" / name).exists()
     config.campaign.name = "nope"
-    write_run_outputs(optuna.storages.RDBStorage(url), config, tmp_path / "none", console)
-    assert "no recommendations" in console.export_text()
+    write_run_outputs(optuna.storages.RDBStorage(url), config, tmp_path / "none")
+    assert "no recommendations" in capsys.readouterr().out

@@ -14,13 +14,12 @@ import optuna
 import pytest
 from pg import pg_url  # noqa: F401 (pytest fixture)
 
+from dm_tune.campaign._optuna import fail_stale_trials, heartbeat, record_heartbeat
 from dm_tune.storage import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
     StorageError,
     check_connection,
-    fail_stale_trials,
-    heartbeat,
     open_storage,
     redact_url,
     resolve_storage_url,
@@ -240,7 +239,7 @@ def test_postgres_stale_trial_failed_and_requeued(pg_url: str) -> None:  # noqa:
     # The next worker picks the re-queued params first; max_retry=1 then stops retrying.
     trial = study.ask()
     assert trial.params == dead.params
-    storage.record_heartbeat(trial._trial_id)
+    record_heartbeat(trial)
     time.sleep(2.2)
     fail_stale_trials(study)
     assert [t.state.name for t in study.get_trials(deepcopy=False)] == ["FAIL", "FAIL"]

@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 from pg import pg_url  # noqa: F401 (a pytest fixture)
 
-from dm_tune.worker import plan_slots
+from dm_tune.campaign.launcher import plan_slots
 from tests.campaign_files import write_tiny
 
 pytestmark = pytest.mark.postgres

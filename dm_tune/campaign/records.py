@@ -1,0 +1,131 @@
+"""The stored schema: every study and trial attribute key dm-tune writes, in one place.
+
+Other tools (the dashboard, users' notebooks, ``dm-tune export``) read these names, so
+they are part of the public interface: change them only with a schema version.
+
+Studies of a campaign ``C`` and a setting ``S`` (``<kind>-<rate:.2f>``, or
+``human-<label set>``):
+
+- ``C/S`` (role ``dm``): the search; params :data:`PARAMS`; objective = final-epoch
+  clean-validation accuracy (maximised);
+- ``C/S/baselines``: one queued trial per (baseline loss, seed), no params;
+- ``C/S/confirm``: re-runs of top DM settings with new seeds (``source_trial``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "JOB_ATTRS",
+    "PARAMS",
+    "PARAM_MODE",
+    "PARAM_VARIANCE",
+    "ROLES",
+    "ROLE_BASELINES",
+    "ROLE_CONFIRM",
+    "ROLE_DM",
+    "StudyKey",
+    "TrialKey",
+    "curve_attrs",
+    "finite_or_none",
+    "partial_attrs",
+]
+
+ROLE_DM = "dm"
+ROLE_BASELINES = "baselines"
+ROLE_CONFIRM = "confirm"
+ROLES = (ROLE_DM, ROLE_BASELINES, ROLE_CONFIRM)
+
+PARAM_MODE = "emphasis_mode"
+PARAM_VARIANCE = "emphasis_variance"
+PARAMS = (PARAM_MODE, PARAM_VARIANCE)
+
+
+class StudyKey:
+    """Study user attribute keys (written once at creation; ``budget`` may change)."""
+
+    CAMPAIGN = "campaign"
+    DATASET = "dataset"
+    MODEL = "model"
+    NOISE_KIND = "noise_kind"
+    NOISE_RATE = "noise_rate"
+    BUDGET = "budget"
+    CONFIG_HASH = "config_hash"
+    LABEL_DIGEST = "label_digest"
+    VERSION = "dm_tune_version"
+    ROLE = "role"
+    SETTING = "setting"
+    REALISED_NOISE_RATE = "realised_noise_rate"
+    EPOCHS = "epochs"
+    LABEL_SET = "label_set"
+
+
+class TrialKey:
+    """Trial user attribute keys (written in one statement when a trial ends)."""
+
+    # the job: what a queued trial must carry to be run again
+    LOSS = "loss"
+    LOSS_PARAMS = "loss_params"
+    SEED = "seed"
+    SOURCE_TRIAL = "source_trial"
+    # where it ran
+    WORKER = "worker"
+    DEVICE = "device"
+    # results (test accuracy is recorded, never the objective)
+    TEST_ACCURACY = "test_accuracy"
+    TEST_ACCURACY_AT_BEST_VAL = "test_accuracy_at_best_val"
+    BEST_VAL_EPOCH = "best_val_epoch"
+    NOISY_TRAIN_ACCURACY = "noisy_train_accuracy"
+    MEMORIZED_NOISY_FRACTION = "memorized_noisy_fraction"
+    CORRECTED_NOISY_FRACTION = "corrected_noisy_fraction"
+    REALISED_NOISE_RATE = "realised_noise_rate"
+    SECONDS = "seconds"
+    EPOCHS_RUN = "epochs_run"
+    VAL_CURVE = "val_accuracy_curve"
+    TEST_CURVE = "test_accuracy_curve"
+    # why it ended early
+    PRUNED_REASON = "pruned_reason"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+#: user attrs that define a queued job: a re-queued trial carries them and nothing else
+JOB_ATTRS = (TrialKey.LOSS, TrialKey.LOSS_PARAMS, TrialKey.SEED, TrialKey.SOURCE_TRIAL)
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN: a non-finite float is stored as None."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def curve_attrs(curve: Sequence[Mapping[str, float]]) -> dict[str, list[float]]:
+    """The per-epoch validation and test curves, as stored once per trial."""
+    return {
+        TrialKey.VAL_CURVE: [round(float(m["val_accuracy"]), 6) for m in curve],
+        TrialKey.TEST_CURVE: [round(float(m["test_accuracy"]), 6) for m in curve],
+    }
+
+
+def partial_attrs(curve: Sequence[Mapping[str, float]], started: float) -> dict[str, Any]:
+    """What a trial that ended early (pruned, diverged, stopped) records of its epochs."""
+    from dm_tune.training import best_val_epoch
+
+    attrs: dict[str, Any] = {
+        TrialKey.SECONDS: time.perf_counter() - started,
+        TrialKey.EPOCHS_RUN: len(curve),
+        **curve_attrs(curve),
+    }
+    if curve:
+        best_epoch, test_at_best = best_val_epoch(
+            [m["val_accuracy"] for m in curve], [m["test_accuracy"] for m in curve]
+        )
+        attrs.update({
+            TrialKey.TEST_ACCURACY: curve[-1]["test_accuracy"],
+            TrialKey.TEST_ACCURACY_AT_BEST_VAL: test_at_best,
+            TrialKey.BEST_VAL_EPOCH: best_epoch,
+        })
+    return attrs

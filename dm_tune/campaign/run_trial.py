@@ -1,0 +1,169 @@
+"""Running one claimed trial: train, report at the pruning rungs, record, tell.
+
+The objective is the final-epoch clean-validation accuracy; test accuracy and the other
+results are trial user attrs, written in one statement when the trial ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from dm_tune.campaign import _optuna
+from dm_tune.campaign.claims import ClaimedTrial
+from dm_tune.campaign.records import (
+    JOB_ATTRS,
+    PARAM_MODE,
+    PARAM_VARIANCE,
+    ROLE_BASELINES,
+    ROLE_DM,
+    TrialKey,
+    curve_attrs,
+    finite_or_none,
+    partial_attrs,
+)
+from dm_tune.campaign.settings import load_setting_data, train_spec
+from dm_tune.config import CampaignConfig
+from dm_tune.training import NonFiniteLossError, TrialResult, train_trial
+
+TrainFn = Callable[..., TrialResult]
+
+__all__ = ["TrialOutcome", "TrialStopped", "report_epochs", "run_claimed_trial"]
+
+_logger = logging.getLogger(__name__)
+EpochHook = Callable[[ClaimedTrial, int, dict[str, float]], None]
+
+
+class TrialStopped(Exception):
+    """The worker was asked to stop; the trial is failed and re-queued."""
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How a trial ended and its objective (None unless COMPLETE)."""
+
+    state: TrialState
+    value: float | None = None
+
+
+def report_epochs(config: CampaignConfig) -> frozenset[int]:
+    """Epochs at which a DM trial reports to the pruner (each report is a DB write).
+
+    Hyperband and successive halving only ever compare trials at the rungs
+    ``min_epochs * 3**k``; the median pruner at every ``min_epochs``-th epoch. The final
+    epoch is always reported; the whole validation curve is stored once at the end.
+    """
+    search, epochs = config.search, config.training.epochs
+    if search.pruner == "median":
+        marks = set(range(search.min_epochs, epochs + 1, search.min_epochs))
+    elif search.pruner == "hyperband":
+        marks, rung = set(), search.min_epochs
+        while rung < epochs:
+            marks.add(rung)
+            rung *= 3
+    else:
+        marks = set()
+    return frozenset(marks | {epochs})
+
+
+def loss_of(claimed: ClaimedTrial, config: CampaignConfig) -> tuple[str, dict[str, Any], int]:
+    """The trial's loss, loss params and seed (a DM trial suggests its two params here)."""
+    trial = claimed.trial
+    if claimed.role == ROLE_BASELINES:
+        attrs = trial.user_attrs
+        return (str(attrs[TrialKey.LOSS]), dict(attrs.get(TrialKey.LOSS_PARAMS, {})),
+                int(attrs[TrialKey.SEED]))
+    search = config.search
+    mode = trial.suggest_float(PARAM_MODE, search.emphasis_mode.low, search.emphasis_mode.high)
+    variance = trial.suggest_float(PARAM_VARIANCE, search.emphasis_variance.low,
+                                   search.emphasis_variance.high)
+    # search trials share the campaign seed (common random numbers: trials differ only in
+    # their hyperparameters); confirmation trials carry their own seed
+    seed = int(trial.user_attrs.get(TrialKey.SEED, config.campaign.seed))
+    return "dm", {PARAM_MODE: mode, PARAM_VARIANCE: variance}, seed
+
+
+def _record(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    _optuna.set_trial_user_attrs(trial, {k: finite_or_none(v) for k, v in attrs.items()})
+
+
+def _beat_failed(trial: optuna.Trial) -> Callable[[BaseException], None]:
+    def warn(error: BaseException) -> None:
+        cause = getattr(error, "orig", None) or error.__cause__ or error
+        _logger.warning("heartbeat of trial %d failed: %s", trial.number,
+                        str(cause).strip().splitlines()[0] if str(cause).strip()
+                        else type(cause).__name__)
+    return warn
+
+
+def run_claimed_trial(
+    claimed: ClaimedTrial,
+    config: CampaignConfig,
+    device: str,
+    worker: str,
+    stop: threading.Event | None = None,
+    on_epoch: EpochHook | None = None,
+    train: TrainFn = train_trial,
+) -> TrialOutcome:
+    """Train the claimed trial, report at the rungs, prune, and tell the study the result.
+
+    A stop request fails the trial and re-queues it with the same parameters. ``train``
+    has :func:`dm_tune.training.train_trial`'s signature (benchmarks time it; tests fake it).
+    """
+    trial, study = claimed.trial, claimed.study
+    data = load_setting_data(config, claimed.setting)
+    loss, loss_params, seed = loss_of(claimed, config)
+    # written once with the results: every user-attr write is a database transaction
+    base = {TrialKey.LOSS: loss, TrialKey.SEED: seed, TrialKey.WORKER: worker,
+            TrialKey.DEVICE: device, TrialKey.REALISED_NOISE_RATE: data.realised_noise_rate}
+    curve: list[dict[str, float]] = []
+    started = time.perf_counter()
+    reported = report_epochs(config)
+
+    def epoch_callback(epoch: int, metrics: dict[str, float]) -> None:
+        curve.append(dict(metrics))
+        if on_epoch is not None:
+            on_epoch(claimed, epoch, metrics)
+        if stop is not None and stop.is_set():
+            raise TrialStopped
+        if epoch in reported:
+            trial.report(float(metrics["val_accuracy"]), epoch)
+            if claimed.role == ROLE_DM and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    spec = train_spec(config, device, seed)
+    with _optuna.heartbeat(trial, on_failure=_beat_failed(trial)):
+        try:
+            result: TrialResult = train(data, spec, loss, loss_params,
+                                              on_epoch=epoch_callback, progress=False)
+        except optuna.TrialPruned:
+            _record(trial, {**base, **partial_attrs(curve, started)})
+            study.tell(trial, state=TrialState.PRUNED)
+            return TrialOutcome(TrialState.PRUNED)
+        except NonFiniteLossError as error:
+            _record(trial, {**base, **partial_attrs(curve, started),
+                            TrialKey.PRUNED_REASON: str(error)})
+            study.tell(trial, state=TrialState.PRUNED)
+            return TrialOutcome(TrialState.PRUNED)
+        except TrialStopped:
+            _record(trial, {**base, **partial_attrs(curve, started),
+                            TrialKey.STOPPED: "worker stop"})
+            study.tell(trial, state=TrialState.FAIL)
+            _optuna.requeue(study, trial, JOB_ATTRS)
+            return TrialOutcome(TrialState.FAIL)
+        except BaseException as error:
+            _record(trial, {**base, TrialKey.ERROR: f"{type(error).__name__}: {error}"[:500]})
+            study.tell(trial, state=TrialState.FAIL)
+            if isinstance(error, KeyboardInterrupt):
+                _optuna.requeue(study, trial, JOB_ATTRS)
+            raise
+    _record(trial, {**base, **result.user_attrs(), **curve_attrs(curve)})
+    study.tell(trial, result.val_accuracy)
+    return TrialOutcome(TrialState.COMPLETE, result.val_accuracy)

@@ -1,0 +1,119 @@
+"""The worker loop: claim, run, repeat until every study meets its budget or a stop."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+
+import optuna
+
+from dm_tune.campaign.claims import (
+    ClaimedTrial,
+    StudyCache,
+    claim_trial,
+    fail_stale_everywhere,
+    seed_of,
+    worker_name,
+)
+from dm_tune.campaign.create import check_campaign
+from dm_tune.campaign.progress import campaign_progress
+from dm_tune.campaign.run_trial import EpochHook, TrainFn, TrialOutcome, run_claimed_trial
+from dm_tune.config import CampaignConfig
+from dm_tune.training import train_trial
+
+__all__ = ["WorkerSummary", "run_worker", "stop_signals"]
+
+IDLE_POLL_S = 2.0
+TrialHook = Callable[[ClaimedTrial, TrialOutcome], None]
+
+
+@dataclass
+class WorkerSummary:
+    """What one worker did, and where its time went (benchmarks read the timings)."""
+
+    worker: str
+    states: dict[str, int] = field(default_factory=dict)
+    stopped: bool = False
+    claim_seconds: list[float] = field(default_factory=list)
+    trial_seconds: list[float] = field(default_factory=list)
+    idle_seconds: float = 0.0
+
+    @property
+    def trials(self) -> int:
+        return sum(self.states.values())
+
+
+@contextmanager
+def stop_signals(stop: threading.Event | None = None) -> Iterator[threading.Event]:
+    """SIGTERM and SIGINT set ``stop`` (the trial ends at its next epoch) while the block runs.
+
+    A second Ctrl-C raises KeyboardInterrupt at once. The previous handlers come back on
+    exit, so a library caller's own handlers survive a worker run.
+    """
+    stop = stop or threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def run_worker(
+    storage: optuna.storages.RDBStorage,
+    config: CampaignConfig,
+    device: str = "cpu",
+    max_trials: int | None = None,
+    stop: threading.Event | None = None,
+    name: str | None = None,
+    on_trial: TrialHook | None = None,
+    on_epoch: EpochHook | None = None,
+    poll_seconds: float = IDLE_POLL_S,
+    sampler_seed: int | None = None,
+    train: TrainFn = train_trial,
+) -> WorkerSummary:
+    """Take trials until every study meets its budget, ``max_trials`` or a stop request.
+
+    ``sampler_seed`` seeds the samplers (with the campaign seed); by default it derives
+    from the worker's name, so that parallel workers propose different trials. A single
+    worker given a fixed seed reproduces a campaign exactly on CPU.
+
+    Raises:
+        DigestMismatchError: this machine's labels differ from the studies' (exit 2).
+    """
+    stop = stop or threading.Event()
+    name = name or worker_name()
+    check_campaign(storage, config, require_created=True)  # refuse other labels up front
+    cache = StudyCache(storage, config, seed_of(name) if sampler_seed is None else sampler_seed)
+    summary = WorkerSummary(name)
+    while not stop.is_set() and (max_trials is None or summary.trials < max_trials):
+        started = time.perf_counter()
+        claimed = claim_trial(storage, config, cache)
+        if claimed is None:
+            summary.idle_seconds += time.perf_counter() - started
+            if not any(p.running for p in campaign_progress(storage, config)):
+                break  # every budget met (or exhausted by failures): nothing left to wait for
+            # Trials still run elsewhere: if their worker died, they go stale and come back.
+            fail_stale_everywhere(storage, config, cache)
+            stop.wait(poll_seconds)
+            continue
+        summary.claim_seconds.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        outcome = run_claimed_trial(claimed, config, device, name, stop, on_epoch, train)
+        summary.trial_seconds.append(time.perf_counter() - started)
+        summary.states[outcome.state.name] = summary.states.get(outcome.state.name, 0) + 1
+        if on_trial is not None:
+            on_trial(claimed, outcome)
+    summary.stopped = stop.is_set()
+    return summary

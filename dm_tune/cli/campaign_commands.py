@@ -1,0 +1,207 @@
+"""Commands that write: create, run, worker, launch, confirm; and status, dashboard."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from dm_tune.cli.app import command, console, refuse, say
+from dm_tune.cli.options import (
+    DEFAULT_STORAGE,
+    ConfigArg,
+    DeviceOpt,
+    OutOpt,
+    StorageOpt,
+    database_location,
+    open_campaign,
+    resolve_device,
+    set_threads,
+)
+from dm_tune.errors import DMTuneError
+
+
+def _print_status(store, config) -> None:
+    from dm_tune.cli.tables import status_table
+    from dm_tune.guidelines.status import status_rows
+
+    console.print(status_table(config.name, status_rows(store, config)))
+
+
+def _workers_failed(codes: dict[str, int]) -> None:
+    failed = {label: code for label, code in codes.items() if code != 0}
+    if failed:
+        raise refuse(f"worker(s) exited non-zero: {failed}", code=1)
+
+
+@command()
+def create(config_path: ConfigArg, storage: StorageOpt = DEFAULT_STORAGE) -> None:
+    """Create the campaign's studies (idempotent); run once before starting workers."""
+    from dm_tune.campaign.create import create_campaign
+
+    config, store = open_campaign(config_path, storage)
+    names = create_campaign(config, store)
+    say(f"campaign {config.name}: {len(names)} studies ready in {database_location(storage)}")
+
+
+@command()
+def status(config_path: ConfigArg, storage: StorageOpt = DEFAULT_STORAGE) -> None:
+    """Per setting: trial counts, the selected parameters (as export names them), baselines."""
+    config, store = open_campaign(config_path, storage, create=False, heartbeat=None,
+                                  check_data=False)
+    _print_status(store, config)
+
+
+@command()
+def run(
+    config_path: ConfigArg,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Worker processes (CPU).")] = 1,
+    device: DeviceOpt = "auto",
+    report: Annotated[bool, typer.Option("--report/--no-report",
+                                         help="Write the report and export at the end.")] = True,
+    out: OutOpt = None,
+) -> None:
+    """Create what is missing and run the campaign to its budget (resumes an interrupted run)."""
+    from dm_tune.campaign.create import create_campaign
+
+    resolved = resolve_device(device) if jobs == 1 else "cpu"
+    config, store = open_campaign(config_path, storage)
+    create_campaign(config, store)
+    if jobs == 1:
+        from dm_tune.cli.views import run_with_progress
+
+        set_threads(None, config)
+        stopped = run_with_progress(store, config, resolved, console)
+    else:
+        from dm_tune.campaign.launcher import plan_slots
+        from dm_tune.cli.views import live_launch
+
+        _workers_failed(live_launch(store, config, plan_slots(None, 1, jobs), str(config_path),
+                                    storage, console))
+        stopped = False
+    _print_status(store, config)
+    say(f"database: {database_location(storage)}")
+    if stopped:
+        say("stopped early: run the same command again to resume")
+        return
+    if report:
+        from dm_tune.cli.guideline_commands import write_run_outputs
+        from dm_tune.cli.options import default_report_dir
+
+        write_run_outputs(store, config, out or default_report_dir(storage, config.name))
+
+
+@command()
+def worker(
+    config_path: ConfigArg,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    device: DeviceOpt = "auto",
+    max_trials: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many trials.")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No per-trial lines.")] = False,
+    heartbeat: Annotated[int, typer.Option(
+        min=1, help="Seconds between heartbeats; a trial silent for twice that is failed "
+        "and re-queued by another worker.")] = 60,
+) -> None:
+    """Join a created campaign and take trials until every study meets its budget."""
+    from dm_tune.campaign.claims import worker_name
+    from dm_tune.campaign.launcher import LABEL_ENV
+    from dm_tune.campaign.worker import run_worker, stop_signals
+
+    resolved = resolve_device(device)
+    config, store = open_campaign(config_path, storage, create=False, heartbeat=heartbeat)
+    set_threads(threads, config)
+    name = os.environ.get(LABEL_ENV, "") or worker_name()
+
+    def on_trial(claimed, outcome) -> None:
+        if not quiet:
+            shown = f"{outcome.value:.4f}" if outcome.value is not None else "-"
+            say(f"[{name}] {claimed.study.study_name} #{claimed.trial.number}: "
+                f"{outcome.state.name.lower()} {shown}")
+
+    with stop_signals() as stop:
+        summary = run_worker(store, config, resolved, max_trials, stop, name, on_trial)
+    if summary.stopped:
+        say(f"worker {name}: stopped by signal after {summary.trials} trial(s); "
+            "an unfinished trial was re-queued")
+    else:
+        say(f"worker {name}: done after {summary.trials} trial(s) {summary.states}")
+
+
+@command()
+def launch(
+    config_path: ConfigArg,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    gpus: Annotated[str | None, typer.Option(help="Comma-separated GPU ids, e.g. 0,1,2,3.")] = None,
+    per_gpu: Annotated[int, typer.Option("--per-gpu", min=1, help="Workers per GPU.")] = 1,
+    cpus: Annotated[int | None, typer.Option(min=1, help="CPU workers (without --gpus).")] = None,
+) -> None:
+    """Start one worker process per slot, show progress, forward signals, report failures."""
+    from dm_tune.campaign.create import create_campaign
+    from dm_tune.campaign.launcher import plan_slots
+    from dm_tune.cli.views import live_launch
+
+    if gpus is not None and cpus is not None:
+        raise refuse("give either --gpus or --cpus, not both")
+    try:
+        gpu_ids = [int(g) for g in gpus.split(",")] if gpus else None
+    except ValueError:
+        raise refuse(f"--gpus must be comma-separated integers, got {gpus!r}") from None
+    config, store = open_campaign(config_path, storage)
+    if gpu_ids:
+        _check_gpus(gpu_ids)
+    create_campaign(config, store)
+    slots = plan_slots(gpu_ids, per_gpu, cpus)
+    _workers_failed(live_launch(store, config, slots, str(config_path), storage, console))
+
+
+def _check_gpus(gpu_ids: list[int]) -> None:
+    import torch
+
+    count = torch.cuda.device_count()
+    missing = [g for g in gpu_ids if g < 0 or g >= count]
+    if missing:
+        raise DMTuneError(f"--gpus {','.join(map(str, missing))}: this machine has {count} "
+                          "CUDA device(s)")
+
+
+@command()
+def confirm(
+    config_path: ConfigArg,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    top_k: Annotated[int, typer.Option("--top-k", min=1)] = 3,
+    seeds: Annotated[int, typer.Option(min=1)] = 3,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Retrain each setting's top-k with new seeds; guidelines prefer confirmed results."""
+    from dm_tune.campaign.confirm import create_confirmations
+    from dm_tune.cli.views import run_with_progress
+
+    resolved = resolve_device(device)
+    config, store = open_campaign(config_path, storage, create=False)
+    names = create_confirmations(store, config, top_k, seeds)
+    say(f"queued confirmation trials in {len(names)} studies")
+    set_threads(None, config)
+    run_with_progress(store, config, resolved, console)
+    _print_status(store, config)
+
+
+@command()
+def dashboard(
+    storage: StorageOpt = DEFAULT_STORAGE,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
+    allow_remote: Annotated[bool, typer.Option("--allow-remote",
+                                               help="Allow a non-loopback host.")] = False,
+) -> None:
+    """Serve optuna-dashboard for the campaign database (no authentication: loopback only)."""
+    from dm_tune.dashboard import serve_dashboard
+
+    serve_dashboard(storage, host=host, port=port, allow_remote=allow_remote)
+

@@ -1,0 +1,191 @@
+"""Commands that read: export, recommend, report; and the outputs at the end of ``run``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from dm_tune.cli.app import command, console, one_line, refuse, say, warn
+from dm_tune.cli.options import (
+    DEFAULT_STORAGE,
+    ConfigArg,
+    OutOpt,
+    StorageOpt,
+    default_report_dir,
+)
+
+if TYPE_CHECKING:
+    from dm_tune.config import CampaignConfig
+    from dm_tune.guidelines import CampaignResults
+
+__all__ = [
+    "ExportFormat",
+    "export",
+    "recommend",
+    "report",
+    "run_export",
+    "run_recommend",
+    "run_report",
+    "write_run_outputs",
+]
+
+
+class ExportFormat(StrEnum):
+    """Export file formats."""
+
+    json = "json"
+    csv = "csv"
+
+
+def _campaign_name(config: Path) -> str:
+    from dm_tune.config import load_campaign_config
+
+    return load_campaign_config(config).campaign.name
+
+
+def _load(campaign: str, storage: str) -> CampaignResults:
+    from dm_tune.guidelines import load_campaign
+
+    return load_campaign(storage, campaign)
+
+
+def run_export(campaign: str, storage: str, format: ExportFormat, out: Path | None) -> None:
+    """Write a campaign's export as JSON or CSV to ``out`` (None or "-": stdout)."""
+    from dm_tune import guidelines
+
+    data = guidelines.to_export_dict(_load(campaign, storage))
+    text = guidelines.dumps_json(data) if format == ExportFormat.json else guidelines.dumps_csv(
+        data)
+    if out is None or str(out) == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise refuse(f"cannot write {out}: {exc.strerror or exc}") from None
+    warn(f"wrote {out}")
+
+
+@command("export")
+def export(
+    config: ConfigArg,
+    format: Annotated[
+        ExportFormat,
+        typer.Option("--format", "-f", help="json (full) or csv (one row per setting)."),
+    ] = ExportFormat.json,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output file (default: stdout).")
+    ] = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
+) -> None:
+    """Export a campaign's recommendations (selected params, accuracies, trends)."""
+    run_export(_campaign_name(config), storage, format, out)
+
+
+def run_recommend(export: Path, noise: str, rate: float, as_json: bool = False) -> None:
+    """Print the recommendation for (noise, rate) from an export file (no database)."""
+    from dm_tune import guidelines
+
+    data = guidelines.load_export(export)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        rec = guidelines.recommend(data, noise, rate)
+    for w in caught:
+        warn(f"warning: {w.message}")
+    if as_json:
+        payload = {**vars(rec), "nearest_rates": list(rec.nearest_rates)}
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    typer.echo(
+        f"{noise} {rate:g}: emphasis_mode {rec.emphasis_mode:.3f} "
+        f"[{rec.emphasis_mode_low:.3f}, {rec.emphasis_mode_high:.3f}], "
+        f"emphasis_variance {rec.emphasis_variance:.3g} "
+        f"[{rec.emphasis_variance_low:.3g}, {rec.emphasis_variance_high:.3g}] "
+        f"(from searched rates {', '.join(f'{r:g}' for r in rec.nearest_rates)}"
+        f"{'; extrapolated' if rec.extrapolated else ''})"
+    )
+
+
+@command("recommend")
+def recommend(
+    from_file: Annotated[
+        Path, typer.Option("--from", help="Export file written by `dm-tune export` (JSON).")
+    ],
+    noise: Annotated[str, typer.Option("--noise", help="Noise kind, e.g. symmetric.")],
+    rate: Annotated[float, typer.Option("--rate", help="Noise rate in [0, 1).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Recommend DM parameters for a noise kind and rate from an export file."""
+    run_recommend(from_file, noise, rate, as_json)
+
+
+def run_report(campaign: str, storage: str, out: Path | None, png: bool = True) -> None:
+    """Write the HTML report (and PNGs) of a campaign into ``out``."""
+    from dm_tune.report import write_report
+
+    results = _load(campaign, storage)
+    out_dir = out or default_report_dir(storage, campaign)
+    try:
+        paths = write_report(results, out_dir, png=png)
+    except OSError as exc:
+        raise refuse(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from None
+    except RuntimeError as exc:  # kaleido failed with a browser present: unexpected
+        raise refuse(one_line(exc), code=1) from None
+    warn(f"wrote {paths.html}")
+    if paths.png_skipped and png:
+        warn(f"warning: {paths.png_skipped}")
+    elif paths.pngs:
+        warn(f"wrote {len(paths.pngs)} PNGs to {out_dir}")
+
+
+@command("report")
+def report(
+    config: ConfigArg,
+    out: OutOpt = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    no_png: Annotated[bool, typer.Option("--no-png", help="Write the HTML only.")] = False,
+) -> None:
+    """Write a campaign's HTML report with a PNG per figure."""
+    run_report(_campaign_name(config), storage, out, png=not no_png)
+
+
+def write_run_outputs(storage, config: CampaignConfig, directory: Path) -> None:
+    """Print the recommendation table and write the export (JSON, CSV) and the report.
+
+    Called by ``dm-tune run`` at its end; nothing here fails the run: a problem is a
+    warning line (the trials are safe in the database and ``report`` can be rerun).
+    """
+    from dm_tune import guidelines
+    from dm_tune.cli.tables import recommendation_table
+    from dm_tune.errors import NoResultsError
+    from dm_tune.report import write_report
+
+    try:
+        results = guidelines.load_campaign(storage, config.campaign.name)
+    except NoResultsError as exc:
+        say(f"no recommendations: {one_line(exc)}")
+        return
+    console.print(recommendation_table(results))
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        json_path = guidelines.write_json(results, directory / "recommendations.json")
+        csv_path = guidelines.write_csv(results, directory / "recommendations.csv")
+        say(f"export: {json_path} and {csv_path}")
+        paths = write_report(results, directory)
+    except OSError as exc:
+        warn(f"warning: cannot write the outputs to {directory}: {exc.strerror or exc}; "
+             "the trials are in the database: rerun `dm-tune report` with --out")
+        return
+    except RuntimeError as exc:  # PNG export failed; the HTML is already written
+        warn(f"warning: {one_line(exc)}")
+        return
+    say(f"report: {paths.html}")
+    if paths.png_skipped:
+        warn(f"warning: {paths.png_skipped}")

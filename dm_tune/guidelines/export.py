@@ -1,0 +1,274 @@
+"""The versioned export (``docs/export-schema.md``): JSON and CSV writers, the reader."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dm_tune
+from dm_tune.errors import ExportError
+from dm_tune.guidelines.results import CampaignResults, SettingResult, TrendPoint
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "dumps_csv",
+    "dumps_json",
+    "load_export",
+    "to_csv_rows",
+    "to_export_dict",
+    "validate_export",
+    "write_csv",
+    "write_json",
+]
+
+SCHEMA = "dm-tune/recommendations"
+SCHEMA_VERSION = 1
+
+
+def to_export_dict(results: CampaignResults) -> dict[str, Any]:
+    """Return the versioned export (schema ``dm-tune/recommendations`` v1)."""
+    prov = results.provenance
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "provenance": {
+            "campaign": prov.campaign,
+            "config_hash": prov.config_hash,
+            "dm_tune_version": prov.dm_tune_version,
+            "exported_by": prov.exported_by,
+            "dataset": prov.dataset,
+            "model": prov.model,
+            "trial_counts": dict(prov.trial_counts),
+            "created": prov.created,
+            "method": {
+                "top_k": results.top_k,
+                "weights": "rank",
+                "bootstrap_resamples": results.resamples,
+                "interval": results.interval,
+                "seed": results.seed,
+                "interpolation": "linear; constant outside the searched rates",
+            },
+        },
+        "settings": [_setting_dict(s) for s in results.settings],
+        "trends": {
+            kind: [_point_dict(p) for p in trend.points] for kind, trend in results.trends.items()
+        },
+    }
+
+
+def _setting_dict(s: SettingResult) -> dict[str, Any]:
+    """One setting in the export."""
+    return {
+        "noise_kind": s.noise_kind,
+        "noise_rate": s.noise_rate,
+        "setting": s.setting,
+        "study_name": s.study_name,
+        "trial_counts": dict(s.trial_counts),
+        "selected": _clean(vars(s.selected)) if s.selected else None,
+        "top_k": [_clean(vars(t)) for t in s.top_k],
+        "baselines": {name: _clean(vars(b)) for name, b in s.baselines.items()},
+    }
+
+
+def _point_dict(p: TrendPoint) -> dict[str, Any]:
+    """One trend point in the export."""
+    return _clean(vars(p))
+
+
+def _clean(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy a dataclass dict with non-finite floats as None (JSON has no NaN)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def write_json(results: CampaignResults | Mapping[str, Any], path: Path | str) -> Path:
+    """Write the export as JSON; ``path`` "-" is not special (the CLI handles stdout)."""
+    data = to_export_dict(results) if isinstance(results, CampaignResults) else dict(results)
+    path = Path(path)
+    path.write_text(dumps_json(data), encoding="utf-8")
+    return path
+
+
+def dumps_json(data: Mapping[str, Any]) -> str:
+    """Serialise an export dict (stable key order, strict JSON)."""
+    return json.dumps(data, indent=2, allow_nan=False) + "\n"
+
+
+CSV_FIXED_COLUMNS = (
+    "campaign",
+    "config_hash",
+    "noise_kind",
+    "noise_rate",
+    "setting",
+    "n_complete",
+    "n_pruned",
+    "n_failed",
+    "selected_source",
+    "selected_trial_number",
+    "selected_n_seeds",
+    "selected_emphasis_mode",
+    "selected_emphasis_variance",
+    "selected_val_accuracy",
+    "selected_test_accuracy",
+    "selected_test_accuracy_at_best_val",
+    "selected_memorized_noisy_fraction",
+    "trend_emphasis_mode",
+    "trend_emphasis_mode_low",
+    "trend_emphasis_mode_high",
+    "trend_emphasis_variance",
+    "trend_emphasis_variance_low",
+    "trend_emphasis_variance_high",
+)
+BASELINE_FIELDS = ("val_accuracy", "test_accuracy", "test_accuracy_at_best_val")
+
+
+def to_csv_rows(results: CampaignResults | Mapping[str, Any]) -> tuple[list[str], list[dict]]:
+    """Return (columns, rows): one row per kind x rate, numbers taken from the export dict."""
+    data = to_export_dict(results) if isinstance(results, CampaignResults) else results
+    losses = sorted({loss for s in data["settings"] for loss in s["baselines"]})
+    columns = list(CSV_FIXED_COLUMNS) + [
+        f"baseline_{loss}_{name}" for loss in losses for name in BASELINE_FIELDS
+    ]
+    trend_at = {
+        (kind, p["noise_rate"]): p for kind, points in data["trends"].items() for p in points
+    }
+    rows = []
+    for s in data["settings"]:
+        row: dict[str, Any] = {
+            "campaign": data["provenance"]["campaign"],
+            "config_hash": data["provenance"]["config_hash"],
+            "noise_kind": s["noise_kind"],
+            "noise_rate": s["noise_rate"],
+            "setting": s["setting"],
+            "n_complete": s["trial_counts"].get("COMPLETE", 0),
+            "n_pruned": s["trial_counts"].get("PRUNED", 0),
+            "n_failed": s["trial_counts"].get("FAIL", 0),
+        }
+        selected = s["selected"] or {}
+        row["selected_source"] = selected.get("source")
+        row["selected_trial_number"] = selected.get("trial_number")
+        row["selected_n_seeds"] = selected.get("n_seeds")
+        for name in (
+            "emphasis_mode",
+            "emphasis_variance",
+            "val_accuracy",
+            "test_accuracy",
+            "test_accuracy_at_best_val",
+            "memorized_noisy_fraction",
+        ):
+            row[f"selected_{name}"] = selected.get(name)
+        point = trend_at.get((s["noise_kind"], s["noise_rate"]), {})
+        for name in ("emphasis_mode", "emphasis_variance"):
+            for suffix in ("", "_low", "_high"):
+                row[f"trend_{name}{suffix}"] = point.get(f"{name}{suffix}")
+        for loss in losses:
+            baseline = s["baselines"].get(loss, {})
+            for name in BASELINE_FIELDS:
+                row[f"baseline_{loss}_{name}"] = baseline.get(name)
+        rows.append(row)
+    return columns, rows
+
+
+def dumps_csv(results: CampaignResults | Mapping[str, Any]) -> str:
+    """Serialise the CSV export (floats as repr: they read back to the JSON's numbers)."""
+    columns, rows = to_csv_rows(results)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def write_csv(results: CampaignResults | Mapping[str, Any], path: Path | str) -> Path:
+    """Write the CSV export: one row per noise kind x rate."""
+    path = Path(path)
+    path.write_text(dumps_csv(results), encoding="utf-8")
+    return path
+
+
+def load_export(path: Path | str) -> dict[str, Any]:
+    """Read and validate a JSON export.
+
+    Raises:
+        ExportError: unreadable, not JSON, another schema, a newer version, or malformed
+            (the message is one line).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ExportError(f"cannot read export {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ExportError(f"{path} is not a JSON export ({_one_line(exc)})") from None
+    validate_export(data, origin=str(path))
+    return data
+
+
+def validate_export(data: Any, origin: str = "export") -> None:
+    """Check an export dict's schema, version and shape; raise ExportError (one line)."""
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ExportError(f"{origin} is not a {SCHEMA} export")
+    version = data.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ExportError(f"{origin} has no integer schema_version")
+    if version > SCHEMA_VERSION:
+        raise ExportError(
+            f"{origin} has schema_version {version}; this dm-tune "
+            f"({dm_tune.__version__}) reads up to {SCHEMA_VERSION}: upgrade dm-tune"
+        )
+    if version < 1:
+        raise ExportError(f"{origin} has invalid schema_version {version}")
+    try:
+        _check_shape(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"{origin} is malformed: {_one_line(exc)}") from None
+
+
+_POINT_KEYS = frozenset(TrendPoint.__dataclass_fields__)
+
+
+def _check_shape(data: Mapping[str, Any]) -> None:
+    """Check the parts recommend and the CSV writer rely on."""
+    if not isinstance(data["provenance"], dict) or "campaign" not in data["provenance"]:
+        raise ExportError("provenance.campaign is missing")
+    if not isinstance(data["settings"], list):
+        raise TypeError("settings must be a list")
+    for s in data["settings"]:
+        for key in ("noise_kind", "noise_rate", "selected", "top_k", "baselines", "trial_counts"):
+            if key not in s:
+                raise KeyError(f"settings entry without {key}")
+    if not isinstance(data["trends"], dict):
+        raise TypeError("trends must be an object")
+    for kind, points in data["trends"].items():
+        if not isinstance(points, list) or not points:
+            raise ExportError(f"trend {kind!r} has no points")
+        for p in points:
+            if not isinstance(p, dict) or set(p) != _POINT_KEYS:
+                raise ExportError(f"trend {kind!r} has a point without the fields of version 1")
+            _check_numbers(kind, p)
+        rates = [p["noise_rate"] for p in points]
+        if rates != sorted(rates):
+            raise ExportError(f"trend {kind!r} is not sorted by noise_rate")
+
+
+def _check_numbers(kind: str, point: Mapping[str, Any]) -> None:
+    """Every trend field is a finite number."""
+    for key, value in point.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ExportError(f"trend {kind!r} field {key} is not a finite number")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,178 @@
+"""The result data of a campaign: what the guideline commands, plots and report read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import dm_tune
+
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "DEFAULT_RESAMPLES",
+    "DEFAULT_TOP_K",
+    "BaselineResult",
+    "CampaignResults",
+    "Provenance",
+    "Recommendation",
+    "Selection",
+    "SettingResult",
+    "Trend",
+    "TrendPoint",
+    "TrialPoint",
+]
+
+DEFAULT_TOP_K = 5
+DEFAULT_RESAMPLES = 200
+DEFAULT_INTERVAL = 0.9
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """One COMPLETE DM trial: its parameters, objective and recorded outcomes."""
+
+    number: int
+    emphasis_mode: float
+    emphasis_variance: float
+    val_accuracy: float
+    test_accuracy: float | None = None
+    test_accuracy_at_best_val: float | None = None
+    memorized_noisy_fraction: float | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The DM parameters selected for one setting (on clean validation only)."""
+
+    emphasis_mode: float
+    emphasis_variance: float
+    val_accuracy: float
+    test_accuracy: float | None
+    test_accuracy_at_best_val: float | None
+    memorized_noisy_fraction: float | None
+    source: str  # "search" (best DM trial) or "confirm" (best mean over seeds)
+    trial_number: int | None
+    n_seeds: int = 1
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """Mean outcomes of one baseline loss over its seeds."""
+
+    loss: str
+    n: int
+    val_accuracy: float | None
+    test_accuracy: float | None
+    test_accuracy_at_best_val: float | None
+    memorized_noisy_fraction: float | None
+
+
+@dataclass
+class SettingResult:
+    """Everything known about one (noise kind, rate) setting."""
+
+    noise_kind: str
+    noise_rate: float
+    setting: str
+    study_name: str
+    trial_counts: dict[str, int]
+    trials: list[TrialPoint]
+    top_k: list[TrialPoint]
+    selected: Selection | None
+    baselines: dict[str, BaselineResult] = field(default_factory=dict)
+    variance_log: bool = False  # the search space sampled the variance on a log scale
+
+    def best_baseline(self) -> BaselineResult | None:
+        """Return the baseline with the best mean clean-val accuracy (never test)."""
+        scored = [b for b in self.baselines.values() if b.val_accuracy is not None]
+        return max(scored, key=lambda b: (b.val_accuracy, b.loss), default=None)
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    """The fitted recommendation at one searched rate, with its bootstrap band."""
+
+    noise_rate: float
+    emphasis_mode: float
+    emphasis_mode_low: float
+    emphasis_mode_high: float
+    emphasis_variance: float
+    emphasis_variance_low: float
+    emphasis_variance_high: float
+    n_trials: int
+    k: int
+
+
+@dataclass(frozen=True)
+class Trend:
+    """Recommended parameters against the noise rate for one noise kind."""
+
+    noise_kind: str
+    points: tuple[TrendPoint, ...]  # sorted by rate
+
+    @property
+    def rates(self) -> list[float]:
+        """Return the searched rates."""
+        return [p.noise_rate for p in self.points]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the numbers come from."""
+
+    campaign: str
+    config_hash: str | None
+    dm_tune_version: str | None
+    dataset: str | None
+    model: str | None
+    trial_counts: dict[str, int]
+    created: str
+    exported_by: str = dm_tune.__version__
+
+
+@dataclass
+class CampaignResults:
+    """Aggregated results of one campaign."""
+
+    provenance: Provenance
+    settings: list[SettingResult]
+    trends: dict[str, Trend]
+    top_k: int = DEFAULT_TOP_K
+    resamples: int = DEFAULT_RESAMPLES
+    interval: float = DEFAULT_INTERVAL
+    seed: int = 0
+
+    @property
+    def campaign(self) -> str:
+        """Return the campaign name."""
+        return self.provenance.campaign
+
+    def kinds(self) -> list[str]:
+        """Return the noise kinds in a stable order."""
+        return sorted({s.noise_kind for s in self.settings})
+
+    def settings_of(self, kind: str) -> list[SettingResult]:
+        """Return one kind's settings sorted by rate."""
+        return sorted(
+            (s for s in self.settings if s.noise_kind == kind), key=lambda s: s.noise_rate
+        )
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """DM parameters recommended for a noise kind and rate."""
+
+    noise_kind: str
+    noise_rate: float
+    emphasis_mode: float
+    emphasis_variance: float
+    emphasis_mode_low: float
+    emphasis_mode_high: float
+    emphasis_variance_low: float
+    emphasis_variance_high: float
+    nearest_rates: tuple[float, ...]
+    extrapolated: bool
+
+    @property
+    def emphasis_lambda(self) -> float:
+        """Return the paper's lambda = psi / (1 - psi)."""
+        return self.emphasis_mode / (1.0 - self.emphasis_mode)

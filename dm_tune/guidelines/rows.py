@@ -1,0 +1,36 @@
+"""One row per setting, formatted once: the status and recommendation tables and the
+HTML report render these cells, each in its own markup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dm_tune.guidelines.results import BaselineResult, Selection
+
+__all__ = ["baseline_text", "fmt", "source_text", "value_of"]
+
+
+def value_of(obj: object, name: str) -> Any:
+    """``obj.name``, or None when there is no ``obj`` (a setting without a selection)."""
+    return None if obj is None else getattr(obj, name)
+
+
+def fmt(value: float | None, spec: str = ".4f", missing: str = "-") -> str:
+    """A number formatted with ``spec``; ``missing`` when unknown."""
+    return missing if value is None else format(value, spec)
+
+
+def source_text(selection: Selection | None, missing: str = "-") -> str:
+    """Where a selection comes from: 'confirm (3 seeds)' or 'trial 12'."""
+    if selection is None:
+        return missing
+    if selection.source == "confirm":
+        return f"confirm ({selection.n_seeds} seeds)"
+    return f"trial {selection.trial_number}"
+
+
+def baseline_text(base: BaselineResult | None, spec: str = ".4f", missing: str = "-") -> str:
+    """'gce 0.7900' (test accuracy of the best baseline by clean validation) or ``missing``."""
+    if base is None:
+        return missing
+    return f"{base.loss} {fmt(base.test_accuracy, spec, missing)}"

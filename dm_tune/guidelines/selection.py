@@ -1,0 +1,147 @@
+"""One selection: which trial or confirmed setting stands for a noise setting.
+
+``status``, ``export``, ``report`` and ``recommend`` all name the best setting through
+:func:`select`: the confirmed setting with the best mean clean-validation accuracy over
+its seeds when confirmations exist, else the best search trial; non-finite values are
+skipped. Pure: it reads frozen trials, never a storage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from optuna.trial import FrozenTrial, TrialState
+
+from dm_tune.campaign.records import PARAM_MODE, PARAM_VARIANCE, TrialKey
+from dm_tune.guidelines.results import BaselineResult, Selection, TrialPoint
+
+__all__ = ["dm_points", "float_attr", "mean", "select", "summarize_baselines"]
+
+
+def select(
+    dm_trials: Iterable[FrozenTrial], confirm_trials: Iterable[FrozenTrial] = ()
+) -> Selection | None:
+    """The setting's selection: confirmed results preferred, else the best search trial."""
+    confirmed = _selection_from_confirm(confirm_trials)
+    if confirmed is not None:
+        return confirmed
+    ranked = rank(dm_points(dm_trials))
+    return _selection_from_trial(ranked[0]) if ranked else None
+
+
+def rank(points: Iterable[TrialPoint]) -> list[TrialPoint]:
+    """Points by clean-validation accuracy, best first (trial number breaks ties)."""
+    return sorted(points, key=lambda t: (-t.val_accuracy, t.number))
+
+
+def _complete(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """Keep COMPLETE trials with a finite objective."""
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+    ]
+
+
+def float_attr(trial: FrozenTrial, name: str) -> float | None:
+    """Read a numeric user attr; None when missing or not a finite number."""
+    value = trial.user_attrs.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def dm_points(trials: Iterable[FrozenTrial]) -> list[TrialPoint]:
+    """Turn COMPLETE DM trials (those with both parameters) into TrialPoints."""
+    return [_to_point(t) for t in complete_with_params(trials)]
+
+
+def complete_with_params(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """COMPLETE trials that carry both DM parameters."""
+    return [t for t in _complete(trials) if PARAM_MODE in t.params and PARAM_VARIANCE in t.params]
+
+
+def _to_point(t: FrozenTrial) -> TrialPoint:
+    """One trial's parameters, objective and outcomes."""
+    return TrialPoint(
+        number=t.number,
+        emphasis_mode=float(t.params[PARAM_MODE]),
+        emphasis_variance=float(t.params[PARAM_VARIANCE]),
+        val_accuracy=float(t.value),
+        test_accuracy=float_attr(t, TrialKey.TEST_ACCURACY),
+        test_accuracy_at_best_val=float_attr(t, TrialKey.TEST_ACCURACY_AT_BEST_VAL),
+        memorized_noisy_fraction=float_attr(t, TrialKey.MEMORIZED_NOISY_FRACTION),
+    )
+
+
+def _selection_from_trial(point: TrialPoint) -> Selection:
+    """Select the best search trial."""
+    return Selection(
+        emphasis_mode=point.emphasis_mode,
+        emphasis_variance=point.emphasis_variance,
+        val_accuracy=point.val_accuracy,
+        test_accuracy=point.test_accuracy,
+        test_accuracy_at_best_val=point.test_accuracy_at_best_val,
+        memorized_noisy_fraction=point.memorized_noisy_fraction,
+        source="search",
+        trial_number=point.number,
+    )
+
+
+def _selection_from_confirm(trials: Iterable[FrozenTrial]) -> Selection | None:
+    """Select the confirmed parameters with the best mean clean-val accuracy over seeds."""
+    groups: dict[tuple[float, float], list[TrialPoint]] = defaultdict(list)
+    sources: dict[tuple[float, float], int | None] = {}
+    for trial in complete_with_params(trials):
+        point = _to_point(trial)
+        key = (point.emphasis_mode, point.emphasis_variance)
+        groups[key].append(point)
+        source = trial.user_attrs.get(TrialKey.SOURCE_TRIAL)
+        sources.setdefault(key, int(source) if isinstance(source, int | float) else None)
+    if not groups:
+        return None
+    key, points = max(
+        groups.items(), key=lambda kv: (mean([p.val_accuracy for p in kv[1]]), kv[0])
+    )
+    return Selection(
+        emphasis_mode=key[0],
+        emphasis_variance=key[1],
+        val_accuracy=mean([p.val_accuracy for p in points]),
+        test_accuracy=mean([p.test_accuracy for p in points]),
+        test_accuracy_at_best_val=mean([p.test_accuracy_at_best_val for p in points]),
+        memorized_noisy_fraction=mean([p.memorized_noisy_fraction for p in points]),
+        source="confirm",
+        trial_number=sources[key],
+        n_seeds=len(points),
+    )
+
+
+def mean(values: Sequence[float | None]) -> float | None:
+    """Mean of the known values; None when none is known."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def summarize_baselines(trials: Iterable[FrozenTrial]) -> dict[str, BaselineResult]:
+    """Average each baseline loss's COMPLETE trials over its seeds."""
+    by_loss: dict[str, list[FrozenTrial]] = defaultdict(list)
+    for t in _complete(trials):
+        by_loss[str(t.user_attrs.get(TrialKey.LOSS, "unknown"))].append(t)
+    return {
+        loss: BaselineResult(
+            loss=loss,
+            n=len(ts),
+            val_accuracy=mean([t.value for t in ts]),
+            test_accuracy=mean([float_attr(t, TrialKey.TEST_ACCURACY) for t in ts]),
+            test_accuracy_at_best_val=mean(
+                [float_attr(t, TrialKey.TEST_ACCURACY_AT_BEST_VAL) for t in ts]
+            ),
+            memorized_noisy_fraction=mean(
+                [float_attr(t, TrialKey.MEMORIZED_NOISY_FRACTION) for t in ts]
+            ),
+        )
+        for loss, ts in sorted(by_loss.items())
+    }

@@ -1,0 +1,310 @@
+"""K member networks as one module: stacked (MLP) or packed (conv nets) layers.
+
+Two layouts, chosen by the architecture:
+
+- **stacked** (MLP): activations are (K, B, features) and each `StackedLinear` applies the
+  K members' weight matrices with one `torch.baddbmm`;
+- **packed** (CNN, ResNet, fastnet): activations are (B, K * C, H, W) with member k owning
+  channels [k * C, (k + 1) * C). Every convolution has `groups = K` (times its own groups),
+  batch norm runs over K * C channels, which gives per-member batch statistics and running
+  averages by construction, and the linear head is a `PackedLinear`. ReLU, pooling and
+  residual additions act per channel, so the models' own `forward` methods run unchanged.
+
+A `PopulationModel` is built from K models initialised exactly as `train_trial` builds
+them (their tensors are copied in), exports member k's state dict under the original
+names, and drops members in place (`select_members`), optimiser state included, so the
+survivors run at the cost of K' members.
+
+Example:
+    >>> from dm_tune.models import build_model
+    >>> population = PopulationModel.from_models([build_model("mlp", (64,), 10)] * 3)
+    >>> population(torch.zeros(3, 5, 64)).shape
+    torch.Size([3, 5, 10])
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dm_tune.models import MLP, CifarResNet, FastNet, SmallCNN, _BasicBlock, _FastBlock
+
+__all__ = ["PackedLinear", "PopulationModel", "StackedLinear", "select_members"]
+
+# Modules whose forward acts per channel (or only composes children), so they run as is on
+# packed activations. Anything else with a forward of its own is refused, not guessed at.
+_CHANNELWISE = (
+    nn.Sequential, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+    nn.Flatten, nn.Identity, SmallCNN, CifarResNet, FastNet, _BasicBlock, _FastBlock,
+)
+_ELEMENTWISE = (nn.Sequential, nn.ReLU, nn.Identity, MLP)
+
+
+def select_members(tensor: Tensor, keep: Tensor, members: int) -> Tensor:
+    """The rows of members `keep` of a member-major tensor (leading dim K * per-member)."""
+    selected = tensor.unflatten(0, (members, -1))[keep].flatten(0, 1)
+    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(
+        memory_format=torch.channels_last
+    ):  # CUDA image models keep conv weights channels_last
+        selected = selected.contiguous(memory_format=torch.channels_last)
+    return selected
+
+
+class StackedLinear(nn.Module):
+    """K linear layers: (K, B, in) -> (K, B, out) by one batched matmul."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        # (K, in, out): nn.Linear's weight transposed, so the forward multiplies without a
+        # transposed operand and the weight gradient comes out contiguous (no copy when
+        # autograd accumulates it)
+        self.weight = nn.Parameter(weight)
+        self.bias = None if bias is None else nn.Parameter(bias)  # (K, 1, out)
+
+    @classmethod
+    def from_linears(cls, linears: Sequence[nn.Linear]) -> StackedLinear:
+        """Stack the members' nn.Linear layers (their tensors are copied)."""
+        weight = torch.stack([m.weight.detach().t() for m in linears]).contiguous()
+        bias = None
+        if linears[0].bias is not None:
+            bias = torch.stack([m.bias.detach() for m in linears]).unsqueeze(1).contiguous()
+        return cls(weight, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(K, B, in) -> (K, B, out)."""
+        if self.bias is None:
+            return torch.bmm(x, self.weight)
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def member_state(self, k: int) -> dict[str, Tensor]:
+        """Member k's tensors under nn.Linear's names."""
+        state = {"weight": self.weight.detach()[k].t()}
+        if self.bias is not None:
+            state["bias"] = self.bias.detach()[k, 0]
+        return state
+
+    def extra_repr(self) -> str:
+        members, width_in, width_out = self.weight.shape
+        return f"members={members}, in_features={width_in}, out_features={width_out}"
+
+
+class PackedLinear(StackedLinear):
+    """K linear heads on packed features: (B, K * in) -> (B, K * out)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, K * in) -> (B, K * out), member k's outputs in block k."""
+        members = self.weight.shape[0]
+        stacked = x.unflatten(1, (members, -1)).transpose(0, 1)  # (K, B, in)
+        return super().forward(stacked).transpose(0, 1).flatten(1)
+
+
+def _packed_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
+    """One grouped convolution equal to the members' convolutions side by side."""
+    first, members = convs[0], len(convs)
+    packed = nn.Conv2d(
+        first.in_channels * members, first.out_channels * members, first.kernel_size,
+        first.stride, first.padding, first.dilation, first.groups * members,
+        first.bias is not None, first.padding_mode,
+        device=first.weight.device, dtype=first.weight.dtype,
+    )
+    # member k's output channels (and so its groups) are block k of the concatenation
+    with torch.no_grad():
+        weight = torch.cat([c.weight for c in convs])
+        if first.weight.is_contiguous(memory_format=torch.channels_last):
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        packed.weight = nn.Parameter(weight)
+        if first.bias is not None:
+            packed.bias = nn.Parameter(torch.cat([c.bias for c in convs]))
+    return packed
+
+
+def _packed_batch_norm(norms: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
+    """One batch norm over the members' channels side by side (statistics stay per channel)."""
+    first = norms[0]
+    packed = copy.deepcopy(first)
+    packed.num_features = first.num_features * len(norms)
+    with torch.no_grad():
+        for name in ("weight", "bias"):
+            if getattr(first, name) is not None:
+                setattr(packed, name, nn.Parameter(torch.cat([getattr(n, name) for n in norms])))
+        for name in ("running_mean", "running_var"):
+            if getattr(first, name) is not None:
+                setattr(packed, name, torch.cat([getattr(n, name) for n in norms]))
+    return packed
+
+
+def _flatten_for_stacked(flatten: nn.Flatten) -> nn.Flatten:
+    """The same flatten with the member axis in front of the batch axis."""
+    end = flatten.end_dim if flatten.end_dim < 0 else flatten.end_dim + 1
+    return nn.Flatten(flatten.start_dim + 1, end)
+
+
+def _convert(models: Sequence[nn.Module], layout: str) -> tuple[nn.Module, list[str]]:
+    """The population module of `models` and the paths of its per-member layers."""
+    body = copy.deepcopy(models[0])
+    if not isinstance(body, _CHANNELWISE if layout == "packed" else _ELEMENTWISE):
+        raise ValueError(f"model: no population layout for {type(body).__name__} (its forward "
+                         f"is not known to act per member)")
+    members = [dict(m.named_modules()) for m in models]
+    packed_paths: list[str] = []
+    for path, module in list(body.named_modules()):
+        if not path:
+            continue
+        same = [m[path] for m in members]
+        if isinstance(module, nn.Linear):
+            layer = StackedLinear if layout == "stacked" else PackedLinear
+            body.set_submodule(path, layer.from_linears(same))
+        elif layout == "packed" and isinstance(module, nn.Conv2d):
+            body.set_submodule(path, _packed_conv(same))
+        elif layout == "packed" and isinstance(module, nn.BatchNorm2d):
+            body.set_submodule(path, _packed_batch_norm(same))
+        elif layout == "stacked" and isinstance(module, nn.Flatten):
+            body.set_submodule(path, _flatten_for_stacked(module))
+            continue
+        elif isinstance(module, _CHANNELWISE if layout == "packed" else _ELEMENTWISE):
+            if isinstance(module, _BasicBlock):
+                module.packed_members = len(models)
+            continue
+        elif isinstance(module, nn.Linear | nn.Conv2d | nn.BatchNorm2d | nn.Flatten):
+            raise ValueError(f"model: cannot pack {type(module).__name__} {path!r} in the "
+                             f"{layout} layout")
+        else:
+            raise ValueError(f"model: no population layout for {type(module).__name__} "
+                             f"{path!r}")
+        packed_paths.append(path)
+    return body, packed_paths
+
+
+def _layout(model: nn.Module) -> str:
+    """'stacked' for MLPs, 'packed' for conv nets."""
+    return "stacked" if isinstance(model, MLP) else "packed"
+
+
+class PopulationModel(nn.Module):
+    """K same-architecture models as one module: (K, B, *input) -> (K, B, classes) logits."""
+
+    def __init__(self, body: nn.Module, layout: str, members: int, paths: list[str]) -> None:
+        super().__init__()
+        self.body = body
+        self.layout = layout
+        self.members = members
+        self._paths = paths
+        self._channels_last: bool | None = None
+
+    @classmethod
+    def from_models(cls, models: Sequence[nn.Module]) -> PopulationModel:
+        """Pack `models` (same architecture and shapes; their tensors are copied)."""
+        if not models:
+            raise ValueError("models: a population needs at least one model")
+        kinds = {type(m) for m in models}
+        if len(kinds) != 1:
+            raise ValueError(f"models: members must share one architecture, got {kinds}")
+        layout = _layout(models[0])
+        body, paths = _convert(models, layout)
+        population = cls(body, layout, len(models), paths)
+        population.train(models[0].training)
+        return population
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the packed convolutions run channels_last (CUDA image models)."""
+        if self._channels_last is None:  # fixed at packing; compaction keeps the layout
+            conv = next((m for m in self.body.modules() if isinstance(m, nn.Conv2d)), None)
+            self._channels_last = conv is not None and not conv.weight.is_contiguous() \
+                and conv.weight.is_contiguous(memory_format=torch.channels_last)
+        return self._channels_last
+
+    def pack_inputs(self, x: Tensor) -> Tensor:
+        """Member inputs (K, B, *input) in this model's layout."""
+        if self.layout == "stacked":
+            return x
+        packed = x.transpose(0, 1).flatten(1, 2)  # (B, K * C, H, W), member k in block k
+        if self.channels_last:
+            return packed.contiguous(memory_format=torch.channels_last)
+        return packed
+
+    def shared_inputs(self, x: Tensor) -> Tensor:
+        """The same inputs (B, *input) for every member, in this model's layout."""
+        if self.layout == "stacked":
+            return x.unsqueeze(0).expand(self.members, *x.shape)
+        packed = x.repeat(1, self.members, *([1] * (x.dim() - 2)))
+        if self.channels_last:
+            return packed.contiguous(memory_format=torch.channels_last)
+        return packed
+
+    def forward_packed(self, packed: Tensor) -> Tensor:
+        """Logits (K, B, classes) from inputs already in this model's layout."""
+        out = self.body(packed)
+        if self.layout == "stacked":
+            return out
+        return out.unflatten(1, (self.members, -1)).transpose(0, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (K, B, classes) of member inputs (K, B, *input)."""
+        return self.forward_packed(self.pack_inputs(x))
+
+    def member_state(self, k: int) -> dict[str, Tensor]:
+        """Member k's parameters and buffers under the original model's state-dict names."""
+        state: dict[str, Tensor] = {}
+        packed = set(self._paths)
+        for path, module in self.body.named_modules():
+            if path not in packed:
+                continue
+            if isinstance(module, StackedLinear):
+                tensors = module.member_state(k)
+            else:  # grouped conv, batch norm: member k's block of every tensor
+                tensors = {
+                    name: t if t.dim() == 0 else select_members(
+                        t.detach(), torch.tensor([k], device=t.device), self.members
+                    )
+                    for name, t in module.state_dict().items()
+                }
+            state.update({f"{path}.{name}": t for name, t in tensors.items()})
+        return state
+
+    def select_members(
+        self, keep: Sequence[int], optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """Keep only members `keep` (positions, in order): tensors and optimiser state shrink.
+
+        Parameters keep their identity (their .data is replaced), so the optimiser's
+        parameter groups stay valid; its per-parameter state (momentum buffers) is cut
+        the same way and gradients are dropped.
+        """
+        device = next(self.parameters()).device
+        index = torch.as_tensor(list(keep), dtype=torch.long, device=device)
+        if index.numel() == 0:
+            raise ValueError("keep: a population needs at least one member")
+        old = self.members
+        for module in self.body.modules():
+            self._select_module(module, index, old, optimizer)
+        self.members = index.numel()
+
+    def _select_module(
+        self, module: nn.Module, index: Tensor, old: int, optimizer: torch.optim.Optimizer | None
+    ) -> None:
+        """Cut one module's per-member tensors and fix its channel counts."""
+        new = index.numel()
+        if isinstance(module, _BasicBlock):
+            module.packed_members = new
+        if not isinstance(module, StackedLinear | nn.Conv2d | nn.BatchNorm2d):
+            return
+        for param in module.parameters(recurse=False):
+            param.data = select_members(param.data, index, old)
+            param.grad = None
+            state = optimizer.state.get(param) if optimizer is not None else None
+            for key, value in (state or {}).items():
+                if isinstance(value, Tensor) and value.dim() > 0:  # momentum_buffer
+                    state[key] = select_members(value, index, old)
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and buffer.dim() > 0:
+                setattr(module, name, select_members(buffer, index, old))
+        if isinstance(module, nn.Conv2d):
+            module.in_channels = module.in_channels // old * new
+            module.out_channels = module.out_channels // old * new
+            module.groups = module.groups // old * new
+        elif isinstance(module, nn.BatchNorm2d):
+            module.num_features = module.num_features // old * new
