@@ -40,6 +40,8 @@ run epoch_time "$PY" benchmarks/epoch_time.py --quick
 run dm_vs_cce "$PY" benchmarks/dm_vs_cce.py
 run storage_overhead "$PY" benchmarks/storage_overhead.py
 run worker_scaling "$PY" benchmarks/worker_scaling.py
+run memory "$PY" benchmarks/memory.py
+run population "$PY" benchmarks/population.py
 if [[ "${FULL:-0}" == "1" ]]; then
   run search_efficiency "$PY" benchmarks/search_efficiency.py
 else

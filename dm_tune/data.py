@@ -68,6 +68,7 @@ class DataSpec:
     seed: int = 0
 
 
+@dataclass(frozen=True)
 class TrialData:
     """Tensors of one trial: train (noisy and true labels), clean validation, test.
 

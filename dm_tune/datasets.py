@@ -47,8 +47,6 @@ class RawDataset:
     channel_std: np.ndarray | None = None
 
 
-@dataclass(frozen=True)
-
 # ---------------------------------------------------------------------------- loaders
 
 

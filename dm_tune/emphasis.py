@@ -135,15 +135,11 @@ def _poly1(p: NDArray[np.float64], epsilon: float) -> NDArray[np.float64]:
     return 2.0 * (1.0 - p) * (1.0 + epsilon * p)
 
 
-_MAGNITUDES: dict[str, Callable[..., NDArray[np.float64]]] = {
-    "cce": _cce,
-    "mae": _mae,
-    "mse": _mse,
-    "gce": _gce,
-    "sce": _sce,
-    "taylor": _taylor,
-    "poly1": _poly1,
-}
+#: the baseline losses, in one order: dm_tune.losses registers its torch versions by it
+LOSS_NAMES = ("cce", "mae", "mse", "gce", "sce", "taylor", "poly1")
+_MAGNITUDES: dict[str, Callable[..., NDArray[np.float64]]] = dict(
+    zip(LOSS_NAMES, (_cce, _mae, _mse, _gce, _sce, _taylor, _poly1), strict=True)
+)
 
 
 def loss_names() -> tuple[str, ...]:

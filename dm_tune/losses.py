@@ -37,7 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dm_tune.emphasis import SCE_LOG_CLIP, check_loss_params, emphasis_lambda, validate_emphasis
+from dm_tune.emphasis import (
+    LOSS_NAMES,
+    SCE_LOG_CLIP,
+    check_loss_params,
+    emphasis_lambda,
+    validate_emphasis,
+)
 
 __all__ = [
     "BASELINE_LOSSES",
@@ -257,15 +263,9 @@ def _poly1(logits: Tensor, targets: Tensor, epsilon: float) -> Tensor:
     return (F.softplus(margin) + epsilon * torch.sigmoid(margin)).mean()
 
 
-BASELINE_LOSSES: dict[str, Callable[..., Tensor]] = {
-    "cce": _cce,
-    "mae": _mae,
-    "mse": _mse,
-    "gce": _gce,
-    "sce": _sce,
-    "taylor": _taylor,
-    "poly1": _poly1,
-}
+BASELINE_LOSSES: dict[str, Callable[..., Tensor]] = dict(
+    zip(LOSS_NAMES, (_cce, _mae, _mse, _gce, _sce, _taylor, _poly1), strict=True)
+)
 
 
 def baseline_loss(name: str, logits: Tensor, targets: Tensor, **params: float) -> Tensor:

@@ -43,30 +43,11 @@ from dm_tune.guidelines.results import (
 from dm_tune.guidelines.selection import select, summarize_baselines
 from dm_tune.guidelines.trend import fit_trends
 
-__all__ = [
-    "SCHEMA",
-    "SCHEMA_VERSION",
-    "BaselineResult",
-    "CampaignResults",
-    "NoResultsError",
-    "Provenance",
-    "Recommendation",
-    "Selection",
-    "SettingResult",
-    "Trend",
-    "TrendPoint",
-    "TrialPoint",
-    "dumps_csv",
-    "dumps_json",
-    "fit_trends",
-    "load_campaign",
-    "load_export",
-    "recommend",
-    "select",
+__all__ = [  # noqa: RUF022 (grouped by module, not sorted)
+    "SCHEMA", "SCHEMA_VERSION", "dumps_csv", "dumps_json", "load_export", "to_csv_rows",
+    "to_export_dict", "validate_export", "write_csv", "write_json",
+    "BaselineResult", "CampaignResults", "Provenance", "Recommendation", "Selection",
+    "SettingResult", "Trend", "TrendPoint", "TrialPoint",
+    "NoResultsError", "fit_trends", "load_campaign", "recommend", "select",
     "summarize_baselines",
-    "to_csv_rows",
-    "to_export_dict",
-    "validate_export",
-    "write_csv",
-    "write_json",
 ]

@@ -77,15 +77,15 @@ def _to_point(t: FrozenTrial) -> TrialPoint:
     )
 
 
+_POINT_FIELDS = ("emphasis_mode", "emphasis_variance", "val_accuracy", "test_accuracy",
+                 "test_accuracy_at_best_val", "memorized_noisy_fraction")
+
+
 def _selection_from_trial(point: TrialPoint) -> Selection:
     """Select the best search trial."""
+    shared = {name: getattr(point, name) for name in _POINT_FIELDS}
     return Selection(
-        emphasis_mode=point.emphasis_mode,
-        emphasis_variance=point.emphasis_variance,
-        val_accuracy=point.val_accuracy,
-        test_accuracy=point.test_accuracy,
-        test_accuracy_at_best_val=point.test_accuracy_at_best_val,
-        memorized_noisy_fraction=point.memorized_noisy_fraction,
+        **shared,
         source="search",
         trial_number=point.number,
     )
