@@ -31,4 +31,4 @@ bench: install
 	@bash benchmarks/run_all.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache dm_tune.db reports
+	rm -rf $(VENV) .pytest_cache .ruff_cache dm_tune.db dm_tune.db-wal dm_tune.db-shm reports dm_tune_reports

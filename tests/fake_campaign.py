@@ -45,7 +45,7 @@ class FakeTrial:
 
 
 def study_attrs(campaign: str, kind: str, rate: float, role: str) -> dict:
-    """The study user attrs campaign.py writes (INTERFACES.md)."""
+    """The study user attrs dm_tune.campaign.create writes (campaign/records.py StudyKey)."""
     return {
         "campaign": campaign,
         "dataset": "digits",
