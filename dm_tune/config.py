@@ -134,6 +134,8 @@ class SearchSection(_Strict):
     min_epochs: Annotated[int, Field(ge=1)] = 3
     startup_trials: Annotated[int, Field(ge=0)] = 6
     max_failures: Annotated[int, Field(ge=1)] = 5
+    #: trials a worker claims and trains together as one model (1: one trial at a time)
+    population: Annotated[int, Field(ge=1, le=1024)] = 1
 
     @field_validator("emphasis_mode", "emphasis_variance", mode="before")
     @classmethod

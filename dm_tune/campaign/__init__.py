@@ -7,6 +7,7 @@ Modules, in the order a trial meets them:
 - ``create`` / ``confirm``: studies and the jobs queued in them;
 - ``progress``: counts against budgets; ``locks``: the claim lock;
 - ``claims`` / ``run_trial`` / ``worker``: the worker loop; ``launcher``: processes;
+- ``population_run``: K claimed trials trained as one model (``[search] population``);
 - ``_optuna``: the only place that touches Optuna's private API or its tables.
 
 Names are imported on first use, so reading the schema does not import torch.
@@ -34,6 +35,8 @@ _EXPORTS = {
     "TrialStopped": "run_trial",
     "report_epochs": "run_trial",
     "run_claimed_trial": "run_trial",
+    "claim_trials": "population_run",
+    "run_claimed_population": "population_run",
     "WorkerSummary": "worker",
     "run_worker": "worker",
     "stop_signals": "worker",

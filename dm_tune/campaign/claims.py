@@ -26,6 +26,7 @@ from dm_tune.config import CampaignConfig
 __all__ = [
     "ClaimedTrial",
     "StudyCache",
+    "claim_locked",
     "claim_trial",
     "fail_stale_everywhere",
     "seed_of",
@@ -118,24 +119,31 @@ def claim_trial(
     storage: optuna.storages.RDBStorage, config: CampaignConfig, cache: StudyCache
 ) -> ClaimedTrial | None:
     """Take one trial from the study furthest below its budget; None when nothing is left."""
-    settings = {s.name: s for s in settings_of(config)}
     with campaign_lock(storage.engine, lock_name(config)):
-        candidates = [
-            p for p in campaign_progress(storage, config)
-            if _claimable(p, config.search.max_failures)
-        ]
-        if not candidates:
-            return None
-        # furthest below budget first; DM before baselines on ties (file order otherwise)
-        chosen = max(candidates, key=lambda p: (p.remaining, p.role == ROLE_DM))
-        study = cache.get(chosen.study_name, chosen.role)
-        _optuna.fail_stale_trials(study)
-        with warnings.catch_warnings():
-            # ask/tell with heartbeats is what we mean: we beat ourselves (_optuna.heartbeat)
-            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-            trial = study.ask()
-        # A worker killed before its heartbeat thread starts must still get its trial retried.
-        _optuna.record_heartbeat(trial)
+        return claim_locked(storage, config, cache)
+
+
+def claim_locked(
+    storage: optuna.storages.RDBStorage, config: CampaignConfig, cache: StudyCache
+) -> ClaimedTrial | None:
+    """:func:`claim_trial`'s work, for a caller that holds the campaign lock already."""
+    candidates = [
+        p for p in campaign_progress(storage, config)
+        if _claimable(p, config.search.max_failures)
+    ]
+    if not candidates:
+        return None
+    # furthest below budget first; DM before baselines on ties (file order otherwise)
+    chosen = max(candidates, key=lambda p: (p.remaining, p.role == ROLE_DM))
+    study = cache.get(chosen.study_name, chosen.role)
+    _optuna.fail_stale_trials(study)
+    with warnings.catch_warnings():
+        # ask/tell with heartbeats is what we mean: we beat ourselves (_optuna.heartbeat)
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        trial = study.ask()
+    # A worker killed before its heartbeat thread starts must still get its trial retried.
+    _optuna.record_heartbeat(trial)
+    settings = {s.name: s for s in settings_of(config)}
     return ClaimedTrial(study, trial, settings[chosen.setting], chosen.role)
 
 

@@ -75,6 +75,7 @@ class TrialKey:
     # where it ran
     WORKER = "worker"
     DEVICE = "device"
+    POPULATION_SIZE = "population_size"  # trials trained together as one model (K > 1)
     # results (test accuracy is recorded, never the objective)
     TEST_ACCURACY = "test_accuracy"
     TEST_ACCURACY_AT_BEST_VAL = "test_accuracy_at_best_val"

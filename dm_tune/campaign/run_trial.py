@@ -31,11 +31,22 @@ from dm_tune.campaign.records import (
 )
 from dm_tune.campaign.settings import load_setting_data, train_spec
 from dm_tune.config import CampaignConfig
+from dm_tune.data import TrialData
 from dm_tune.training import NonFiniteLossError, TrialResult, train_trial
 
 TrainFn = Callable[..., TrialResult]
 
-__all__ = ["TrialOutcome", "TrialStopped", "report_epochs", "run_claimed_trial"]
+__all__ = [
+    "TrialOutcome",
+    "TrialStopped",
+    "base_attrs",
+    "end_complete",
+    "end_failed",
+    "end_pruned",
+    "end_stopped",
+    "report_epochs",
+    "run_claimed_trial",
+]
 
 _logger = logging.getLogger(__name__)
 EpochHook = Callable[[ClaimedTrial, int, dict[str, float]], None]
@@ -94,7 +105,7 @@ def _record(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     _optuna.set_trial_user_attrs(trial, {k: finite_or_none(v) for k, v in attrs.items()})
 
 
-def _beat_failed(trial: optuna.Trial) -> Callable[[BaseException], None]:
+def beat_failed(trial: optuna.Trial) -> Callable[[BaseException], None]:
     def warn(error: BaseException) -> None:
         cause = getattr(error, "orig", None) or error.__cause__ or error
         _logger.warning("heartbeat of trial %d failed: %s", trial.number,
@@ -117,12 +128,11 @@ def run_claimed_trial(
     A stop request fails the trial and re-queues it with the same parameters. ``train``
     has :func:`dm_tune.training.train_trial`'s signature (benchmarks time it; tests fake it).
     """
-    trial, study = claimed.trial, claimed.study
+    trial = claimed.trial
     data = load_setting_data(config, claimed.setting)
     loss, loss_params, seed = loss_of(claimed, config)
     # written once with the results: every user-attr write is a database transaction
-    base = {TrialKey.LOSS: loss, TrialKey.SEED: seed, TrialKey.WORKER: worker,
-            TrialKey.DEVICE: device, TrialKey.REALISED_NOISE_RATE: data.realised_noise_rate}
+    base = base_attrs(worker, device, data, loss, seed)
     curve: list[dict[str, float]] = []
     started = time.perf_counter()
     reported = report_epochs(config)
@@ -139,31 +149,55 @@ def run_claimed_trial(
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
     spec = train_spec(config, device, seed)
-    with _optuna.heartbeat(trial, on_failure=_beat_failed(trial)):
+    with _optuna.heartbeat(trial, on_failure=beat_failed(trial)):
         try:
             result: TrialResult = train(data, spec, loss, loss_params,
                                               on_epoch=epoch_callback, progress=False)
         except optuna.TrialPruned:
-            _record(trial, {**base, **partial_attrs(curve, started)})
-            study.tell(trial, state=TrialState.PRUNED)
-            return TrialOutcome(TrialState.PRUNED)
+            return end_pruned(claimed, {**base, **partial_attrs(curve, started)})
         except NonFiniteLossError as error:
-            _record(trial, {**base, **partial_attrs(curve, started),
-                            TrialKey.PRUNED_REASON: str(error)})
-            study.tell(trial, state=TrialState.PRUNED)
-            return TrialOutcome(TrialState.PRUNED)
+            return end_pruned(claimed, {**base, **partial_attrs(curve, started),
+                                        TrialKey.PRUNED_REASON: str(error)})
         except TrialStopped:
-            _record(trial, {**base, **partial_attrs(curve, started),
-                            TrialKey.STOPPED: "worker stop"})
-            study.tell(trial, state=TrialState.FAIL)
-            _optuna.requeue(study, trial, JOB_ATTRS)
-            return TrialOutcome(TrialState.FAIL)
+            return end_stopped(claimed, {**base, **partial_attrs(curve, started)})
         except BaseException as error:
-            _record(trial, {**base, TrialKey.ERROR: f"{type(error).__name__}: {error}"[:500]})
-            study.tell(trial, state=TrialState.FAIL)
-            if isinstance(error, KeyboardInterrupt):
-                _optuna.requeue(study, trial, JOB_ATTRS)
+            end_failed(claimed, base, error)
             raise
-    _record(trial, {**base, **result.user_attrs(), **curve_attrs(curve)})
-    study.tell(trial, result.val_accuracy)
+    return end_complete(claimed, {**base, **curve_attrs(curve)}, result)
+
+
+def base_attrs(worker: str, device: str, data: TrialData, loss: str, seed: int) -> dict[str, Any]:
+    """The attrs every ended trial records: its job and where it ran."""
+    return {TrialKey.LOSS: loss, TrialKey.SEED: seed, TrialKey.WORKER: worker,
+            TrialKey.DEVICE: device, TrialKey.REALISED_NOISE_RATE: data.realised_noise_rate}
+
+
+def end_pruned(claimed: ClaimedTrial, attrs: dict[str, Any]) -> TrialOutcome:
+    """Record a pruned (or diverged) trial's attrs and tell it PRUNED."""
+    _record(claimed.trial, attrs)
+    claimed.study.tell(claimed.trial, state=TrialState.PRUNED)
+    return TrialOutcome(TrialState.PRUNED)
+
+
+def end_stopped(claimed: ClaimedTrial, attrs: dict[str, Any]) -> TrialOutcome:
+    """A stop request: record, tell FAIL and re-queue the same job."""
+    _record(claimed.trial, {**attrs, TrialKey.STOPPED: "worker stop"})
+    claimed.study.tell(claimed.trial, state=TrialState.FAIL)
+    _optuna.requeue(claimed.study, claimed.trial, JOB_ATTRS)
+    return TrialOutcome(TrialState.FAIL)
+
+
+def end_failed(claimed: ClaimedTrial, base: dict[str, Any], error: BaseException) -> None:
+    """An error: record it and tell FAIL (a KeyboardInterrupt re-queues the job)."""
+    _record(claimed.trial, {**base, TrialKey.ERROR: f"{type(error).__name__}: {error}"[:500]})
+    claimed.study.tell(claimed.trial, state=TrialState.FAIL)
+    if isinstance(error, KeyboardInterrupt):
+        _optuna.requeue(claimed.study, claimed.trial, JOB_ATTRS)
+
+
+def end_complete(claimed: ClaimedTrial, attrs: dict[str, Any],
+                 result: TrialResult) -> TrialOutcome:
+    """Record a finished trial (``attrs`` below the result's own) and tell its objective."""
+    _record(claimed.trial, {**attrs, **result.user_attrs()})
+    claimed.study.tell(claimed.trial, result.val_accuracy)
     return TrialOutcome(TrialState.COMPLETE, result.val_accuracy)

@@ -99,7 +99,11 @@ def run_worker(
     summary = WorkerSummary(name)
     while not stop.is_set() and (max_trials is None or summary.trials < max_trials):
         started = time.perf_counter()
-        claimed = claim_trial(storage, config, cache)
+        if config.search.population > 1:
+            batch = _claim_population(storage, config, cache, max_trials, summary)
+            claimed = batch[0] if batch else None
+        else:
+            claimed = claim_trial(storage, config, cache)
         if claimed is None:
             summary.idle_seconds += time.perf_counter() - started
             if not any(p.running for p in campaign_progress(storage, config)):
@@ -110,10 +114,34 @@ def run_worker(
             continue
         summary.claim_seconds.append(time.perf_counter() - started)
         started = time.perf_counter()
-        outcome = run_claimed_trial(claimed, config, device, name, stop, on_epoch, train)
+        if config.search.population > 1:
+            from dm_tune.campaign.population_run import run_claimed_population
+
+            outcomes = run_claimed_population(batch, config, device, name, stop, on_epoch)
+            ended = list(zip(batch, outcomes, strict=True))
+        else:
+            ended = [(claimed, run_claimed_trial(claimed, config, device, name, stop, on_epoch,
+                                                 train))]
         summary.trial_seconds.append(time.perf_counter() - started)
-        summary.states[outcome.state.name] = summary.states.get(outcome.state.name, 0) + 1
-        if on_trial is not None:
-            on_trial(claimed, outcome)
+        for claimed, outcome in ended:
+            summary.states[outcome.state.name] = summary.states.get(outcome.state.name, 0) + 1
+            if on_trial is not None:
+                on_trial(claimed, outcome)
     summary.stopped = stop.is_set()
     return summary
+
+
+def _claim_population(
+    storage: optuna.storages.RDBStorage,
+    config: CampaignConfig,
+    cache: StudyCache,
+    max_trials: int | None,
+    summary: WorkerSummary,
+) -> list[ClaimedTrial]:
+    """Up to ``[search] population`` trials, never past ``max_trials``."""
+    from dm_tune.campaign.population_run import claim_trials
+
+    k = config.search.population
+    if max_trials is not None:
+        k = min(k, max_trials - summary.trials)
+    return claim_trials(storage, config, cache, k)
