@@ -136,6 +136,7 @@ class SearchSection(_Strict):
     max_failures: Annotated[int, Field(ge=1)] = 5
     #: trials a worker claims and trains together as one model (1: one trial at a time)
     population: Annotated[int, Field(ge=1, le=1024)] = 1
+    seeds: Annotated[int, Field(ge=1, le=64)] = 1  # replicate seeds per search trial
 
     @field_validator("emphasis_mode", "emphasis_variance", mode="before")
     @classmethod

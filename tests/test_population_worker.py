@@ -195,3 +195,34 @@ def test_a_killed_population_worker_is_recovered_by_a_later_worker(tmp_path, pg_
                    if n == name and t.system_attrs.get("failed_trial") == dead.number]
         assert len(retries) == 1 and retries[0].params == dead.params
         assert retries[0].state in COUNTED
+
+
+def test_replicate_seeds_make_the_objective_their_mean(tmp_path):
+    """[search] seeds = 2: each search trial trains 2 replicates; objective = mean val;
+    replicate 0 is exactly the single-seed trial and replicate 1 trains with its own seed."""
+    from dm_tune.campaign.population_run import replicate_seeds
+
+    path = write_tiny(tmp_path, epochs=2, trials=2, baselines=())
+    path.write_text(path.read_text().replace("[search]\n", "[search]\nseeds = 2\n")
+                    .replace("rates = [0.2, 0.4]", "rates = [0.4]")
+                    .replace('warm_start = "paper"', 'warm_start = "none"'))
+    config = load_campaign_config(path)
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    create_campaign(config, storage)
+    run_worker(storage, config, "cpu", name="w", sampler_seed=0)
+    (trials,) = _studies(storage).values()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2
+    setting = settings_of(config)[0]
+    for trial in complete:
+        seeds = trial.user_attrs["replicate_seeds"]
+        assert seeds == replicate_seeds(config.campaign.seed, 2) and seeds[0] != seeds[1]
+        vals = trial.user_attrs["replicate_val_accuracies"]
+        assert trial.value == pytest.approx(sum(vals) / 2, abs=1e-12)
+        assert trial.user_attrs["val_accuracy_std"] == pytest.approx(abs(vals[0] - vals[1]) / 2)
+        from dm_tune.data import prepare_data
+
+        for seed, val in zip(seeds, vals, strict=True):
+            alone = train_trial(prepare_data(data_spec(config, setting)),
+                                train_spec(config, "cpu", seed), "dm", trial.params)
+            assert alone.val_accuracy == pytest.approx(val, abs=1e-5)

@@ -8,6 +8,7 @@ single trial it stands for, and reports, prunes and records exactly as
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from contextlib import ExitStack
@@ -37,7 +38,7 @@ from dm_tune.campaign.run_trial import (
 from dm_tune.campaign.settings import load_setting_data, train_spec
 from dm_tune.config import CampaignConfig
 
-__all__ = ["claim_trials", "run_claimed_population"]
+__all__ = ["REPLICATE_STRIDE", "claim_trials", "replicate_seeds", "run_claimed_population"]
 
 
 def claim_trials(
@@ -54,14 +55,59 @@ def claim_trials(
     return claimed
 
 
+#: replicate r of a search trial trains with seed + REPLICATE_STRIDE * r (r = 0: the seed
+#: a single-seed trial uses, so S = 1 is today's trial; the stride keeps clear of the
+#: confirmation seeds at seed + 1000 + k)
+REPLICATE_STRIDE = 10_007
+
+
+def replicate_seeds(seed: int, replicates: int) -> list[int]:
+    """The seeds of a search trial's ``replicates`` replicate members."""
+    return [seed + REPLICATE_STRIDE * r for r in range(replicates)]
+
+
 @dataclass
 class _Job:
-    """One claimed trial as a population member: its attrs and the epochs it has seen."""
+    """One claimed trial: its member slots (one per replicate seed) and its mean curve."""
 
     claimed: ClaimedTrial
     base: dict[str, Any]
+    slots: list[int]
     curve: list[dict[str, float]] = field(default_factory=list)
     outcome: TrialOutcome | None = None
+
+
+def _replicates(one: ClaimedTrial, config: CampaignConfig) -> int:
+    # DM search trials only: baselines and confirmations carry their own seeds
+    explicit_seed = TrialKey.SEED in one.trial.user_attrs
+    return config.search.seeds if one.role == ROLE_DM and not explicit_seed else 1
+
+
+def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.fmean(row[key] for row in rows) for key in rows[0]}
+
+
+def _replicate_attrs(results: list[Any]) -> dict[str, Any]:
+    vals = [r.val_accuracy for r in results]
+    tests = [r.test_accuracy for r in results]
+    return {TrialKey.REPLICATE_VAL_ACCURACIES: vals, TrialKey.REPLICATE_TEST_ACCURACIES: tests,
+            TrialKey.VAL_ACCURACY_STD: statistics.pstdev(vals)}
+
+
+def _mean_result(results: list[Any]) -> Any:
+    """One TrialResult for S replicates: mean curves and figures (the objective: mean val)."""
+    from dataclasses import fields, replace
+
+    if len(results) == 1:
+        return results[0]
+    mean = {}
+    for f in fields(results[0]):
+        values = [getattr(r, f.name) for r in results]
+        if isinstance(values[0], float):
+            mean[f.name] = statistics.fmean(values)
+        elif isinstance(values[0], list) and values[0] and isinstance(values[0][0], float):
+            mean[f.name] = [statistics.fmean(column) for column in zip(*values, strict=True)]
+    return replace(results[0], **mean)
 
 
 def run_claimed_population(
@@ -72,7 +118,8 @@ def run_claimed_population(
     stop: threading.Event | None = None,
     on_epoch: EpochHook | None = None,
 ) -> list[TrialOutcome]:
-    """Train the claimed trials together; one outcome per trial, in order.
+    """Train the claimed trials (each with its replicate seeds) together; one outcome per
+    trial, in order. A search trial's objective is the mean over its replicates.
 
     A stop request fails every unfinished trial and re-queues it; any other error fails
     them all (recording the error) and propagates.
@@ -83,31 +130,47 @@ def run_claimed_population(
     for one in claimed:
         data = load_setting_data(config, one.setting)
         loss, loss_params, seed = loss_of(one, config)
-        members.append(Member(data, loss, loss_params, seed))
-        jobs.append(_Job(one, {**base_attrs(worker, device, data, loss, seed),
-                               TrialKey.POPULATION_SIZE: len(claimed)}))
+        seeds = replicate_seeds(seed, _replicates(one, config))
+        slots = list(range(len(members), len(members) + len(seeds)))
+        members.extend(Member(data, loss, loss_params, s) for s in seeds)
+        base = {**base_attrs(worker, device, data, loss, seed),
+                TrialKey.POPULATION_SIZE: len(claimed)}
+        if len(seeds) > 1:
+            base[TrialKey.REPLICATE_SEEDS] = seeds
+        jobs.append(_Job(one, base, slots))
     started = time.perf_counter()
     reported = report_epochs(config)
 
     def epoch_callback(epoch: int, metrics: dict[int, dict[str, float]]) -> list[int]:
-        for index, values in metrics.items():
-            jobs[index].curve.append(dict(values))
+        removed = []
+        for job in jobs:
+            rows = [metrics[slot] for slot in job.slots if slot in metrics]
+            if job.outcome is not None or not rows:
+                continue
+            if len(rows) < len(job.slots):  # a replicate diverged: the trial is pruned
+                job.outcome = end_pruned(job.claimed, {
+                    **job.base, **partial_attrs(job.curve, started),
+                    TrialKey.PRUNED_REASON: f"a replicate's training loss became non-finite "
+                                            f"in epoch {epoch}"})
+                removed.extend(slot for slot in job.slots if slot in metrics)
+                continue
+            job.curve.append(_mean_metrics(rows))
             if on_epoch is not None:
-                on_epoch(jobs[index].claimed, epoch, values)
+                on_epoch(job.claimed, epoch, job.curve[-1])
         if stop is not None and stop.is_set():
             raise TrialStopped
         if epoch not in reported:
-            return []
-        pruned = []
-        for index, values in metrics.items():
-            job = jobs[index]
+            return removed
+        for job in jobs:
+            if job.outcome is not None or not job.curve or len(job.curve) < epoch:
+                continue
             trial = job.claimed.trial
-            trial.report(float(values["val_accuracy"]), epoch)
+            trial.report(float(job.curve[-1]["val_accuracy"]), epoch)  # the pruner sees the mean
             if job.claimed.role == ROLE_DM and trial.should_prune():
                 job.outcome = end_pruned(job.claimed,
                                          {**job.base, **partial_attrs(job.curve, started)})
-                pruned.append(index)
-        return pruned
+                removed.extend(job.slots)
+        return removed
 
     spec = train_spec(config, device, members[0].seed)  # each member uses its own seed
     with ExitStack() as beats:
@@ -126,15 +189,20 @@ def run_claimed_population(
                 if job.outcome is None:
                     end_failed(job.claimed, job.base, error)
             raise
-        for job, result in zip(jobs, results, strict=True):
+        for job in jobs:
             if job.outcome is not None:
-                continue  # pruned by its study's pruner (recorded then)
-            if result.status == "complete" and result.result is not None:
-                job.outcome = end_complete(job.claimed, {**job.base, **curve_attrs(job.curve)},
-                                           result.result)
-            else:  # a non-finite loss: pruned with its reason, as a single trial would be
+                continue  # pruned by its study's pruner, or a replicate diverged (recorded)
+            mine = [results[slot] for slot in job.slots]
+            if all(r.status == "complete" and r.result is not None for r in mine):
+                finished = [r.result for r in mine]
+                extra = _replicate_attrs(finished) if len(finished) > 1 else {}
+                job.outcome = end_complete(
+                    job.claimed, {**job.base, **curve_attrs(job.curve), **extra},
+                    _mean_result(finished))
+            else:  # a non-finite loss in the last epoch: pruned with its reason
+                reason = next(str(r.reason) for r in mine if r.status != "complete")
                 job.outcome = end_pruned(job.claimed, {
                     **job.base, **partial_attrs(job.curve, started),
-                    TrialKey.PRUNED_REASON: str(result.reason),
+                    TrialKey.PRUNED_REASON: reason,
                 })
     return [job.outcome for job in jobs if job.outcome is not None]

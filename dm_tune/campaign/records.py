@@ -75,6 +75,10 @@ class TrialKey:
     # where it ran
     WORKER = "worker"
     DEVICE = "device"
+    REPLICATE_SEEDS = "replicate_seeds"  # a search trial's S seeds ([search] seeds > 1)
+    REPLICATE_VAL_ACCURACIES = "replicate_val_accuracies"
+    REPLICATE_TEST_ACCURACIES = "replicate_test_accuracies"
+    VAL_ACCURACY_STD = "val_accuracy_std"  # over the replicates; the objective is their mean
     POPULATION_SIZE = "population_size"  # trials trained together as one model (K > 1)
     # results (test accuracy is recorded, never the objective)
     TEST_ACCURACY = "test_accuracy"

@@ -99,7 +99,7 @@ def run_worker(
     summary = WorkerSummary(name)
     while not stop.is_set() and (max_trials is None or summary.trials < max_trials):
         started = time.perf_counter()
-        if config.search.population > 1:
+        if _as_population(config):
             batch = _claim_population(storage, config, cache, max_trials, summary)
             claimed = batch[0] if batch else None
         else:
@@ -114,7 +114,7 @@ def run_worker(
             continue
         summary.claim_seconds.append(time.perf_counter() - started)
         started = time.perf_counter()
-        if config.search.population > 1:
+        if _as_population(config):
             from dm_tune.campaign.population_run import run_claimed_population
 
             outcomes = run_claimed_population(batch, config, device, name, stop, on_epoch)
@@ -129,6 +129,11 @@ def run_worker(
                 on_trial(claimed, outcome)
     summary.stopped = stop.is_set()
     return summary
+
+
+def _as_population(config: CampaignConfig) -> bool:
+    """Population path: K > 1 trials at once, or S > 1 replicate seeds per trial."""
+    return config.search.population > 1 or config.search.seeds > 1
 
 
 def _claim_population(
