@@ -9,7 +9,9 @@ cudnn.benchmark; ``--compile`` adds torch.compile):
    seconds per epoch (epoch 1, the warm-up, dropped) and torch.cuda.max_memory_allocated;
 2. DM / CCE epoch-time ratio per model;
 3. P worker processes (default 4) each training fastnet at once on the same GPU vs one
-   alone: aggregate epochs per second ratio (what ``dm-tune launch --per-gpu P`` buys).
+   alone: aggregate epochs per second ratio (what ``dm-tune launch --per-gpu P`` buys);
+4. the population engine (``[search] population = K``): ResNet-20 and fastnet trained as
+   K = 16 members of one packed model vs K = 1, trial-epochs per second ratio (target 8).
 
 Prints ``RESULT <name> <value> target <target>`` lines; ``--out FILE`` also writes them
 as JSON. ``--cpu-smoke`` runs a tiny version on CPU (128 images, tiny models, 2
@@ -169,6 +171,30 @@ def throughput(args: argparse.Namespace, nprocs: int) -> float:
     return rate
 
 
+def population_figures(args: argparse.Namespace, device: torch.device) -> None:
+    """Trial-epochs/s of K packed members vs one member (the population engine)."""
+    from dataclasses import replace
+
+    from dm_tune.population import Member, train_population
+
+    data = synthetic_cifar(args.images, device)
+    for model in ("resnet20", "fastnet"):
+        spec = replace(model_spec(model, args, device), compile=False)
+        rates = {}
+        for k in (1, args.population):
+            members = [Member(data, "dm", DM_PARAMS, seed) for seed in range(k)]
+            ends: list[float] = []
+            train_population(members, spec,
+                             on_epoch=lambda epoch, metrics, ends=ends: ends.append(time.time()))
+            sync(device)
+            deltas = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+            rates[k] = k / statistics.median(deltas) if deltas else math.nan
+            result(f"population_trial_epochs_per_s_{model}_k{k}", rates[k])
+        result(f"population_speedup_{model}_k{args.population}",
+               rates[args.population] / rates[1], 8.0 if not args.cpu_smoke else "-")
+    del data
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny run on CPU (CI)")
@@ -179,6 +205,7 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="TrainSpec.compile=True")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--population", type=int, default=None, help="members K (16)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-id", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--nprocs", type=int, default=1, help=argparse.SUPPRESS)
@@ -188,6 +215,7 @@ def main() -> int:
     args.images = args.images or (128 if smoke else 50_000)
     args.epochs = args.epochs or (2 if smoke else 4)
     args.workers = args.workers or (2 if smoke else 4)
+    args.population = args.population or (2 if smoke else 16)
     args.models = (args.models or ("resnet20,fastnet" if smoke else "resnet32,fastnet")).split(",")
     if args.device is None:
         args.device = "cpu" if smoke else "cuda"
@@ -214,6 +242,7 @@ def main() -> int:
         one = throughput(args, 1)
         many = throughput(args, args.workers)
         result(f"worker_throughput_{args.workers}v1", many / one, 2.0)
+    population_figures(args, device)
     print(f"# gpu_check took {time.time() - started:.1f} s", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"device": str(name), "torch": torch.__version__,

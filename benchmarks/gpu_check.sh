@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check (< 8 min on one H200): epoch times of ResNet-32 and fastnet with
-# DM and CCE, their ratio, peak memory, and 4-workers-per-GPU throughput.
+# DM and CCE, their ratio, peak memory, 4-workers-per-GPU throughput, and the population
+# engine's K = 16 vs K = 1 throughput (ResNet-20, fastnet).
 #
 #   bash benchmarks/gpu_check.sh              # needs CUDA
 #   bash benchmarks/gpu_check.sh --cpu-smoke  # tiny CPU version (CI, < 60 s)
