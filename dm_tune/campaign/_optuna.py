@@ -16,15 +16,20 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.storages import GrpcStorageProxy
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
+    "HeartbeatGrpcClient",
+    "add_storage_servicer",
     "budgets",
     "fail_stale_trials",
     "frozen_trial",
     "heartbeat",
     "record_heartbeat",
     "set_trial_user_attrs",
+    "stale_trial_ids",
     "state_counts",
 ]
 
@@ -47,15 +52,20 @@ def record_heartbeat(trial: optuna.Trial) -> None:
 
 
 def set_trial_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
-    """Set many trial user attrs in one transaction (one commit instead of one per key)."""
+    """Set many trial user attrs in one transaction (one commit instead of one per key).
+
+    A storage without a SQLAlchemy session (the gRPC proxy client) gets one write per key.
+    """
+    rdb = _rdb(trial.storage)
     try:
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
-    except ImportError:  # another Optuna layout: one write per key
+    except ImportError:  # another Optuna layout
+        rdb = None
+    if getattr(rdb, "scoped_session", None) is None:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
-    rdb = _rdb(trial.storage)
     table = models.TrialUserAttributeModel
     # Two statements in one transaction instead of three round trips per key: replace the
     # keys (a re-queued trial may carry some) and insert them all. Only this worker writes
@@ -161,3 +171,113 @@ def requeue(study: optuna.Study, trial: optuna.Trial, keep: tuple[str, ...]) -> 
 
 
 __all__ += ["requeue"]
+
+
+# ------------------------------------------------------------------ the gRPC storage proxy
+# dm_tune.cluster.proxy serves Optuna's gRPC storage service and extends its client; the
+# parts of that which are Optuna's private modules and methods live here.
+
+
+def add_storage_servicer(server: Any, storage: optuna.storages.BaseStorage) -> None:
+    """Add Optuna's gRPC storage service for ``storage`` to a ``grpc.server``.
+
+    What ``optuna.storages.run_grpc_proxy_server`` does, for a server we build ourselves
+    (keepalive options, our own thread pool, a second service).
+    """
+    from optuna.storages._grpc import servicer
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+
+    api_pb2_grpc.add_StorageServiceServicer_to_server(
+        servicer.OptunaStorageProxyService(storage), server
+    )
+
+
+def stale_trial_ids(storage: optuna.storages.BaseStorage, study_id: int) -> list[int]:
+    """Ids of the study's RUNNING trials whose heartbeat is older than the grace period."""
+    return list(storage._get_stale_trial_ids(study_id))
+
+
+class HeartbeatGrpcClient(GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc]
+    """Optuna's ``GrpcStorageProxy`` with channel options, extra RPCs and a heartbeat.
+
+    Subclasses set ``channel_options``, build their own RPC stubs in ``connected(channel)``
+    (called on construction and after unpickling) and implement ``stale_trial_ids``,
+    ``record_heartbeat``, ``get_heartbeat_interval`` and
+    ``get_heartbeat_stale_trial_callback``; ``optuna.storages.fail_stale_trials`` and
+    ``study.optimize``'s heartbeat thread then work through the proxy.
+    """
+
+    channel_options: tuple[tuple[str, Any], ...] = (("grpc.max_receive_message_length", -1),)
+
+    def _setup(self) -> None:  # GrpcStorageProxy's, with our channel options
+        import grpc
+        from optuna.storages._grpc.auto_generated import api_pb2_grpc
+        from optuna.storages._grpc.client import GrpcClientCache
+
+        self._channel = grpc.insecure_channel(f"{self._host}:{self._port}",
+                                              options=list(self.channel_options))
+        self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
+        self._cache = GrpcClientCache(self._stub)
+        self.connected(self._channel)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The proxy's (host, port)."""
+        return self._host, self._port
+
+    def connected(self, channel: Any) -> None:
+        """Hook: build extra RPC stubs on ``channel``."""
+
+    def stale_trial_ids(self, study_id: int) -> list[int]:
+        raise NotImplementedError
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:  # BaseHeartbeat's
+        return self.stale_trial_ids(study_id)
+
+
+# ------------------------------------------------------------------ orphans of an outage
+
+
+def orphan_trial_ids(
+    engine: sqlalchemy.engine.Engine, study_name: str, older_than_s: float
+) -> list[int]:
+    """RUNNING trials that never got a heartbeat and started over ``older_than_s`` ago.
+
+    A claim cut by a database outage after ``ask`` committed but before the first beat
+    leaves such a trial: Optuna's stale check only sees trials that have beaten once, so
+    without this it would count as running forever and hold its study below budget.
+    """
+    query = sqlalchemy.text(
+        "SELECT t.trial_id, t.datetime_start FROM trials t "
+        "JOIN studies s ON s.study_id = t.study_id "
+        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE s.study_name = :name AND t.state = 'RUNNING' AND h.trial_id IS NULL"
+    )
+    import datetime
+
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # Optuna stores naive UTC
+    with engine.connect() as connection:
+        rows = connection.execute(query, {"name": study_name}).all()
+    found = []
+    for trial_id, started in rows:
+        if isinstance(started, str):  # SQLite returns the text
+            started = datetime.datetime.fromisoformat(started)
+        if started is not None and (now - started).total_seconds() > older_than_s:
+            found.append(trial_id)
+    return found
+
+
+def fail_and_requeue(study: optuna.Study, trial_id: int, keep: tuple[str, ...]) -> None:
+    """Fail a RUNNING trial nobody owns and queue its job again (params, job attrs)."""
+    storage = study._storage
+    frozen = storage.get_trial(trial_id)
+    if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+        return
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+        user_attrs={k: v for k, v in frozen.user_attrs.items() if k in keep},
+        system_attrs={"failed_trial": frozen.number},
+    ))
+
+
+__all__ += ["fail_and_requeue", "orphan_trial_ids"]

@@ -19,7 +19,7 @@ from dm_tune.campaign import _optuna
 from dm_tune.campaign.create import lock_name
 from dm_tune.campaign.locks import campaign_lock
 from dm_tune.campaign.progress import StudyProgress, campaign_progress
-from dm_tune.campaign.records import ROLE_DM
+from dm_tune.campaign.records import JOB_ATTRS, ROLE_DM
 from dm_tune.campaign.settings import Setting, settings_of
 from dm_tune.config import CampaignConfig
 
@@ -119,7 +119,7 @@ def claim_trial(
     storage: optuna.storages.RDBStorage, config: CampaignConfig, cache: StudyCache
 ) -> ClaimedTrial | None:
     """Take one trial from the study furthest below its budget; None when nothing is left."""
-    with campaign_lock(storage.engine, lock_name(config)):
+    with campaign_lock(storage, lock_name(config)):
         return claim_locked(storage, config, cache)
 
 
@@ -151,7 +151,20 @@ def fail_stale_everywhere(
     storage: optuna.storages.RDBStorage, config: CampaignConfig, cache: StudyCache
 ) -> None:
     """Fail (and re-queue) heartbeat-stale trials in every study of the campaign."""
-    with campaign_lock(storage.engine, lock_name(config)):
+    with campaign_lock(storage, lock_name(config)):
         for progress in campaign_progress(storage, config):
             if progress.running:
-                _optuna.fail_stale_trials(cache.get(progress.study_name, progress.role))
+                study = cache.get(progress.study_name, progress.role)
+                _optuna.fail_stale_trials(study)
+                _fail_orphans(storage, study)
+
+
+def _fail_orphans(storage: optuna.storages.BaseStorage, study: optuna.Study) -> None:
+    # A claim cut by an outage between `ask` and the first beat leaves a RUNNING trial
+    # that never beat; after the grace period it is failed and its job queued again.
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    engine = getattr(storage, "engine", None)
+    if not interval or engine is None:
+        return
+    for trial_id in _optuna.orphan_trial_ids(engine, study.study_name, 2 * interval + 5):
+        _optuna.fail_and_requeue(study, trial_id, JOB_ATTRS)

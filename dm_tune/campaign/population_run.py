@@ -33,6 +33,7 @@ from dm_tune.campaign.run_trial import (
     end_pruned,
     end_stopped,
     loss_of,
+    report_and_prune,
     report_epochs,
 )
 from dm_tune.campaign.settings import load_setting_data, train_spec
@@ -46,7 +47,7 @@ def claim_trials(
 ) -> list[ClaimedTrial]:
     """Claim up to ``k`` trials under one campaign lock (fewer when fewer are left)."""
     claimed: list[ClaimedTrial] = []
-    with campaign_lock(storage.engine, lock_name(config)):
+    with campaign_lock(storage, lock_name(config)):
         while len(claimed) < k:
             one = claim_locked(storage, config, cache)
             if one is None:
@@ -164,9 +165,8 @@ def run_claimed_population(
         for job in jobs:
             if job.outcome is not None or not job.curve or len(job.curve) < epoch:
                 continue
-            trial = job.claimed.trial
-            trial.report(float(job.curve[-1]["val_accuracy"]), epoch)  # the pruner sees the mean
-            if job.claimed.role == ROLE_DM and trial.should_prune():
+            # the pruner sees the mean over the replicates
+            if report_and_prune(job.claimed, float(job.curve[-1]["val_accuracy"]), epoch):
                 job.outcome = end_pruned(job.claimed,
                                          {**job.base, **partial_attrs(job.curve, started)})
                 removed.extend(job.slots)

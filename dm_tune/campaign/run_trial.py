@@ -29,6 +29,7 @@ from dm_tune.campaign.records import (
     finite_or_none,
     partial_attrs,
 )
+from dm_tune.campaign.retry import cause_of, is_transient, note_outage, retrying
 from dm_tune.campaign.settings import load_setting_data, train_spec
 from dm_tune.config import CampaignConfig
 from dm_tune.data import TrialData
@@ -102,15 +103,41 @@ def loss_of(claimed: ClaimedTrial, config: CampaignConfig) -> tuple[str, dict[st
 
 
 def _record(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    _optuna.set_trial_user_attrs(trial, {k: finite_or_none(v) for k, v in attrs.items()})
+    clean = {k: finite_or_none(v) for k, v in attrs.items()}
+    retrying(lambda: _optuna.set_trial_user_attrs(trial, clean), "recording a trial")
+
+
+def _already_told(error: BaseException) -> bool | None:
+    # a retried tell whose first attempt committed: the trial is finished, which is the goal
+    return True if isinstance(error, optuna.exceptions.UpdateFinishedTrialError) else None
+
+
+def _tell(claimed: ClaimedTrial, value: float | None = None,
+          state: TrialState | None = None) -> None:
+    retrying(lambda: claimed.study.tell(claimed.trial, value, state=state), "tell",
+             accept=_already_told)
+
+
+def _requeue(claimed: ClaimedTrial) -> None:
+    retrying(lambda: _optuna.requeue(claimed.study, claimed.trial, JOB_ATTRS), "re-queue")
+
+
+def report_and_prune(claimed: ClaimedTrial, value: float, epoch: int) -> bool:
+    """Report ``value`` at ``epoch``; whether the study's pruner stops the trial (DM only)."""
+    trial = claimed.trial
+    retrying(lambda: trial.report(value, epoch), "trial.report")
+    return claimed.role == ROLE_DM and retrying(trial.should_prune, "should_prune")
 
 
 def beat_failed(trial: optuna.Trial) -> Callable[[BaseException], None]:
+    """What a failed heartbeat says: one line per outage, with the driver's own reason."""
+
     def warn(error: BaseException) -> None:
-        cause = getattr(error, "orig", None) or error.__cause__ or error
-        _logger.warning("heartbeat of trial %d failed: %s", trial.number,
-                        str(cause).strip().splitlines()[0] if str(cause).strip()
-                        else type(cause).__name__)
+        if is_transient(error):
+            note_outage(f"the heartbeat of trial {trial.number}", error)
+        else:
+            _logger.warning("heartbeat of trial %d failed: %s", trial.number, cause_of(error))
+
     return warn
 
 
@@ -144,8 +171,7 @@ def run_claimed_trial(
         if stop is not None and stop.is_set():
             raise TrialStopped
         if epoch in reported:
-            trial.report(float(metrics["val_accuracy"]), epoch)
-            if claimed.role == ROLE_DM and trial.should_prune():
+            if report_and_prune(claimed, float(metrics["val_accuracy"]), epoch):
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
     spec = train_spec(config, device, seed)
@@ -175,29 +201,29 @@ def base_attrs(worker: str, device: str, data: TrialData, loss: str, seed: int) 
 def end_pruned(claimed: ClaimedTrial, attrs: dict[str, Any]) -> TrialOutcome:
     """Record a pruned (or diverged) trial's attrs and tell it PRUNED."""
     _record(claimed.trial, attrs)
-    claimed.study.tell(claimed.trial, state=TrialState.PRUNED)
+    _tell(claimed, state=TrialState.PRUNED)
     return TrialOutcome(TrialState.PRUNED)
 
 
 def end_stopped(claimed: ClaimedTrial, attrs: dict[str, Any]) -> TrialOutcome:
     """A stop request: record, tell FAIL and re-queue the same job."""
     _record(claimed.trial, {**attrs, TrialKey.STOPPED: "worker stop"})
-    claimed.study.tell(claimed.trial, state=TrialState.FAIL)
-    _optuna.requeue(claimed.study, claimed.trial, JOB_ATTRS)
+    _tell(claimed, state=TrialState.FAIL)
+    _requeue(claimed)
     return TrialOutcome(TrialState.FAIL)
 
 
 def end_failed(claimed: ClaimedTrial, base: dict[str, Any], error: BaseException) -> None:
     """An error: record it and tell FAIL (a KeyboardInterrupt re-queues the job)."""
     _record(claimed.trial, {**base, TrialKey.ERROR: f"{type(error).__name__}: {error}"[:500]})
-    claimed.study.tell(claimed.trial, state=TrialState.FAIL)
+    _tell(claimed, state=TrialState.FAIL)
     if isinstance(error, KeyboardInterrupt):
-        _optuna.requeue(claimed.study, claimed.trial, JOB_ATTRS)
+        _requeue(claimed)
 
 
 def end_complete(claimed: ClaimedTrial, attrs: dict[str, Any],
                  result: TrialResult) -> TrialOutcome:
     """Record a finished trial (``attrs`` below the result's own) and tell its objective."""
     _record(claimed.trial, {**attrs, **result.user_attrs()})
-    claimed.study.tell(claimed.trial, result.val_accuracy)
+    _tell(claimed, result.val_accuracy)
     return TrialOutcome(TrialState.COMPLETE, result.val_accuracy)

@@ -22,6 +22,7 @@ from dm_tune.campaign.claims import (
 )
 from dm_tune.campaign.create import check_campaign
 from dm_tune.campaign.progress import campaign_progress
+from dm_tune.campaign.retry import retrying
 from dm_tune.campaign.run_trial import EpochHook, TrainFn, TrialOutcome, run_claimed_trial
 from dm_tune.config import CampaignConfig
 from dm_tune.training import train_trial
@@ -89,8 +90,12 @@ def run_worker(
     from the worker's name, so that parallel workers propose different trials. A single
     worker given a fixed seed reproduces a campaign exactly on CPU.
 
+    Storage calls ride out database outages (:mod:`dm_tune.campaign.retry`): the trial
+    in flight continues once the database is back.
+
     Raises:
         DigestMismatchError: this machine's labels differ from the studies' (exit 2).
+        StorageOutage: the database stayed unreachable past the outage limit (exit 2).
     """
     stop = stop or threading.Event()
     name = name or worker_name()
@@ -100,16 +105,19 @@ def run_worker(
     while not stop.is_set() and (max_trials is None or summary.trials < max_trials):
         started = time.perf_counter()
         if _as_population(config):
-            batch = _claim_population(storage, config, cache, max_trials, summary)
+            batch = retrying(lambda: _claim_population(storage, config, cache, max_trials,
+                                                       summary), "claiming trials")
             claimed = batch[0] if batch else None
         else:
-            claimed = claim_trial(storage, config, cache)
+            claimed = retrying(lambda: claim_trial(storage, config, cache), "claiming a trial")
         if claimed is None:
             summary.idle_seconds += time.perf_counter() - started
-            if not any(p.running for p in campaign_progress(storage, config)):
+            progress = retrying(lambda: campaign_progress(storage, config), "reading progress")
+            if not any(p.running for p in progress):
                 break  # every budget met (or exhausted by failures): nothing left to wait for
             # Trials still run elsewhere: if their worker died, they go stale and come back.
-            fail_stale_everywhere(storage, config, cache)
+            retrying(lambda: fail_stale_everywhere(storage, config, cache),
+                     "failing stale trials")
             stop.wait(poll_seconds)
             continue
         summary.claim_seconds.append(time.perf_counter() - started)
