@@ -22,7 +22,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from dm_tune.emphasis import derivative_magnitude, dm_density
-from dm_tune.guidelines import CampaignResults
+from dm_tune.guidelines import CampaignResults, TrendPoint
 from dm_tune.guidelines.rows import value_of
 
 __all__ = [
@@ -35,15 +35,20 @@ __all__ = [
     "LandscapeData",
     "LandscapePanel",
     "MemorisationData",
+    "SurfaceData",
+    "SurfacePanel",
     "TrendPlotData",
     "UnifiedViewData",
     "accuracy_data",
     "accuracy_figure",
     "build_figures",
+    "figures_of",
     "landscape_data",
     "landscape_figure",
     "memorisation_data",
     "memorisation_figure",
+    "surface_data",
+    "surface_figure",
     "trend_data",
     "trend_figure",
     "unified_view_data",
@@ -96,6 +101,7 @@ class TrendPlotData:
     # selected (best / confirmed) parameters per rate, drawn as markers over the trend
     selected_mode: dict[str, list[float | None]] = field(default_factory=dict)
     selected_variance: dict[str, list[float | None]] = field(default_factory=dict)
+    band: str = "bootstrap interval"
 
 
 def trend_data(results: CampaignResults) -> TrendPlotData:
@@ -109,7 +115,8 @@ def trend_data(results: CampaignResults) -> TrendPlotData:
         selected = {s.noise_rate: s.selected for s in results.settings_of(kind)}
         sel_mode[kind] = [value_of(selected.get(r), "emphasis_mode") for r in rates]
         sel_var[kind] = [value_of(selected.get(r), "emphasis_variance") for r in rates]
-    return TrendPlotData(list(results.trends), mode, variance, sel_mode, sel_var)
+    band = "credible set of the GP surface" if results.surfaces else "bootstrap interval"
+    return TrendPlotData(list(results.trends), mode, variance, sel_mode, sel_var, band)
 
 
 def _band(kind: str, rates: list[float], points: list, param: str) -> BandSeries:
@@ -187,7 +194,7 @@ def trend_figure(data: TrendPlotData) -> go.Figure:
     fig.update_xaxes(title_text="noise rate")
     fig.update_yaxes(title_text="emphasis_mode (psi)", row=1, col=1)
     fig.update_yaxes(title_text="emphasis_variance (beta)", row=1, col=2)
-    return _finish(fig, "Recommended DM parameters vs noise rate (band: bootstrap interval)")
+    return _finish(fig, f"Recommended DM parameters vs noise rate (band: {data.band})")
 
 
 # ----------------------------------------------------------------- (b) landscape
@@ -241,16 +248,7 @@ def landscape_data(results: CampaignResults) -> LandscapeData:
 
 def landscape_figure(data: LandscapeData) -> go.Figure:
     """Figure (b): trials as points coloured by clean-val accuracy, one panel per setting."""
-    n = max(len(data.panels), 1)
-    cols = min(3, n)
-    rows = math.ceil(n / cols)
-    fig = make_subplots(
-        rows=rows,
-        cols=cols,
-        subplot_titles=[p.title for p in data.panels],
-        horizontal_spacing=0.08,
-        vertical_spacing=0.16 if rows > 1 else 0.1,
-    )
+    fig, cols, rows = _panel_grid([p.title for p in data.panels])
     for i, panel in enumerate(data.panels):
         row, col = divmod(i, cols)
         _add_landscape_panel(fig, panel, row + 1, col + 1)
@@ -265,6 +263,15 @@ def landscape_figure(data: LandscapeData) -> go.Figure:
         showlegend=False,
     )
     return _finish(fig, "Clean-validation accuracy over (emphasis_mode, emphasis_variance)")
+
+
+def _panel_grid(titles: list[str]) -> tuple[go.Figure, int, int]:
+    """Subplots for one panel per title, up to three a row; returns (fig, cols, rows)."""
+    cols = min(3, max(len(titles), 1))
+    rows = math.ceil(max(len(titles), 1) / cols)
+    spacing = {"horizontal_spacing": 0.08, "vertical_spacing": 0.16 if rows > 1 else 0.1}
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, **spacing)
+    return fig, cols, rows
 
 
 def _add_landscape_panel(fig: go.Figure, panel: LandscapePanel, row: int, col: int) -> None:
@@ -310,6 +317,66 @@ def _add_landscape_panel(fig: go.Figure, panel: LandscapePanel, row: int, col: i
         row=row,
         col=col,
     )
+
+
+# ------------------------------------------------- (b') predicted accuracy surface
+
+
+@dataclass(frozen=True)
+class SurfacePanel:
+    """The GP's posterior mean over the (mode, variance) grid at one searched rate."""
+
+    noise_kind: str
+    modes: list[float]
+    variances: list[float]
+    mean: list[list[float]]  # mean[i][j] at (modes[i], variances[j])
+    optimum: TrendPoint  # the argmax (the selection) and its credible-set band
+
+
+@dataclass(frozen=True)
+class SurfaceData:
+    """Predicted clean-val accuracy per searched rate (empty without surfaces)."""
+
+    panels: list[SurfacePanel]
+
+
+def surface_data(results: CampaignResults) -> SurfaceData:
+    """Compute the surface figure's data from the fitted surfaces."""
+    panels = []
+    for kind, s in sorted(results.surfaces.items()):
+        for r in s.searched_rates:
+            panels.append(SurfacePanel(kind, *(a.tolist() for a in s.grid(r)[:3]), s.optimum(r)))
+    return SurfaceData(panels)
+
+
+def surface_figure(data: SurfaceData) -> go.Figure:
+    """Predicted accuracy contours per searched rate, the argmax and its credible box."""
+    titles = [f"{p.noise_kind} {p.optimum.noise_rate:.2f}" for p in data.panels]
+    fig, cols, rows = _panel_grid(titles)
+    for k, p in enumerate(data.panels):
+        at = {"row": k // cols + 1, "col": k % cols + 1}
+        # contour z is indexed [y][x]: variances down, modes across
+        contour = go.Contour(x=p.modes, y=p.variances, z=np.asarray(p.mean).T)
+        fig.add_trace(contour.update(coloraxis="coloraxis"), **at)
+        o = p.optimum
+        m0, m1 = o.emphasis_mode_low, o.emphasis_mode_high
+        v0, v1 = o.emphasis_variance_low, o.emphasis_variance_high
+        box = {"x": [m0, m1, m1, m0, m0], "y": [v0, v0, v1, v1, v0], "name": "credible set"}
+        fig.add_trace(
+            go.Scatter(**box, mode="lines", line={"color": "white", "dash": "dash"}), **at
+        )
+        star = {"x": [o.emphasis_mode], "y": [o.emphasis_variance], "name": "argmax"}
+        fig.add_trace(
+            go.Scatter(**star, marker={"symbol": "star", "size": 14, "color": "red"}), **at
+        )
+    fig.update_layout(
+        coloraxis={"colorscale": "Viridis", "colorbar": {"title": {"text": "predicted acc"}}},
+        height=max(_HEIGHT, 320 * rows),
+        showlegend=False,
+    )
+    fig.update_xaxes(title_text="emphasis_mode")
+    fig.update_yaxes(title_text="emphasis_variance")
+    return _finish(fig, "GP posterior mean of clean-val accuracy (star: argmax; box: credible set)")
 
 
 # -------------------------------------------------------------- (c) unified view
@@ -520,6 +587,13 @@ FIGURES: tuple[tuple[str, str, Callable, Callable], ...] = (
 )
 
 
+def figures_of(results: CampaignResults) -> tuple[tuple[str, str, Callable, Callable], ...]:
+    """The figures drawn for ``results``: FIGURES, with the surface after the landscape
+    when the results carry GP surfaces (method "surface")."""
+    surface = ("surface", "Predicted accuracy surface per rate", surface_data, surface_figure)
+    return (*FIGURES[:2], surface, *FIGURES[2:]) if results.surfaces else FIGURES
+
+
 def build_figures(results: CampaignResults) -> dict[str, go.Figure]:
     """Return every figure of the report, keyed by its stable name, in report order."""
-    return {name: fig_fn(data_fn(results)) for name, _, data_fn, fig_fn in FIGURES}
+    return {name: fig_fn(data_fn(results)) for name, _, data_fn, fig_fn in figures_of(results)}

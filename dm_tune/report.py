@@ -27,7 +27,7 @@ from plotly.offline import get_plotlyjs
 
 from dm_tune.guidelines import BaselineResult, CampaignResults, SettingResult, TrendPoint
 from dm_tune.guidelines.rows import baseline_text, fmt, source_text, value_of
-from dm_tune.plots import FIGURES, build_figures
+from dm_tune.plots import build_figures, figures_of
 
 __all__ = ["PNG_WIDTH", "ReportPaths", "find_browser", "render_html", "write_pngs", "write_report"]
 
@@ -149,7 +149,7 @@ th { background: #f3f3f3; } td.text { text-align: left; }
 
 def render_html(results: CampaignResults, figures: Mapping[str, go.Figure]) -> str:
     """Return the report as one self-contained HTML page."""
-    titles = {name: title for name, title, _, _ in FIGURES}
+    titles = {name: title for name, title, _, _ in figures_of(results)}
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -162,6 +162,7 @@ def render_html(results: CampaignResults, figures: Mapping[str, go.Figure]) -> s
         _provenance_html(results),
         "<h2>Recommendations</h2>",
         _recommendation_table_html(results),
+        *_checks_html(results),
     ]
     for name, fig in figures.items():
         parts.append(
@@ -204,8 +205,7 @@ def _provenance_html(results: CampaignResults) -> str:
         "config hash": prov.config_hash,
         "dm-tune (trials / report)": f"{prov.dm_tune_version} / {prov.exported_by}",
         "DM trials": counts or "none",
-        "trend": f"rank-weighted top-{results.top_k}, {results.resamples} bootstrap "
-        f"resamples, {results.interval:.0%} band",
+        "trend": _method_text(results),
         "created": prov.created,
     }
     body = "".join(
@@ -213,6 +213,53 @@ def _provenance_html(results: CampaignResults) -> str:
         for k, v in rows.items()
     )
     return f'<table class="dm-provenance">{body}</table>'
+
+
+def _method_text(results: CampaignResults) -> str:
+    """How the trend and its band were made."""
+    if results.method == "surface":
+        return (
+            "Gaussian-process surface per noise kind (Matern 5/2 + white noise); the "
+            "selection is the posterior-mean argmax, the band its credible set (settings "
+            "whose mean + 1 std reaches the best mean)"
+        )
+    return (
+        f"rank-weighted top-{results.top_k}, {results.resamples} bootstrap "
+        f"resamples, {results.interval:.0%} band"
+    )
+
+
+_CHECK_HEAD = (
+    "noise kind",
+    "rate left out",
+    "recommended mode",
+    "recommended variance",
+    "predicted acc there (full surface)",
+    "selected acc",
+    "from",
+    "gap",
+)
+
+
+def _checks_html(results: CampaignResults) -> list[str]:
+    """The leave-one-rate-out table (surface method with an interior rate only)."""
+    if not results.checks:
+        return []
+    head = "".join(f"<th>{h}</th>" for h in _CHECK_HEAD)
+    rows = "".join(
+        f'<tr><td class="text">{_e(c.noise_kind)}</td><td>{c.noise_rate:.2f}</td>'
+        f"<td>{_fmt(c.emphasis_mode, 3)}</td><td>{_fmt(c.emphasis_variance, 3)}</td>"
+        f"<td>{_fmt(c.predicted_accuracy)}</td><td>{_fmt(c.selected_accuracy)}</td>"
+        f'<td class="text">{_e(c.selected_source)}</td><td>{_fmt(c.gap, 2)}</td></tr>'
+        for c in results.checks
+    )
+    return [
+        "<h2>Leave-one-rate-out check</h2>",
+        "<p>Each interior searched rate's trials left out, the surface refitted and asked "
+        "there; gap = selected accuracy at that rate &minus; the full surface's prediction "
+        "at the held-out recommendation (small: the guideline interpolates well).</p>",
+        f'<table class="dm-checks"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>',
+    ]
 
 
 _TABLE_HEAD = (

@@ -12,7 +12,7 @@ from typing import Any
 
 import dm_tune
 from dm_tune.errors import ExportError
-from dm_tune.guidelines.results import CampaignResults, SettingResult, TrendPoint
+from dm_tune.guidelines.results import CampaignResults, RateCheck, SettingResult, TrendPoint
 
 __all__ = [
     "SCHEMA",
@@ -28,15 +28,17 @@ __all__ = [
 ]
 
 SCHEMA = "dm-tune/recommendations"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest version written and read; the top-k method still writes 1
+_PREDICTIONS = ("predicted_accuracy", "predicted_std")  # trend point fields new in v2
 
 
 def to_export_dict(results: CampaignResults) -> dict[str, Any]:
-    """Return the versioned export (schema ``dm-tune/recommendations`` v1)."""
+    """Return the versioned export: v2 for the surface method, v1 for top-k."""
     prov = results.provenance
-    return {
+    surface = results.method == "surface"
+    data = {
         "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": 2 if surface else 1,
         "provenance": {
             "campaign": prov.campaign,
             "config_hash": prov.config_hash,
@@ -46,20 +48,42 @@ def to_export_dict(results: CampaignResults) -> dict[str, Any]:
             "model": prov.model,
             "trial_counts": dict(prov.trial_counts),
             "created": prov.created,
-            "method": {
-                "top_k": results.top_k,
-                "weights": "rank",
-                "bootstrap_resamples": results.resamples,
-                "interval": results.interval,
-                "seed": results.seed,
-                "interpolation": "linear; constant outside the searched rates",
-            },
+            "method": _surface_method() if surface else _top_k_method(results),
         },
         "settings": [_setting_dict(s) for s in results.settings],
         "trends": {
-            kind: [_point_dict(p) for p in trend.points] for kind, trend in results.trends.items()
+            kind: [_point_dict(p, surface) for p in trend.points]
+            for kind, trend in results.trends.items()
         },
     }
+    if surface:
+        from dm_tune.guidelines.surface import rate_grid
+
+        data["surface"] = {
+            kind: [_point_dict(s.optimum(rate), True) for rate in rate_grid(s)]
+            for kind, s in sorted(results.surfaces.items())
+        }
+        data["checks"] = {"leave_one_rate_out": [_clean(vars(c)) for c in results.checks]}
+    return data
+
+
+def _top_k_method(results: CampaignResults) -> dict[str, Any]:
+    """How the v1 trend was fitted."""
+    return {
+        "top_k": results.top_k,
+        "weights": "rank",
+        "bootstrap_resamples": results.resamples,
+        "interval": results.interval,
+        "seed": results.seed,
+        "interpolation": "linear; constant outside the searched rates",
+    }
+
+
+def _surface_method() -> dict[str, Any]:
+    """How the v2 surface was fitted."""
+    from dm_tune.guidelines.surface import METHOD
+
+    return dict(METHOD)
 
 
 def _setting_dict(s: SettingResult) -> dict[str, Any]:
@@ -76,9 +100,10 @@ def _setting_dict(s: SettingResult) -> dict[str, Any]:
     }
 
 
-def _point_dict(p: TrendPoint) -> dict[str, Any]:
-    """One trend point in the export."""
-    return _clean(vars(p))
+def _point_dict(p: TrendPoint, predictions: bool) -> dict[str, Any]:
+    """One trend point in the export (v1 points carry no predictions)."""
+    d = _clean(vars(p))
+    return d if predictions else {k: v for k, v in d.items() if k not in _PREDICTIONS}
 
 
 def _clean(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,9 +156,13 @@ def to_csv_rows(results: CampaignResults | Mapping[str, Any]) -> tuple[list[str]
     """Return (columns, rows): one row per kind x rate, numbers taken from the export dict."""
     data = to_export_dict(results) if isinstance(results, CampaignResults) else results
     losses = sorted({loss for s in data["settings"] for loss in s["baselines"]})
-    columns = list(CSV_FIXED_COLUMNS) + [
-        f"baseline_{loss}_{name}" for loss in losses for name in BASELINE_FIELDS
-    ]
+    predictions = data.get("schema_version", 1) >= 2
+    extra = [f"trend_{name}" for name in _PREDICTIONS] if predictions else []
+    columns = (
+        list(CSV_FIXED_COLUMNS)
+        + extra
+        + [f"baseline_{loss}_{name}" for loss in losses for name in BASELINE_FIELDS]
+    )
     trend_at = {
         (kind, p["noise_rate"]): p for kind, points in data["trends"].items() for p in points
     }
@@ -166,6 +195,8 @@ def to_csv_rows(results: CampaignResults | Mapping[str, Any]) -> tuple[list[str]
         for name in ("emphasis_mode", "emphasis_variance"):
             for suffix in ("", "_low", "_high"):
                 row[f"trend_{name}{suffix}"] = point.get(f"{name}{suffix}")
+        for name in _PREDICTIONS if predictions else ():
+            row[f"trend_{name}"] = point.get(name)
         for loss in losses:
             baseline = s["baselines"].get(loss, {})
             for name in BASELINE_FIELDS:
@@ -225,15 +256,21 @@ def validate_export(data: Any, origin: str = "export") -> None:
     if version < 1:
         raise ExportError(f"{origin} has invalid schema_version {version}")
     try:
-        _check_shape(data)
+        _check_shape(data, version)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ExportError(f"{origin} is malformed: {_one_line(exc)}") from None
+        raise ExportError(
+            f"{origin} (schema_version {version}) is malformed: {_one_line(exc)}"
+        ) from None
 
 
-_POINT_KEYS = frozenset(TrendPoint.__dataclass_fields__)
+_POINT_KEYS = {
+    2: frozenset(TrendPoint.__dataclass_fields__),
+    1: frozenset(TrendPoint.__dataclass_fields__) - frozenset(_PREDICTIONS),
+}
+_CHECK_KEYS = frozenset(RateCheck.__dataclass_fields__)
 
 
-def _check_shape(data: Mapping[str, Any]) -> None:
+def _check_shape(data: Mapping[str, Any], version: int = 1) -> None:
     """Check the parts recommend and the CSV writer rely on."""
     if not isinstance(data["provenance"], dict) or "campaign" not in data["provenance"]:
         raise ExportError("provenance.campaign is missing")
@@ -243,18 +280,32 @@ def _check_shape(data: Mapping[str, Any]) -> None:
         for key in ("noise_kind", "noise_rate", "selected", "top_k", "baselines", "trial_counts"):
             if key not in s:
                 raise KeyError(f"settings entry without {key}")
-    if not isinstance(data["trends"], dict):
-        raise TypeError("trends must be an object")
-    for kind, points in data["trends"].items():
+    _check_points(data["trends"], version, "trend")
+    if version >= 2:
+        _check_points(data["surface"], version, "surface")
+        if set(data["surface"]) != set(data["trends"]):
+            raise ValueError("surface and trends name different noise kinds")
+        for row in data["checks"]["leave_one_rate_out"]:
+            if not isinstance(row, dict) or set(row) != _CHECK_KEYS:
+                raise ValueError("a leave_one_rate_out row without the fields of version 2")
+
+
+def _check_points(by_kind: Any, version: int, what: str) -> None:
+    """Per-kind lists of points: the version's fields, finite numbers, sorted by rate."""
+    if not isinstance(by_kind, dict):
+        raise TypeError(f"{what}s must be an object")
+    for kind, points in by_kind.items():
         if not isinstance(points, list) or not points:
-            raise ExportError(f"trend {kind!r} has no points")
+            raise ExportError(f"{what} {kind!r} has no points")
         for p in points:
-            if not isinstance(p, dict) or set(p) != _POINT_KEYS:
-                raise ExportError(f"trend {kind!r} has a point without the fields of version 1")
+            if not isinstance(p, dict) or set(p) != _POINT_KEYS[min(version, 2)]:
+                raise ExportError(
+                    f"{what} {kind!r} has a point without the fields of version {version}"
+                )
             _check_numbers(kind, p)
         rates = [p["noise_rate"] for p in points]
         if rates != sorted(rates):
-            raise ExportError(f"trend {kind!r} is not sorted by noise_rate")
+            raise ExportError(f"{what} {kind!r} is not sorted by noise_rate")
 
 
 def _check_numbers(kind: str, point: Mapping[str, Any]) -> None:

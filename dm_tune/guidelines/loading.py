@@ -15,8 +15,10 @@ from dm_tune.campaign.records import PARAM_VARIANCE, ROLE_BASELINES, ROLE_CONFIR
 from dm_tune.errors import NoResultsError
 from dm_tune.guidelines.results import (
     DEFAULT_INTERVAL,
+    DEFAULT_METHOD,
     DEFAULT_RESAMPLES,
     DEFAULT_TOP_K,
+    METHODS,
     CampaignResults,
     Provenance,
     SettingResult,
@@ -35,12 +37,20 @@ def load_campaign(
     resamples: int = DEFAULT_RESAMPLES,
     interval: float = DEFAULT_INTERVAL,
     seed: int = 0,
+    method: str = DEFAULT_METHOD,
 ) -> CampaignResults:
     """Aggregate every study whose user attr ``campaign`` equals ``campaign``.
 
+    ``method`` "top-k" fits the rank-weighted top-k trend with a bootstrap band;
+    "surface" fits one Gaussian-process surface per noise kind (``surface.py``), takes
+    the trend from its optima and checks it leave-one-rate-out (``check.py``).
+
     Raises:
         NoResultsError: no study of the campaign, or no COMPLETE DM trial.
+        ValueError: an unknown ``method``.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown trend method {method!r}; known: {', '.join(METHODS)}")
     store = _open(storage)
     studies = [
         s for s in store.get_all_studies() if s.user_attrs.get(StudyKey.CAMPAIGN) == campaign
@@ -63,15 +73,28 @@ def load_campaign(
     settings.sort(key=lambda s: (s.noise_kind, s.noise_rate))
     if not any(s.trials for s in settings):
         raise NoResultsError(f"campaign {campaign!r} has no finished DM trial yet")
-    return CampaignResults(
+    results = CampaignResults(
         provenance=_provenance(campaign, studies, total_counts(settings)),
         settings=settings,
-        trends=fit_trends(settings, top_k=top_k, resamples=resamples, interval=interval, seed=seed),
+        trends={},
         top_k=top_k,
         resamples=resamples,
         interval=interval,
         seed=seed,
+        method=method,
     )
+    if method == "surface":
+        from dm_tune.guidelines.check import leave_one_rate_out  # lazy: scikit-learn
+        from dm_tune.guidelines.surface import fit_surfaces, surface_trends
+
+        results.surfaces = fit_surfaces(settings)
+        results.trends = surface_trends(results.surfaces)
+        results.checks = leave_one_rate_out(results)
+    else:
+        results.trends = fit_trends(
+            settings, top_k=top_k, resamples=resamples, interval=interval, seed=seed
+        )
+    return results
 
 
 def _open(storage: str | optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
@@ -110,6 +133,7 @@ def _setting_result(
         selected=select(trials, confirm_trials),
         baselines=summarize_baselines(baseline_trials),
         variance_log=_variance_is_log(trials),
+        confirm_trials=dm_points(confirm_trials),
     )
 
 

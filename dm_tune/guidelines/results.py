@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import dm_tune
 
 __all__ = [
     "DEFAULT_INTERVAL",
+    "DEFAULT_METHOD",
+    "METHODS",
     "DEFAULT_RESAMPLES",
     "DEFAULT_TOP_K",
     "BaselineResult",
     "CampaignResults",
     "Provenance",
+    "RateCheck",
     "Recommendation",
     "Selection",
     "SettingResult",
@@ -24,6 +28,10 @@ __all__ = [
 DEFAULT_TOP_K = 5
 DEFAULT_RESAMPLES = 200
 DEFAULT_INTERVAL = 0.9
+#: "top-k": rank-weighted top-k trials per rate with a bootstrap band (export v1);
+#: "surface": a Gaussian-process response surface per kind (export v2, surface.py)
+METHODS = ("top-k", "surface")
+DEFAULT_METHOD = "top-k"
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class SettingResult:
     selected: Selection | None
     baselines: dict[str, BaselineResult] = field(default_factory=dict)
     variance_log: bool = False  # the search space sampled the variance on a log scale
+    confirm_trials: list[TrialPoint] = field(default_factory=list)  # one per seed run
 
     def best_baseline(self) -> BaselineResult | None:
         """Return the baseline with the best mean clean-val accuracy (never test)."""
@@ -89,7 +98,12 @@ class SettingResult:
 
 @dataclass(frozen=True)
 class TrendPoint:
-    """The fitted recommendation at one searched rate, with its bootstrap band."""
+    """The fitted recommendation at one rate, with its band.
+
+    Top-k method: rank-weighted centre and bootstrap band; the predictions are None.
+    Surface method: the posterior-mean argmax and the credible-set ranges; ``k`` and
+    ``n_trials`` count the observations at this rate (search trials and confirm runs).
+    """
 
     noise_rate: float
     emphasis_mode: float
@@ -100,6 +114,22 @@ class TrendPoint:
     emphasis_variance_high: float
     n_trials: int
     k: int
+    predicted_accuracy: float | None = None  # surface: posterior mean at the argmax
+    predicted_std: float | None = None  # surface: posterior std there
+
+
+@dataclass(frozen=True)
+class RateCheck:
+    """Leave-one-rate-out: the surface refitted without ``noise_rate``, asked there."""
+
+    noise_kind: str
+    noise_rate: float
+    emphasis_mode: float  # recommended without this rate's trials
+    emphasis_variance: float
+    predicted_accuracy: float  # the full surface's mean at that recommendation
+    selected_accuracy: float  # confirmed mean if confirmed, else the full surface's best
+    selected_source: str  # "confirm" or "surface"
+    gap: float  # selected_accuracy - predicted_accuracy (>0: the held-out guess lost)
 
 
 @dataclass(frozen=True)
@@ -140,6 +170,9 @@ class CampaignResults:
     resamples: int = DEFAULT_RESAMPLES
     interval: float = DEFAULT_INTERVAL
     seed: int = 0
+    method: str = DEFAULT_METHOD
+    surfaces: dict[str, Any] = field(default_factory=dict)  # kind -> surface.Surface
+    checks: list[RateCheck] = field(default_factory=list)  # leave-one-rate-out rows
 
     @property
     def campaign(self) -> str:
@@ -171,6 +204,8 @@ class Recommendation:
     emphasis_variance_high: float
     nearest_rates: tuple[float, ...]
     extrapolated: bool
+    predicted_accuracy: float | None = None  # surface method only
+    predicted_std: float | None = None
 
     @property
     def emphasis_lambda(self) -> float:

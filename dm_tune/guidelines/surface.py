@@ -1,0 +1,267 @@
+"""One response surface per noise kind: a Gaussian process of the objective.
+
+The objective (final-epoch clean-validation accuracy) of every COMPLETE DM trial of a
+noise kind, search and confirm runs alike, is modelled as one smooth function of
+(emphasis_mode, transformed emphasis_variance, noise rate). The selection at a rate is the
+argmax of the posterior mean over a (mode, variance) grid at that rate, not the best
+noisy observation; the band is the credible set around it.
+
+Why scikit-learn's :class:`~sklearn.gaussian_process.GaussianProcessRegressor`:
+
+- the data are small (tens to hundreds of trials per kind), so exact GP inference is
+  cheap (a fit of ~200 points takes about a second of one core, ~0.1 s for 75)
+  and needs no approximation;
+- a :class:`~sklearn.gaussian_process.kernels.WhiteKernel` learns the seed-to-seed noise
+  of the objective, so noisy single-seed trials and confirm replicates are pooled
+  instead of trusting the luckiest one;
+- scikit-learn is already a dependency. BoTorch/GPyTorch would add torch-side machinery
+  for no gain at this size, and Optuna's GP lives in a private module
+  (``optuna._gp``) whose API may change without notice.
+
+Model: inputs scaled to [0, 1] per dimension (the variance first log-transformed: ``log``
+when the search sampled it on a log scale, else ``log1p``); kernel
+``ConstantKernel * Matern(nu=2.5, one length scale per input) + WhiteKernel``;
+``normalize_y``; a fixed ``random_state``; one optimizer restart (runtime: the fit
+runs on one BLAS thread). A search trial averaged over replicate seeds enters once,
+with its mean (the objective); the noise kernel absorbs the rest. A kind searched at one rate gets a GP over (mode, variance).
+
+Credible set at a rate: the grid settings whose posterior upper bound (mean + one std)
+reaches the best posterior mean; the band is its (min, max) of mode and of variance.
+Pure numpy / scikit-learn: no storage.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+from threadpoolctl import threadpool_limits
+
+from dm_tune.guidelines.results import SettingResult, Trend, TrendPoint
+
+__all__ = [
+    "GRID_POINTS",
+    "METHOD",
+    "RATE_STEP",
+    "Observations",
+    "Surface",
+    "fit_surface",
+    "fit_surfaces",
+    "kind_observations",
+    "rate_grid",
+    "surface_trends",
+]
+
+GRID_POINTS = 41  # per axis of the (mode, variance) grid searched at each rate
+RATE_STEP = 0.01  # the exported recommendation grid between searched rates
+RANDOM_STATE = 0
+RESTARTS = 1
+
+#: how the surface was fitted, as written into the export's provenance
+METHOD = {
+    "trend": "gaussian-process surface",
+    "kernel": "ConstantKernel * Matern(nu=2.5, anisotropic) + WhiteKernel",
+    "inputs": "emphasis_mode, log(variance) if searched on a log scale else log1p(variance), "
+    "noise_rate; each scaled to [0, 1]",
+    "normalize_y": True,
+    "random_state": RANDOM_STATE,
+    "n_restarts_optimizer": RESTARTS,
+    "grid": [GRID_POINTS, GRID_POINTS],
+    "credible_set": "grid settings whose posterior mean + 1 std reaches the best posterior mean",
+    "rate_step": RATE_STEP,
+    "interpolation": "argmax per rate on the rate grid; linear between grid rates; "
+    "constant outside the searched rates",
+}
+
+
+@dataclass(frozen=True)
+class Observations:
+    """One kind's observations: parallel arrays, one entry per trial or replicate."""
+
+    modes: np.ndarray
+    variances: np.ndarray
+    rates: np.ndarray
+    values: np.ndarray
+
+    def without_rate(self, rate: float) -> Observations:
+        """The observations of every rate but ``rate``."""
+        keep = ~np.isclose(self.rates, rate, atol=1e-9)
+        return Observations(
+            self.modes[keep], self.variances[keep], self.rates[keep], self.values[keep]
+        )
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def kind_observations(settings: Sequence[SettingResult]) -> Observations:
+    """Every COMPLETE search trial and confirm run of the given settings."""
+    rows = [
+        (t.emphasis_mode, t.emphasis_variance, s.noise_rate, t.val_accuracy)
+        for s in settings
+        for t in (*s.trials, *s.confirm_trials)
+    ]
+    arr = np.array(rows, dtype=float).reshape(-1, 4)
+    return Observations(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3])
+
+
+class Surface:
+    """A fitted GP of one kind's objective over (mode, variance[, rate])."""
+
+    def __init__(
+        self,
+        noise_kind: str,
+        obs: Observations,
+        *,
+        variance_log: bool = False,
+        grid_points: int = GRID_POINTS,
+        random_state: int = RANDOM_STATE,
+    ) -> None:
+        if len(obs) == 0:
+            raise ValueError(f"no observation to fit a surface for {noise_kind!r}")
+        self.noise_kind = noise_kind
+        self.variance_log = variance_log
+        self.searched_rates = tuple(float(r) for r in np.unique(obs.rates))
+        self.n_observations = len(obs)
+        self._counts = {r: int(np.isclose(obs.rates, r).sum()) for r in self.searched_rates}
+        self.mode_bounds = (float(obs.modes.min()), float(obs.modes.max()))
+        self.variance_bounds = (float(obs.variances.min()), float(obs.variances.max()))
+        tv = self._tv(obs.variances)
+        self._lo = np.array([obs.modes.min(), tv.min(), obs.rates.min()])
+        self._span = np.array([np.ptp(obs.modes), np.ptp(tv), np.ptp(obs.rates)])
+        self._use = self._span > 0  # a constant input (one rate) carries no information
+        self._span[~self._use] = 1.0
+        g = np.linspace(0.0, 1.0, grid_points)
+        self._grid_modes = self.mode_bounds[0] + g * (self.mode_bounds[1] - self.mode_bounds[0])
+        self._grid_variances = self._untv(tv.min() + g * np.ptp(tv))
+        self._gp = self._fit(obs, random_state)
+
+    # ---------------------------------------------------------------- transforms
+
+    def _tv(self, v: np.ndarray) -> np.ndarray:
+        """The variance on the scale the GP sees."""
+        v = np.asarray(v, dtype=float)
+        return np.log(np.maximum(v, 1e-12)) if self.variance_log else np.log1p(v)
+
+    def _untv(self, t: np.ndarray) -> np.ndarray:
+        """Back from the GP's variance scale."""
+        return np.exp(t) if self.variance_log else np.expm1(t)
+
+    def _x(self, modes, variances, rates) -> np.ndarray:
+        """Scaled inputs, constant columns dropped."""
+        raw = np.column_stack(
+            [
+                np.asarray(modes, dtype=float).ravel(),
+                self._tv(variances).ravel(),
+                np.asarray(rates, dtype=float).ravel(),
+            ]
+        )
+        return ((raw - self._lo) / self._span)[:, self._use]
+
+    def _fit(self, obs: Observations, random_state: int) -> GaussianProcessRegressor | None:
+        """Fit the GP; None when every input is constant (one distinct setting)."""
+        dims = int(self._use.sum())
+        if dims == 0:
+            self._constant = float(np.mean(obs.values))
+            return None
+        kernel = ConstantKernel(1.0, (1e-3, 1e5)) * Matern(
+            length_scale=np.full(dims, 0.3), length_scale_bounds=(0.05, 50.0), nu=2.5
+        ) + WhiteKernel(0.1, (1e-6, 1.0))
+        gp = GaussianProcessRegressor(
+            kernel=kernel,
+            normalize_y=True,
+            n_restarts_optimizer=RESTARTS,
+            random_state=random_state,
+        )
+        # One BLAS thread: matrices of a few hundred rows gain nothing from threads, and
+        # on a shared CPU threaded BLAS made the fit 10-40x slower.
+        with warnings.catch_warnings(), threadpool_limits(1, "blas"):
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gp.fit(self._x(obs.modes, obs.variances, obs.rates), obs.values)
+        return gp
+
+    # -------------------------------------------------------------- predictions
+
+    def predict(self, modes, variances, rate) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and std of the objective at (mode, variance) pairs and a rate."""
+        modes = np.atleast_1d(np.asarray(modes, dtype=float))
+        variances = np.atleast_1d(np.asarray(variances, dtype=float))
+        rates = np.broadcast_to(np.asarray(rate, dtype=float), modes.shape)
+        if self._gp is None:
+            return np.full(modes.shape, self._constant), np.zeros(modes.shape)
+        with threadpool_limits(1, "blas"):
+            mean, std = self._gp.predict(self._x(modes, variances, rates), return_std=True)
+        return mean.reshape(modes.shape), std.reshape(modes.shape)
+
+    def grid(self, rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(modes, variances, mean, std) over the grid at ``rate``; mean[i, j] at modes[i]."""
+        mm, vv = np.meshgrid(self._grid_modes, self._grid_variances, indexing="ij")
+        mean, std = self.predict(mm.ravel(), vv.ravel(), rate)
+        return self._grid_modes, self._grid_variances, mean.reshape(mm.shape), std.reshape(mm.shape)
+
+    def clamp(self, rate: float) -> float:
+        """The rate itself inside the searched range, else the nearest searched rate."""
+        return float(np.clip(rate, self.searched_rates[0], self.searched_rates[-1]))
+
+    def optimum(self, rate: float) -> TrendPoint:
+        """The posterior-mean argmax at ``rate`` (clamped), with its credible-set band."""
+        rate = self.clamp(rate)
+        modes, variances, mean, std = self.grid(rate)
+        i, j = np.unravel_index(int(np.argmax(mean)), mean.shape)
+        best = mean[i, j]
+        credible = mean + std >= best
+        ci, cj = np.nonzero(credible)
+        n = self._counts.get(round(rate, 6), 0)
+        return TrendPoint(
+            noise_rate=rate,
+            emphasis_mode=float(modes[i]),
+            emphasis_mode_low=float(modes[ci].min()),
+            emphasis_mode_high=float(modes[ci].max()),
+            emphasis_variance=float(variances[j]),
+            emphasis_variance_low=float(variances[cj].min()),
+            emphasis_variance_high=float(variances[cj].max()),
+            n_trials=n,
+            k=n,
+            predicted_accuracy=float(best),
+            predicted_std=float(std[i, j]),
+        )
+
+
+def fit_surface(
+    noise_kind: str, obs: Observations, *, variance_log: bool = False, **kwargs
+) -> Surface:
+    """Fit one kind's surface (see :class:`Surface`)."""
+    return Surface(noise_kind, obs, variance_log=variance_log, **kwargs)
+
+
+def fit_surfaces(settings: Sequence[SettingResult]) -> dict[str, Surface]:
+    """One surface per noise kind with at least one observation."""
+    out = {}
+    for kind in sorted({s.noise_kind for s in settings}):
+        mine = sorted((s for s in settings if s.noise_kind == kind), key=lambda s: s.noise_rate)
+        obs = kind_observations(mine)
+        if len(obs):
+            out[kind] = fit_surface(kind, obs, variance_log=any(s.variance_log for s in mine))
+    return out
+
+
+def surface_trends(surfaces: dict[str, Surface]) -> dict[str, Trend]:
+    """The surfaces' optima at their searched rates, as trends."""
+    return {
+        kind: Trend(kind, tuple(s.optimum(r) for r in s.searched_rates))
+        for kind, s in sorted(surfaces.items())
+    }
+
+
+def rate_grid(surface: Surface, step: float = RATE_STEP) -> list[float]:
+    """The multiples of ``step`` between the lowest and highest searched rates, plus the
+    searched rates, rounded to 6 decimals (so 0.5 is exactly 0.5)."""
+    lo, hi = surface.searched_rates[0], surface.searched_rates[-1]
+    first, last = int(np.ceil(lo / step - 1e-9)), int(np.floor(hi / step + 1e-9))
+    rates = {round(i * step, 6) for i in range(first, last + 1)} | set(surface.searched_rates)
+    return sorted(r for r in rates if lo <= r <= hi)

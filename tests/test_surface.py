@@ -1,0 +1,248 @@
+"""The Gaussian-process response surface, its self-check and the v2 export (no training).
+
+A synthetic objective with a known optimum that moves with the rate,
+
+    acc(m, v, r) = 0.9 - 2 (m - (0.2 + 0.6 r))^2 - 0.002 (v - (4 + 20 r))^2 + N(0, 0.01^2),
+
+is observed by 25 random trials at each of the rates 0.2, 0.4, 0.6, written to a real
+Optuna study in a temporary SQLite storage. At the unsearched rate 0.5 the truth is
+(mode 0.5, variance 14).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import optuna
+import pytest
+from fake_campaign import FakeTrial, add_setting, study_attrs
+from optuna.distributions import FloatDistribution
+
+from dm_tune import guidelines as g
+from dm_tune import plots, report
+from dm_tune.guidelines.check import leave_one_rate_out
+from dm_tune.guidelines.surface import Observations, fit_surface
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+CAMPAIGN = "synthetic"
+RATES = (0.2, 0.4, 0.6)
+PER_RATE = 25
+NOISE = 0.01
+SEED = 0
+SPACE = {
+    "emphasis_mode": FloatDistribution(0.0, 0.95),
+    "emphasis_variance": FloatDistribution(0.0, 30.0),
+}
+TRUTH_AT_05 = (0.5, 14.0)
+MODE_TOL, VARIANCE_TOL = 0.06, 2.5
+
+
+def truth(m, v, r):
+    """The noise-free objective."""
+    return 0.9 - 2.0 * (m - (0.2 + 0.6 * r)) ** 2 - 0.002 * (v - (4.0 + 20.0 * r)) ** 2
+
+
+def draw(seed: int) -> dict[float, list[tuple[float, float, float]]]:
+    """(mode, variance, noisy accuracy) of PER_RATE random trials per rate."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for r in RATES:
+        m = rng.uniform(0.0, 0.95, PER_RATE)
+        v = rng.uniform(0.0, 30.0, PER_RATE)
+        y = truth(m, v, r) + rng.normal(0.0, NOISE, PER_RATE)
+        out[r] = list(zip(m.tolist(), v.tolist(), y.tolist(), strict=True))
+    return out
+
+
+def write_study(storage, rate: float, rows, *, kind: str = "symmetric") -> None:
+    """A DM study named and attributed as the campaign names it, with COMPLETE trials."""
+    study = optuna.create_study(
+        storage=storage, study_name=f"{CAMPAIGN}/{kind}-{rate:.2f}", direction="maximize"
+    )
+    for key, value in study_attrs(CAMPAIGN, kind, rate, "dm").items():
+        study.set_user_attr(key, value)
+    for i, (m, v, y) in enumerate(rows):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"emphasis_mode": m, "emphasis_variance": v},
+                distributions=SPACE,
+                value=y,
+                user_attrs={"loss": "dm", "seed": i},
+            )
+        )
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory):
+    """The synthetic campaign in a SQLite storage."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('surface') / 'synthetic.db'}"
+    store = optuna.storages.RDBStorage(url)
+    for rate, rows in draw(SEED).items():
+        write_study(store, rate, rows)
+    return store
+
+
+@pytest.fixture(scope="module")
+def results(storage) -> g.CampaignResults:
+    return g.load_campaign(storage, CAMPAIGN, method="surface")
+
+
+def _best_observed_interpolation(rows_by_rate, rate=0.5):
+    """What the best noisy observation alone says at ``rate``: the best trial at each
+    bracketing searched rate, interpolated linearly."""
+    best = {r: max(rows, key=lambda row: row[2]) for r, rows in rows_by_rate.items()}
+    lo, hi = 0.4, 0.6
+    w = (rate - lo) / (hi - lo)
+    return tuple((1 - w) * best[lo][i] + w * best[hi][i] for i in (0, 1))
+
+
+def _regret(mode, variance, rate=0.5):
+    return truth(*TRUTH_AT_05, rate) - truth(mode, variance, rate)
+
+
+# ------------------------------------------------------------------ the surface
+
+
+def test_surface_recovers_the_moving_optimum_at_an_unsearched_rate(results):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec = g.recommend(results, "symmetric", 0.5)
+    assert abs(rec.emphasis_mode - TRUTH_AT_05[0]) < MODE_TOL
+    assert abs(rec.emphasis_variance - TRUTH_AT_05[1]) < VARIANCE_TOL
+    assert rec.nearest_rates == (0.4, 0.6) and not rec.extrapolated
+    # the credible band contains the true optimum
+    assert rec.emphasis_mode_low <= TRUTH_AT_05[0] <= rec.emphasis_mode_high
+    assert rec.emphasis_variance_low <= TRUTH_AT_05[1] <= rec.emphasis_variance_high
+    assert rec.predicted_accuracy == pytest.approx(0.9, abs=0.02)
+    # the best noisy observations, interpolated, are further off in true accuracy
+    naive = _best_observed_interpolation(draw(SEED))
+    assert _regret(*naive) > 2 * _regret(rec.emphasis_mode, rec.emphasis_variance)
+
+
+def test_surface_beats_the_best_observation_in_most_seeds():
+    """Over 8 fixed seeds (arrays, no storage): the surface's regret at 0.5 is smaller."""
+    wins = 0
+    for seed in range(8):
+        rows = draw(seed)
+        arr = np.array([(m, v, r, y) for r, rs in rows.items() for m, v, y in rs])
+        surface = fit_surface("symmetric", Observations(*arr.T))
+        point = surface.optimum(0.5)
+        assert abs(point.emphasis_mode - TRUTH_AT_05[0]) < MODE_TOL
+        assert abs(point.emphasis_variance - TRUTH_AT_05[1]) < VARIANCE_TOL
+        gp = _regret(point.emphasis_mode, point.emphasis_variance)
+        wins += gp < _regret(*_best_observed_interpolation(rows))
+    assert wins >= 7
+
+
+def test_selection_at_a_searched_rate_is_the_surface_argmax(results):
+    points = {p.noise_rate: p for p in results.trends["symmetric"].points}
+    assert sorted(points) == list(RATES)
+    for r, p in points.items():
+        assert abs(p.emphasis_mode - (0.2 + 0.6 * r)) < MODE_TOL
+        assert abs(p.emphasis_variance - (4 + 20 * r)) < 2 * VARIANCE_TOL
+        assert p.n_trials == PER_RATE and p.predicted_std > 0
+    # the argmax is a grid point, not a trial's parameters
+    trial_modes = {t.emphasis_mode for s in results.settings for t in s.trials}
+    assert points[0.4].emphasis_mode not in trial_modes
+
+
+def test_fit_is_fast_for_200_points():
+    rng = np.random.default_rng(1)
+    n = 200
+    m, v, r = rng.uniform(0, 0.95, n), rng.uniform(0, 30, n), rng.choice(RATES, n)
+    obs = Observations(m, v, r, truth(m, v, r) + rng.normal(0, NOISE, n))
+    started = time.process_time()
+    fit_surface("symmetric", obs)
+    assert time.process_time() - started < 2.0
+
+
+def test_few_trials_and_one_rate_still_work(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'few.db'}")
+    trials = [FakeTrial(0.2, 2.0, 0.80), FakeTrial(0.5, 8.0, 0.90), FakeTrial(0.8, 20.0, 0.70)]
+    confirm = [FakeTrial(0.5, 8.0, 0.91, seed=1, source_trial=1)]
+    add_setting(storage, "pairflip", 0.3, trials, campaign="few", confirm=confirm)
+    add_setting(storage, "symmetric", 0.3, trials[:1], campaign="few")
+    results = g.load_campaign(storage, "few", method="surface")
+    (p,) = results.trends["pairflip"].points
+    assert p.k == 4  # three search trials and one confirm run
+    assert p.emphasis_mode_low <= p.emphasis_mode <= p.emphasis_mode_high
+    assert 0.2 <= p.emphasis_mode <= 0.8
+    (one,) = results.trends["symmetric"].points  # a single trial: its own parameters
+    assert (one.emphasis_mode, one.emphasis_variance) == pytest.approx((0.2, 2.0))
+    assert results.checks == []  # one rate: nothing to leave out
+    with pytest.warns(UserWarning, match="outside the searched rates"):
+        rec = g.recommend(results, "pairflip", 0.6)
+    assert rec.extrapolated and rec.emphasis_mode == p.emphasis_mode
+
+
+# ---------------------------------------------------------------- the self-check
+
+
+def test_leave_one_rate_out_at_0_4_has_a_small_gap(results):
+    (row,) = results.checks
+    assert (row.noise_kind, row.noise_rate, row.selected_source) == ("symmetric", 0.4, "surface")
+    assert abs(row.emphasis_mode - 0.44) < 2 * MODE_TOL
+    assert 0.0 <= row.gap < 0.01
+    assert leave_one_rate_out(results) == results.checks  # deterministic
+
+
+# -------------------------------------------------------------------- the export
+
+
+def test_export_v2_round_trips_and_recommends_like_the_gp(results, tmp_path):
+    path = g.write_json(results, tmp_path / "e.json")
+    data = g.load_export(path)
+    assert data["schema_version"] == 2
+    assert data["provenance"]["method"]["trend"] == "gaussian-process surface"
+    grid = [p["noise_rate"] for p in data["surface"]["symmetric"]]
+    assert grid[0] == 0.2 and grid[-1] == 0.6 and len(grid) == 41 and 0.5 in grid
+    assert data["checks"]["leave_one_rate_out"][0]["noise_rate"] == 0.4
+    for rate in (0.5, 0.33, 0.4):
+        from_file, from_gp = (
+            g.recommend(data, "symmetric", rate),
+            g.recommend(results, "symmetric", rate),
+        )
+        assert from_file.emphasis_mode == pytest.approx(from_gp.emphasis_mode, abs=0.01)
+        assert from_file.emphasis_variance == pytest.approx(from_gp.emphasis_variance, abs=0.01)
+    assert g.recommend(data, "symmetric", 0.5) == g.recommend(results, "symmetric", 0.5)
+    header = g.dumps_csv(data).splitlines()[0]
+    assert "trend_predicted_accuracy" in header
+
+
+def test_v2_export_without_its_parts_is_refused(results, tmp_path):
+    data = g.to_export_dict(results)
+    for broken in (
+        {k: v for k, v in data.items() if k != "surface"},
+        {**data, "checks": {"leave_one_rate_out": [{"gap": 0.0}]}},
+    ):
+        path = tmp_path / "b.json"
+        path.write_text(g.dumps_json(broken))
+        with pytest.raises(ValueError, match="schema_version 2"):
+            g.load_export(path)
+
+
+def test_top_k_method_still_writes_v1(storage):
+    data = g.to_export_dict(g.load_campaign(storage, CAMPAIGN))
+    assert data["schema_version"] == 1 and "surface" not in data
+    assert "predicted_accuracy" not in data["trends"]["symmetric"][0]
+
+
+# --------------------------------------------------------------- plots and report
+
+
+def test_surface_figure_and_report(results, tmp_path):
+    data = plots.surface_data(results)
+    assert [p.optimum.noise_rate for p in data.panels] == list(RATES)
+    panel = data.panels[1]
+    i, j = np.unravel_index(np.argmax(panel.mean), np.shape(panel.mean))
+    best = (panel.optimum.emphasis_mode, panel.optimum.emphasis_variance)
+    assert (panel.modes[i], panel.variances[j]) == pytest.approx(best)
+    figures = plots.build_figures(results)
+    assert list(figures)[:3] == ["trend", "landscape", "surface"]
+    paths = report.write_report(results, tmp_path, png=False)
+    text = paths.html.read_text(encoding="utf-8")
+    assert 'class="dm-checks"' in text and 'data-figure="surface"' in text
+    assert "credible set" in text
