@@ -6,7 +6,7 @@
 #   FULL=1 bash benchmarks/run_all.sh   # the full search_efficiency (3 settings, ~5 min)
 #   OUT=dir bash benchmarks/run_all.sh  # also keep the log in dir/bench.txt
 #
-# worker_scaling.py needs the local PostgreSQL server (it starts the cluster if needed);
+# worker_scaling.py and scale.py need the local PostgreSQL server (they start it if needed);
 # gpu_check.sh runs on CUDA when torch sees a GPU, else its --cpu-smoke version.
 set -euo pipefail
 
@@ -40,8 +40,11 @@ run epoch_time "$PY" benchmarks/epoch_time.py --quick
 run dm_vs_cce "$PY" benchmarks/dm_vs_cce.py
 run storage_overhead "$PY" benchmarks/storage_overhead.py
 run worker_scaling "$PY" benchmarks/worker_scaling.py
+run scale "$PY" benchmarks/scale.py
 run memory "$PY" benchmarks/memory.py
 run population "$PY" benchmarks/population.py
+run vs_optuna "$PY" benchmarks/vs_optuna.py --population 8
+run rung_agreement "$PY" benchmarks/rung_agreement.py
 if [[ "${FULL:-0}" == "1" ]]; then
   run search_efficiency "$PY" benchmarks/search_efficiency.py
 else

@@ -130,4 +130,6 @@ def serve_dashboard(
         pass
     finally:
         server.server_close()
-        storage.engine.dispose()
+        engine = getattr(storage, "engine", None)  # a grpc:// proxy client has none
+        if engine is not None:
+            engine.dispose()

@@ -3,7 +3,17 @@
 Supported backends are SQLite (one machine; WAL journal and a 60 s busy timeout so
 several local workers can share a file) and PostgreSQL via psycopg 3 (many machines).
 Other SQLAlchemy dialects (MySQL, ...) are refused: the engine settings, the heartbeat
-and retry behaviour below are only tested on these two.
+and retry behaviour below are only tested on these two. ``grpc://HOST:PORT`` opens a
+client of dm-tune's storage proxy (:mod:`dm_tune.cluster.proxy`, ``dm-tune
+storage-proxy``), which owns the database connections for many workers.
+
+Connection budget (PostgreSQL): a process that opens the database itself holds up to
+``pool_size`` connections for storage calls plus one for the campaign claim lock
+(:mod:`dm_tune.campaign.locks`); a dm-tune worker uses two of its pool at a time (its
+main thread and its heartbeat thread), so about 3 in all. N workers therefore need
+``N * (pool + 1) <= max_connections - reserve`` (``superuser_reserved_connections``,
+the dashboard, your own psql). Behind the proxy the server sees at most the proxy's
+``pool_size`` + 1 (its lock connection), whatever the number of workers.
 
 Example:
     >>> storage = open_storage("sqlite:///dm_tune.db")  # doctest: +SKIP
@@ -31,16 +41,19 @@ __all__ = [
     "SUPPORTED_BACKENDS",
     "StorageError",
     "check_connection",
+    "check_storage_url",
     "open_storage",
     "redact_url",
     "resolve_storage_url",
 ]
 
 DEFAULT_STORAGE = "sqlite:///dm_tune.db"
+GRPC_SCHEME = "grpc://"
 STORAGE_ENV = "DM_TUNE_STORAGE"
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 SQLITE_BUSY_TIMEOUT_S = 60
 PG_CONNECT_TIMEOUT_S = 5
+POOL_TIMEOUT_S = 120  # a call waits this long for a free pooled connection (bounded pool)
 _PG_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
 
 _logger = logging.getLogger(__name__)
@@ -153,12 +166,41 @@ def _check_sqlite_file(url: URL, raw: str, create: bool) -> None:
         )
 
 
-def _engine_kwargs(url: URL) -> dict[str, Any]:
-    """Return create_engine keyword arguments tuned for the backend."""
+def _require_optuna_tables(url: URL, raw: str) -> None:
+    """Refuse a database without Optuna's ``studies`` table (nothing created there yet);
+    a short-lived engine looks, so that nothing is created by looking."""
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      **_engine_kwargs(url))
+    try:
+        present = sqlalchemy.inspect(engine).has_table("studies")
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = _first_line(exc, _secrets(raw, url))
+        raise StorageError(f"cannot open storage {redact_url(raw)}: {reason}") from None
+    finally:
+        engine.dispose()
+    if not present:
+        raise StorageError(f"storage {redact_url(raw)} holds no Optuna studies (no 'studies' "
+                           "table): create the campaign first (dm-tune create)")
+
+
+def _engine_kwargs(url: URL, pool_size: int | None = None) -> dict[str, Any]:
+    """Return create_engine keyword arguments tuned for the backend.
+
+    ``pool_size``: at most that many pooled connections (no overflow); None keeps
+    SQLAlchemy's default (5, plus 10 overflow), of which a worker uses 2.
+    """
+    bounded: dict[str, Any] = {}
+    if pool_size is not None:
+        if pool_size < 1:
+            raise StorageError(f"pool_size must be at least 1, got {pool_size}")
+        bounded = {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": POOL_TIMEOUT_S}
     if url.get_backend_name() == "sqlite":
         # Workers on one machine write concurrently; wait for the lock instead of failing.
-        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+        if bounded:
+            bounded["poolclass"] = sqlalchemy.pool.QueuePool
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}, **bounded}
     return {
+        **bounded,
         # Trials run for minutes; the server or a proxy may drop idle pooled connections.
         "pool_pre_ping": True,
         # Fail fast on an unreachable host rather than hanging a worker for minutes.
@@ -216,22 +258,34 @@ def open_storage(
     grace_period: int | None = None,
     max_retry: int = 2,
     create: bool = True,
+    pool_size: int | None = None,
 ) -> optuna.storages.RDBStorage:
     """Open an Optuna RDBStorage for ``url`` (None: $DM_TUNE_STORAGE or the default).
+
+    ``grpc://HOST:PORT`` returns a client of a running storage proxy instead
+    (:func:`dm_tune.cluster.proxy.open_grpc_storage`); the heartbeat settings are then
+    the proxy's, and the other arguments are ignored.
 
     A running trial that has not sent a heartbeat for ``grace_period`` seconds (default
     2 x ``heartbeat_interval``) is failed by the next worker that asks for a trial and
     re-queued as a WAITING trial with the same params, at most ``max_retry`` times
     (0: fail without retry). ``heartbeat_interval=None`` disables all of that.
-    ``create=False`` refuses to create a SQLite file that does not exist.
+    ``create=False`` refuses to create a SQLite file that does not exist. ``pool_size``
+    bounds the connections of the storage's pool (see the connection budget above).
 
     Raises:
         StorageError: bad URL, unsupported backend, missing file, unreachable server.
     """
     raw = resolve_storage_url(url)
+    if raw.startswith(GRPC_SCHEME):
+        from dm_tune.cluster.proxy import open_grpc_storage
+
+        return open_grpc_storage(raw)
     parsed = _parse(raw)
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_file(parsed, raw, create)
+    if not create:  # RDBStorage would create Optuna's tables in an empty database
+        _require_optuna_tables(parsed, raw)
     full = parsed.render_as_string(hide_password=False)
     # RDBStorage runs str.format() on the URL (schema version template): escape braces so
     # that a literal brace can never break the format call.
@@ -242,7 +296,7 @@ def open_storage(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
                 full,
-                engine_kwargs=_engine_kwargs(parsed),
+                engine_kwargs=_engine_kwargs(parsed, pool_size),
                 **_heartbeat_kwargs(heartbeat_interval, grace_period, max_retry),
             )
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
@@ -258,6 +312,18 @@ def open_storage(
     return storage
 
 
+def check_storage_url(url: str | None, create: bool = True) -> None:
+    """Refuse what :func:`open_storage` would refuse without connecting: a malformed URL,
+    an unsupported backend, a missing SQLite folder (or file, when ``create=False``).
+    Cheap, so a command can say so before it spends time on the data."""
+    raw = resolve_storage_url(url)
+    if raw.startswith(GRPC_SCHEME):
+        return
+    parsed = _parse(raw)
+    if parsed.get_backend_name() == "sqlite":
+        _check_sqlite_file(parsed, raw, create)
+
+
 def check_connection(url: str | None) -> None:
     """Connect to the database behind ``url`` and run ``SELECT 1``; never creates anything.
 
@@ -265,6 +331,11 @@ def check_connection(url: str | None) -> None:
         StorageError: the URL is bad, the SQLite file is missing or the server unreachable.
     """
     raw = resolve_storage_url(url)
+    if raw.startswith(GRPC_SCHEME):  # the proxy answers (and reaches its database)
+        from dm_tune.cluster.proxy import open_grpc_storage
+
+        open_grpc_storage(raw).close()
+        return
     parsed = _parse(raw)
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_file(parsed, raw, create=False)

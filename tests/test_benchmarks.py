@@ -98,3 +98,25 @@ def test_dm_vs_cce_prints_every_figure():
     for label in ("cce", "dm_mode0.50_var8", "dm_mode0.33_var8"):
         assert 0.0 <= results[f"{label}_test_accuracy"][0] <= 1.0
         assert 0.0 <= results[f"{label}_memorized_noisy_fraction"][0] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_scale_quick_runs_both_modes_with_exact_budgets():
+    from pg import in_ci, unavailable
+
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        if in_ci():
+            raise
+        pytest.skip("the storage proxy needs grpcio")
+    if subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode != 0:
+        unavailable("PostgreSQL is not answering on 127.0.0.1:5432")
+    out = _run([sys.executable, "benchmarks/scale.py", "--quick"], timeout=300)
+    results = parse_results(out)
+    for mode in ("direct", "proxy"):
+        assert results[f"scale_{mode}_claims_per_s_8"][0] > 0
+        assert results[f"scale_{mode}_lost_or_duplicated_8"][0] == 0
+        assert results[f"scale_{mode}_failed_claims_8"][0] >= 0
+    assert 1 <= results["scale_proxy_connections_8"][0] <= 9  # pool 8 + the lock connection

@@ -20,6 +20,8 @@ from optuna.storages import GrpcStorageProxy
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
+from dm_tune.campaign import liveness
+
 __all__ = [
     "HeartbeatGrpcClient",
     "add_storage_servicer",
@@ -142,6 +144,8 @@ def heartbeat(trial: optuna.Trial, on_failure: Any = None) -> Iterator[None]:
             except Exception as exc:  # a DB hiccup must not kill the trial; retry next beat
                 if on_failure is not None:
                     on_failure(exc)
+            else:
+                liveness.touch()  # the k8s liveness file: only after a beat that worked
             if stop.wait(interval):
                 return
 

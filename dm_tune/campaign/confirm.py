@@ -25,7 +25,7 @@ def create_confirmations(
     if top_k < 1 or seeds < 1:
         raise CampaignError("--top-k and --seeds must be at least 1")
     names = []
-    with campaign_lock(storage.engine, lock_name(config)):
+    with campaign_lock(storage, lock_name(config)):
         existing = {s.study_name for s in storage.get_all_studies()}
         for setting in settings_of(config):
             dm_name = setting.study_name(config.name)

@@ -119,7 +119,7 @@ def create_campaign(config: CampaignConfig, storage: optuna.storages.RDBStorage)
     """
     check_campaign(storage, config)  # slow for CIFAR: load (and cache) outside the lock
     names = []
-    with campaign_lock(storage.engine, lock_name(config)):
+    with campaign_lock(storage, lock_name(config)):
         for setting, data in check_campaign(storage, config):
             names.extend(_create_setting(storage, config, setting, data))
     return names

@@ -49,9 +49,19 @@ class StudyProgress:
 def campaign_progress(
     storage: optuna.storages.RDBStorage, config: CampaignConfig
 ) -> list[StudyProgress]:
-    """Counts per study of the campaign (studies not created yet are left out)."""
-    counts = _optuna.state_counts(storage.engine)
-    budgets = _optuna.budgets(storage.engine, StudyKey.BUDGET)
+    """Counts per study of the campaign (studies not created yet are left out).
+
+    A storage with ``state_counts()``/``budgets(key)`` methods (the gRPC proxy client)
+    answers them itself; otherwise two queries run on its engine.
+    """
+    if callable(getattr(storage, "state_counts", None)) and callable(
+        getattr(storage, "budgets", None)
+    ):
+        counts = storage.state_counts()
+        budgets = storage.budgets(StudyKey.BUDGET)
+    else:
+        counts = _optuna.state_counts(storage.engine)
+        budgets = _optuna.budgets(storage.engine, StudyKey.BUDGET)
     progress = []
     for setting in settings_of(config):
         for role in ROLES:

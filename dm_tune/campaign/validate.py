@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from dm_tune.campaign.settings import Setting, load_setting_data, settings_of
+from dm_tune.campaign.settings import Setting, data_spec, load_setting_data, settings_of
 from dm_tune.config import CampaignConfig
-from dm_tune.data import TrialData
+from dm_tune.data import TrialData, prepare_data
 from dm_tune.errors import CampaignError
 
 __all__ = ["check_model", "checked_settings"]
@@ -64,9 +64,9 @@ def checked_settings(config: CampaignConfig) -> Iterator[tuple[Setting, TrialDat
             not fit the data or its params (the message names file and key).
     """
     settings = settings_of(config)
-    try:
-        clean = load_setting_data(config, Setting("none"))  # the features every setting shares
-    except CampaignError as error:
+    try:  # the features every setting shares; their errors are the data's, not a setting's
+        clean = prepare_data(data_spec(config, Setting("none")))
+    except ValueError as error:
         raise _refuse(config, "data", str(error)) from None
     check_model(config, clean)
     for setting in settings:

@@ -12,6 +12,7 @@ from types import FrameType
 
 import optuna
 
+from dm_tune.campaign import liveness
 from dm_tune.campaign.claims import (
     ClaimedTrial,
     StudyCache,
@@ -100,9 +101,11 @@ def run_worker(
     stop = stop or threading.Event()
     name = name or worker_name()
     check_campaign(storage, config, require_created=True)  # refuse other labels up front
+    liveness.touch()  # joined ($DM_TUNE_HEARTBEAT_FILE, for a k8s probe); again each pass
     cache = StudyCache(storage, config, seed_of(name) if sampler_seed is None else sampler_seed)
     summary = WorkerSummary(name)
     while not stop.is_set() and (max_trials is None or summary.trials < max_trials):
+        liveness.touch()
         started = time.perf_counter()
         if _as_population(config):
             batch = retrying(lambda: _claim_population(storage, config, cache, max_trials,

@@ -4,6 +4,7 @@
 - ``options``: option types, device, threads and the default report folder;
 - ``campaign_commands``: create, run, worker, launch, confirm, status, dashboard;
 - ``guideline_commands``: export, recommend, report;
+- ``cluster_commands``: storage-proxy, and the Slurm parts of launch and status;
 - ``tables`` and ``views``: what the terminal shows.
 """
 
@@ -11,8 +12,12 @@ from __future__ import annotations
 
 import sys
 
-from dm_tune.cli import campaign_commands, guideline_commands  # noqa: F401  (registers)
-from dm_tune.cli.app import app
+from dm_tune.cli import (  # noqa: F401  (registers)
+    campaign_commands,
+    cluster_commands,
+    guideline_commands,
+)
+from dm_tune.cli.app import app, run_app
 
 __all__ = ["app", "main"]
 
@@ -23,7 +28,7 @@ def main() -> None:
 
     # Optuna logs every trial at INFO; the CLI shows its own progress instead.
     logging.getLogger("optuna").setLevel(logging.WARNING)
-    app()
+    sys.exit(run_app())  # usage errors: one `dm-tune: ` line, exit 2 (see run_app)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,6 +17,7 @@ from dm_tune.cli.options import (
     StorageOpt,
     database_location,
     open_campaign,
+    refuse_in_memory,
     resolve_device,
     set_threads,
 )
@@ -38,9 +40,9 @@ def _workers_failed(codes: dict[str, int]) -> None:
 @command()
 def create(config_path: ConfigArg, storage: StorageOpt = DEFAULT_STORAGE) -> None:
     """Create the campaign's studies (idempotent); run once before starting workers."""
-    from dm_tune.campaign.create import create_campaign
-
     config, store = open_campaign(config_path, storage)
+    from dm_tune.campaign.create import create_campaign  # after the checks: fast refusals
+
     names = create_campaign(config, store)
     say(f"campaign {config.name}: {len(names)} studies ready in {database_location(storage)}")
 
@@ -48,9 +50,12 @@ def create(config_path: ConfigArg, storage: StorageOpt = DEFAULT_STORAGE) -> Non
 @command()
 def status(config_path: ConfigArg, storage: StorageOpt = DEFAULT_STORAGE) -> None:
     """Per setting: trial counts, the selected parameters (as export names them), baselines."""
+    from dm_tune.cli.cluster_commands import print_slurm_jobs
+
     config, store = open_campaign(config_path, storage, create=False, heartbeat=None,
-                                  check_data=False)
+                                  check_data=False, read_only=True)
     _print_status(store, config)
+    print_slurm_jobs(config.name)
 
 
 @command()
@@ -64,10 +69,15 @@ def run(
     out: OutOpt = None,
 ) -> None:
     """Create what is missing and run the campaign to its budget (resumes an interrupted run)."""
-    from dm_tune.campaign.create import create_campaign
-
+    if jobs > 1:
+        refuse_in_memory(storage, f"--jobs {jobs} starts worker processes that cannot see it")
+        if device not in ("auto", "cpu"):
+            raise DMTuneError(f"--device {device} is for --jobs 1: --jobs {jobs} starts CPU "
+                              "workers (for GPUs: dm-tune launch --gpus)")
     resolved = resolve_device(device) if jobs == 1 else "cpu"
     config, store = open_campaign(config_path, storage)
+    from dm_tune.campaign.create import create_campaign  # after the checks: fast refusals
+
     create_campaign(config, store)
     if jobs == 1:
         from dm_tune.cli.views import run_with_progress
@@ -139,21 +149,60 @@ def launch(
     gpus: Annotated[str | None, typer.Option(help="Comma-separated GPU ids, e.g. 0,1,2,3.")] = None,
     per_gpu: Annotated[int, typer.Option("--per-gpu", min=1, help="Workers per GPU.")] = 1,
     cpus: Annotated[int | None, typer.Option(min=1, help="CPU workers (without --gpus).")] = None,
+    slurm: Annotated[bool, typer.Option(
+        "--slurm", help="Submit the workers as one Slurm job array instead (sbatch); the "
+        "storage URL reaches the tasks through the environment only.", rich_help_panel="Slurm",
+    )] = False,
+    slurm_array: Annotated[int, typer.Option(
+        "--slurm-array", min=1, help="Worker tasks in the array.", rich_help_panel="Slurm",
+    )] = 1,
+    slurm_partition: Annotated[str | None, typer.Option(
+        "--slurm-partition", rich_help_panel="Slurm")] = None,
+    slurm_gpus_per_task: Annotated[int | None, typer.Option(
+        "--slurm-gpus-per-task", min=1, help="GPUs per task (workers then use cuda).",
+        rich_help_panel="Slurm")] = None,
+    slurm_time: Annotated[str | None, typer.Option(
+        "--slurm-time", help="Time limit per task: minutes or [D-]HH:MM:SS (SIGTERM 2 min "
+        "before it).", rich_help_panel="Slurm")] = None,
+    slurm_extra: Annotated[list[str] | None, typer.Option(
+        "--slurm-extra", help="More sbatch options, KEY=VALUE (repeatable), e.g. mem=16G.",
+        rich_help_panel="Slurm")] = None,
+    slurm_workdir: Annotated[Path | None, typer.Option(
+        "--slurm-workdir", help="Batch scripts and logs/ (default ./slurm); on a shared "
+        "filesystem.", rich_help_panel="Slurm")] = None,
+    worker_heartbeat: Annotated[int, typer.Option(
+        "--worker-heartbeat", min=1, help="The Slurm workers' --heartbeat (s).",
+        rich_help_panel="Slurm")] = 60,
 ) -> None:
-    """Start one worker process per slot, show progress, forward signals, report failures."""
+    """Start one worker process per slot, show progress, forward signals, report failures.
+
+    With --slurm: submit one job array of `dm-tune worker` tasks and print its job id
+    (nothing is submitted when every budget is met).
+    """
     from dm_tune.campaign.create import create_campaign
     from dm_tune.campaign.launcher import plan_slots
     from dm_tune.cli.views import live_launch
 
+    if slurm:
+        if gpus is not None or cpus is not None:
+            raise refuse("--slurm takes --slurm-array and --slurm-gpus-per-task, not "
+                         "--gpus/--cpus")
+        from dm_tune.cli.cluster_commands import launch_slurm
+
+        launch_slurm(config_path, storage, array=slurm_array, partition=slurm_partition,
+                     gpus_per_task=slurm_gpus_per_task, time=slurm_time, extra=slurm_extra,
+                     worker_heartbeat=worker_heartbeat, workdir=slurm_workdir)
+        return
     if gpus is not None and cpus is not None:
         raise refuse("give either --gpus or --cpus, not both")
     try:
         gpu_ids = [int(g) for g in gpus.split(",")] if gpus else None
     except ValueError:
         raise refuse(f"--gpus must be comma-separated integers, got {gpus!r}") from None
-    config, store = open_campaign(config_path, storage)
     if gpu_ids:
-        _check_gpus(gpu_ids)
+        _check_gpus(gpu_ids)  # before open_campaign: a refused launch creates nothing
+    refuse_in_memory(storage, "launch starts worker processes that cannot see it")
+    config, store = open_campaign(config_path, storage)
     create_campaign(config, store)
     slots = plan_slots(gpu_ids, per_gpu, cpus)
     _workers_failed(live_launch(store, config, slots, str(config_path), storage, console))
