@@ -23,7 +23,8 @@ when the search sampled it on a log scale, else ``log1p``); kernel
 ``ConstantKernel * Matern(nu=2.5, one length scale per input) + WhiteKernel``;
 ``normalize_y``; a fixed ``random_state``; one optimizer restart (runtime: the fit
 runs on one BLAS thread). A search trial averaged over replicate seeds enters once,
-with its mean (the objective); the noise kernel absorbs the rest. A kind searched at one rate gets a GP over (mode, variance).
+with its mean (the objective); the noise kernel absorbs the rest. A kind searched at
+one rate gets a GP over (mode, variance).
 
 Credible set at a rate: the grid settings whose posterior upper bound (mean + one std)
 reaches the best posterior mean; the band is its (min, max) of mode and of variance.
