@@ -39,6 +39,7 @@ def _config(trials: int, epochs: int):
     base["campaign"]["name"] = "storage-bench"
     base["training"]["epochs"] = epochs
     base["search"]["trials"] = trials
+    base["search"]["population"] = 1  # one trial at a time: the `train` hook times each one
     base["noise"] = [{"kind": "symmetric", "rates": [0.4]}]
     base["baselines"] = {"losses": []}
     return parse_campaign_config(base)

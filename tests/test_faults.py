@@ -124,3 +124,92 @@ def test_a_worker_gives_up_after_the_outage_limit_with_one_line(tmp_path: Path, 
     last = err.strip().splitlines()[-1]
     assert last.startswith("dm-tune: the database was unreachable for more than 4 s"), err
     assert "Traceback" not in err
+
+
+def _studies(url: str) -> dict[str, list]:
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+                .get_trials() for s in storage.get_all_studies()}
+    finally:
+        storage.engine.dispose()
+
+
+def _assert_exact(url: str, budget: int) -> None:
+    for name, trials in _studies(url).items():
+        done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        assert len(done) == budget, name
+        assert not [t for t in trials if t.state == TrialState.RUNNING], name
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """An 8 MiB tmpfs (root can mount one; in CI this must work, never skip)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        from pg import unavailable
+
+        unavailable(f"cannot mount a tmpfs for the disk-full test: {made.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_is_one_line_and_the_campaign_resumes(tmp_path: Path, small_disk: Path):
+    config = write_tiny(tmp_path, name="full", epochs=3, trials=12, baselines=())
+    url = f"sqlite:///{small_disk / 'c.db'}"
+    created = subprocess.run(_cli("create", str(config), "--storage", url), capture_output=True,
+                             text=True, timeout=180, env=_env())
+    assert created.returncode == 0, created.stderr
+    filler = small_disk / "filler"
+    free = os.statvfs(small_disk)
+    # room to open the database and claim, not to finish (the WAL grows with every commit)
+    filler.write_bytes(b"\0" * max(0, free.f_bavail * free.f_frsize - 160 * 1024))
+    full = subprocess.run(_cli("worker", str(config), "--storage", url, "--device", "cpu",
+                               "--heartbeat", "1", "--quiet"),
+                          capture_output=True, text=True, timeout=300, env=_env())
+    assert full.returncode == 2, full.stderr
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith("dm-tune: the database's disk is full"), full.stderr
+    assert "Traceback" not in full.stderr
+    filler.unlink()  # space freed: the same command finishes the campaign exactly
+    time.sleep(2.5)  # the dead worker's trial goes stale (2 x heartbeat)
+    again = subprocess.run(_cli("worker", str(config), "--storage", url, "--device", "cpu",
+                                "--heartbeat", "1", "--quiet"),
+                           capture_output=True, text=True, timeout=300, env=_env())
+    assert again.returncode == 0, again.stderr
+    _assert_exact(url, 12)
+
+
+def test_sigkill_during_claims_loses_and_duplicates_nothing(tmp_path: Path, cluster) -> None:
+    """One-epoch trials make claims a large share of a worker's time; kill -9 lands at
+    arbitrary moments, in claims too (the lock dies with the connection, an orphaned
+    claim is failed and re-queued after the grace period)."""
+    import random
+
+    config = write_tiny(tmp_path, name="kills", epochs=1, trials=16, baselines=())
+    created = subprocess.run(_cli("create", str(config), "--storage", cluster.url),
+                             capture_output=True, text=True, timeout=180, env=_env())
+    assert created.returncode == 0, created.stderr
+    rng = random.Random(0)
+    for _ in range(6):
+        victim = subprocess.Popen(_cli("worker", str(config), "--storage", cluster.url,
+                                       "--device", "cpu", "--heartbeat", "1", "--quiet"),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env=_env())
+        _wait_until(lambda p=victim: _running(cluster.url) > 0 or p.poll() is not None, 120)
+        time.sleep(rng.uniform(0.0, 1.5))
+        victim.kill()
+        victim.wait()
+    time.sleep(2.5)
+    final = subprocess.run(_cli("worker", str(config), "--storage", cluster.url, "--device",
+                                "cpu", "--heartbeat", "1", "--quiet"),
+                           capture_output=True, text=True, timeout=600, env=_env())
+    assert final.returncode == 0, final.stderr
+    _assert_exact(cluster.url, 16)
+    for trials in _studies(cluster.url).values():
+        retried = [t.system_attrs.get("failed_trial") for t in trials
+                   if t.system_attrs.get("failed_trial") is not None]
+        assert len(retried) == len(set(retried))  # each killed trial re-queued once

@@ -22,6 +22,7 @@ from dm_tune.campaign.claims import ClaimedTrial, StudyCache, claim_locked
 from dm_tune.campaign.create import lock_name
 from dm_tune.campaign.locks import campaign_lock
 from dm_tune.campaign.records import ROLE_DM, TrialKey, curve_attrs, partial_attrs
+from dm_tune.campaign.retry import retrying
 from dm_tune.campaign.run_trial import (
     EpochHook,
     TrialOutcome,
@@ -130,7 +131,8 @@ def run_claimed_population(
     members, jobs = [], []
     for one in claimed:
         data = load_setting_data(config, one.setting)
-        loss, loss_params, seed = loss_of(one, config)
+        loss, loss_params, seed = retrying(lambda one=one: loss_of(one, config),
+                                           "suggesting parameters")
         seeds = replicate_seeds(seed, _replicates(one, config))
         slots = list(range(len(members), len(members) + len(seeds)))
         members.extend(Member(data, loss, loss_params, s) for s in seeds)

@@ -21,7 +21,8 @@ from typing import TypeVar
 from dm_tune.errors import StorageError
 
 __all__ = [
-    "OUTAGE_LIMIT_ENV", "StorageOutage", "cause_of", "is_transient", "note_outage",
+    "OUTAGE_LIMIT_ENV", "StorageFull", "StorageOutage", "cause_of", "is_disk_full",
+    "is_transient", "note_outage",
     "outage_limit", "retrying",
 ]
 
@@ -45,6 +46,19 @@ _outage_started: list[float] = []
 
 class StorageOutage(StorageError):
     """The database stayed unreachable for longer than the outage limit."""
+
+
+class StorageFull(StorageError):
+    """The database's disk is full: nothing more can be written until space is freed."""
+
+
+_FULL_TEXT = ("database or disk is full", "no space left on device", "could not extend file",
+              "disk full")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says the database's disk (or quota) is full."""
+    return any(marker in str(item).lower() for item in _chain(error) for marker in _FULL_TEXT)
 
 
 def outage_limit() -> float:
@@ -126,6 +140,10 @@ def retrying(call: Callable[[], T], what: str, limit: float | None = None,
         try:
             value = call()
         except Exception as error:
+            if is_disk_full(error):
+                raise StorageFull(f"the database's disk is full ({cause_of(error)}, during "
+                                  f"{what}): free space and run the same command again; "
+                                  "the unfinished trial is retried") from None
             if retried and accept is not None:
                 accepted = accept(error)
                 if accepted is not None:

@@ -157,7 +157,7 @@ def run_claimed_trial(
     """
     trial = claimed.trial
     data = load_setting_data(config, claimed.setting)
-    loss, loss_params, seed = loss_of(claimed, config)
+    loss, loss_params, seed = retrying(lambda: loss_of(claimed, config), "suggesting parameters")
     # written once with the results: every user-attr write is a database transaction
     base = base_attrs(worker, device, data, loss, seed)
     curve: list[dict[str, float]] = []
