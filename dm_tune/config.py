@@ -280,6 +280,10 @@ def load_campaign_config(path: Path | str) -> CampaignConfig:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: campaign file not found") from None
+    except UnicodeDecodeError as error:  # TOML is UTF-8; name the byte, not the codec
+        line = error.object[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text: byte 0x{error.object[error.start]:02x} "
+                          f"on line {line} (TOML files are UTF-8)") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     try:

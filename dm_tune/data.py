@@ -23,6 +23,7 @@ import functools
 import hashlib
 import threading
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -165,12 +166,35 @@ class _SharedSplit:
     default_noisy: str | None
 
 
-def _x_tensors(x, parts: list[np.ndarray], raw: RawDataset) -> list[torch.Tensor]:
+def _check_finite(
+    outs: list[torch.Tensor], parts: list[np.ndarray], step: int, name: str
+) -> None:
+    """Refuse NaN or inf features (in float32: a float64 beyond its range is inf too).
+
+    They would make every trial's loss NaN, and every trial pruned as if the lr were wrong.
+    """
+    bad: list[np.ndarray] = []
+    for out, idx in zip(outs, parts, strict=True):
+        for first in range(0, len(out), step):
+            part = out[first : first + step]
+            if not bool(torch.isfinite(part).all()):
+                rows = ~torch.isfinite(part.reshape(len(part), -1)).all(dim=1).numpy()
+                bad.append(idx[first + np.flatnonzero(rows)])
+    if bad:
+        rows = np.sort(np.concatenate(bad))
+        raise ValueError(f"{name}: {len(rows)} example(s) with NaN or inf features (first: "
+                         f"row {rows[0]}); drop or fix them")
+
+
+def _x_tensors(
+    x, parts: list[np.ndarray], raw: RawDataset, name: str = "x"
+) -> list[torch.Tensor]:
     """Rows `parts[k]` of `x` as new float32 tensors, images normalised per channel.
 
     One pass over x in chunks of a few MiB scatters each chunk's rows into their split
     tensor (numpy's cast, as np.array(..., float32)); images are then normalised in
     place, chunk by chunk. The only large allocations are the outputs themselves.
+    Float features are checked to be finite (`name` names them in the error).
     """
     outs = [torch.empty((len(idx), *x.shape[1:]), dtype=torch.float32) for idx in parts]
     part_of = np.full(len(x), -1, dtype=np.int64)
@@ -184,6 +208,8 @@ def _x_tensors(x, parts: list[np.ndarray], raw: RawDataset) -> list[torch.Tensor
             mask = which == k
             if mask.any():
                 out.numpy()[rows[mask]] = chunk[mask]
+    if x.dtype.kind == "f":  # integer pixels are always finite
+        _check_finite(outs, parts, step, name)
     if raw.is_image:
         mean = torch.from_numpy(raw.channel_mean).view(1, -1, 1, 1)
         std = torch.from_numpy(raw.channel_std).view(1, -1, 1, 1)
@@ -204,6 +230,7 @@ def _build_split(
     if loader is load_npz:
         loader = functools.partial(load_npz, stream=True)
     raw = loader(root, download)
+    source = f"root: {Path(root).expanduser()}: " if root else ""
     idx = np.arange(len(raw.y))
     test_idx = None
     if raw.x_test is not None:
@@ -213,10 +240,12 @@ def _build_split(
         y_test = raw.y[test_idx]
     train_idx, val_idx = _stratified_split(idx, raw.y, val_fraction, "val_fraction", seed)
     if test_idx is None:
-        x_train, x_val = _x_tensors(raw.x, [train_idx, val_idx], raw)
-        (x_test,) = _x_tensors(raw.x_test, [np.arange(len(raw.x_test))], raw)
+        x_train, x_val = _x_tensors(raw.x, [train_idx, val_idx], raw, f"{source}x")
+        (x_test,) = _x_tensors(raw.x_test, [np.arange(len(raw.x_test))], raw,
+                               f"{source}x_test")
     else:
-        x_train, x_val, x_test = _x_tensors(raw.x, [train_idx, val_idx, test_idx], raw)
+        x_train, x_val, x_test = _x_tensors(raw.x, [train_idx, val_idx, test_idx], raw,
+                                            f"{source}x")
     return _SharedSplit(
         x_train=x_train,
         y_train_true=torch.from_numpy(np.array(raw.y[train_idx], dtype=np.int64)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import pickle
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,19 +78,24 @@ def row_chunks(x, rows: int) -> Iterator[tuple[int, np.ndarray]]:
 
 
 def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of NCHW images, in [0, 1] units, chunked to bound memory."""
+    """Per-channel mean and std of NCHW images, in [0, 1] units, chunked to bound memory.
+
+    NaN/inf pixels are refused when the features are built (dm_tune.data); meanwhile they
+    only make these statistics NaN, without numpy's warning lines.
+    """
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     c = x.shape[1]
     s1, s2, n = np.zeros(c), np.zeros(c), 0
-    for _, rows in row_chunks(x, rows_per_chunk(x, 8)):
-        chunk = rows.astype(np.float64)
-        chunk /= scale
-        s1 += chunk.sum(axis=(0, 2, 3))
-        chunk *= chunk
-        s2 += chunk.sum(axis=(0, 2, 3))
-        n += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
-    mean = s1 / n
-    std = np.sqrt(np.maximum(s2 / n - mean**2, 1e-12))
+    with np.errstate(invalid="ignore", over="ignore"):
+        for _, rows in row_chunks(x, rows_per_chunk(x, 8)):
+            chunk = rows.astype(np.float64)
+            chunk /= scale
+            s1 += chunk.sum(axis=(0, 2, 3))
+            chunk *= chunk
+            s2 += chunk.sum(axis=(0, 2, 3))
+            n += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
+        mean = s1 / n
+        std = np.sqrt(np.maximum(s2 / n - mean**2, 1e-12))
     return mean.astype(np.float32), std.astype(np.float32)
 
 
@@ -327,7 +333,11 @@ class _NpzRows:
             _npy_header(f)
             for start in range(0, len(self), rows):
                 n = min(rows, len(self) - start)
-                buf = f.read(n * row_bytes)
+                try:
+                    buf = f.read(n * row_bytes)
+                except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # bad CRC, data
+                    raise ValueError(f"root: {self.path}: {self.member} is corrupt: "
+                                     f"{_first_line(error)}") from None
                 if len(buf) != n * row_bytes:
                     raise ValueError(f"root: {self.path}: {self.member} is truncated")
                 chunk = np.frombuffer(buf, dtype=self.dtype).reshape(n, *self.stored_shape[1:])
@@ -363,17 +373,50 @@ def _npz_streams(path: Path, keys: list[str]) -> dict[str, _NpzRows]:
     return found
 
 
-def load_npz(root: str | None, download: bool, stream: bool = False) -> RawDataset:
-    """A user .npz: x, y, optional noisy_y, class_names, x_test/y_test.
+#: what numpy and zipfile raise for a file that is not a readable npz
+_BROKEN_NPZ = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
 
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """np.load of an .npz archive, or a ValueError naming the file (never a traceback)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except _BROKEN_NPZ as error:
+        reason = _first_line(error)
+        if "pickled" in reason:  # numpy's guess for any file that is neither npy nor zip
+            reason = "neither a zip archive nor an .npy array"
+        raise ValueError(f"root: {path}: not an .npz file ({reason})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"root: {path}: holds one .npy array; save x and y with np.savez")
+    return loaded
+
+
+def load_npz(root: str | None, download: bool, stream: bool = False) -> RawDataset:
+    """A user .npz: x, y, optional noisy_y, class_names, num_classes, x_test/y_test.
+
+    The class count is the one declared (`num_classes`, a scalar, or the length of
+    `class_names`; both must agree), else the largest label + 1. Refused: labels outside
+    [0, count), fewer than 2 classes in y, and a class of [0, count) without an example
+    in y (a declared class never seen would still receive noisy labels, and its accuracy
+    is undefined: relabel to 0..K-1 or fix the declaration). Non-finite features are
+    refused when the features are built (`dm_tune.data`).
     `stream`: image arrays are left in the file as `_NpzRows` (prepare_data's use).
     """
     path = _require_root("npz", root)
     if not path.is_file():
         raise ValueError(f"root: npz file {path} not found (root must be the path to the .npz)")
-    with np.load(path, allow_pickle=False) as z:
-        streamed = _npz_streams(path, z.files) if stream else {}
-        arrays = {k: z[k] for k in z.files if k not in streamed}
+    archive = _open_npz(path)
+    try:
+        with archive as z:
+            streamed = _npz_streams(path, z.files) if stream else {}
+            arrays = {k: z[k] for k in z.files if k not in streamed}
+    except _BROKEN_NPZ as error:  # a truncated or corrupt member, object arrays
+        raise ValueError(f"root: {path}: cannot read the .npz: {_first_line(error)}") from None
     arrays |= streamed
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
@@ -382,8 +425,7 @@ def load_npz(root: str | None, download: bool, stream: bool = False) -> RawDatas
     if len(x) != len(y):
         raise ValueError(f"x: {len(x)} examples but y has {len(y)} labels")
     names = tuple(str(n) for n in arrays["class_names"]) if "class_names" in arrays else None
-    num_classes = len(names) if names else int(y.max()) + 1
-    _check_range(y, num_classes, "y")
+    num_classes = _npz_classes(arrays, names, y, path)
     kw = {"class_names": names, "noise_map": None}
     if "noisy_y" in arrays:
         noisy = _as_labels(arrays["noisy_y"], "noisy_y", len(y))
@@ -394,13 +436,55 @@ def load_npz(root: str | None, download: bool, stream: bool = False) -> RawDatas
         x = _to_nchw(x, "x")
         x_test = None if x_test is None else _to_nchw(x_test, "x_test")
         return _image_dataset(x, y, num_classes, x_test, y_test, **kw)
-    x = x.reshape(len(x), -1).astype(np.float32)
-    x_test = None if x_test is None else x_test.reshape(len(x_test), -1).astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused with the NaNs by data.py
+        x = x.reshape(len(x), -1).astype(np.float32)
+        x_test = None if x_test is None else x_test.reshape(len(x_test), -1).astype(np.float32)
     return RawDataset(
         x=_readonly(x), y=_readonly(y), num_classes=num_classes, is_image=False,
         x_test=None if x_test is None else _readonly(x_test),
         y_test=None if y_test is None else _readonly(y_test), **kw,
     )
+
+
+def _few(values: list[int], shown: int = 5) -> str:
+    """Up to `shown` numbers, comma-separated, and how many more."""
+    more = f" (+{len(values) - shown} more)" if len(values) > shown else ""
+    return ", ".join(str(v) for v in values[:shown]) + more
+
+
+def _npz_classes(arrays: dict, names: tuple[str, ...] | None, y: np.ndarray, path: Path) -> int:
+    """The npz's class count (declared, else max label + 1), checked against its labels."""
+    declared: dict[str, int] = {}
+    if "num_classes" in arrays:
+        value = np.asarray(arrays["num_classes"])
+        if value.size != 1 or not np.issubdtype(value.dtype, np.integer):
+            raise ValueError(f"root: {path}: num_classes must be one integer, got "
+                             f"{value.dtype} {value.shape}")
+        declared["num_classes"] = int(value.reshape(-1)[0])
+    if names is not None:
+        declared["class_names"] = len(names)
+    if len(set(declared.values())) > 1:
+        raise ValueError(f"root: {path}: num_classes is {declared['num_classes']} but "
+                         f"class_names has {declared['class_names']} names")
+    if len(y) == 0:
+        raise ValueError(f"root: {path}: y is empty; a dataset needs examples")
+    by = " and ".join(declared)
+    num_classes = next(iter(declared.values())) if declared else int(y.max()) + 1
+    if y.min() < 0 or y.max() >= num_classes:
+        source = f"{num_classes} classes declared by {by}" if by else "labels are class ids"
+        raise ValueError(f"root: {path}: y: labels must lie in [0, {num_classes}) ({source}), "
+                         f"got range [{y.min()}, {y.max()}]")
+    present = np.unique(y)
+    if len(present) < 2:
+        raise ValueError(f"root: {path}: y: every label is class {present[0]}; a classifier "
+                         "needs examples of at least 2 classes")
+    missing = sorted(set(range(num_classes)) - {int(c) for c in present})
+    if missing:
+        source = f"declared by {by}" if by else "0 .. largest label"
+        raise ValueError(f"root: {path}: y: class(es) {_few(missing)} of the {num_classes} "
+                         f"({source}) have no example; relabel to 0..K-1"
+                         f"{' or fix ' + by if by else ''}")
+    return num_classes
 
 
 def _npz_test(arrays: dict, num_classes: int) -> tuple[np.ndarray | None, np.ndarray | None]:

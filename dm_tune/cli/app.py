@@ -1,7 +1,9 @@
 """The Typer app and the one error mapper every command goes through.
 
 Exit codes: 0 done, 2 the user's input is wrong or refused (one line on stderr), 1 an
-unexpected failure (a short traceback).
+unexpected failure (a short traceback). Usage errors (an unknown option, a missing
+argument, a value out of range) are refusals too: one ``dm-tune: `` line, exit 2, not
+typer's usage block and error box (see :func:`run_app`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from typer.exceptions import Abort, Exit, TyperException
+
+try:  # typer < 0.20 raises click's own exceptions; later typers vendor click (TyperException)
+    from click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover - depends on the typer release
+    _ClickException = TyperException
 
 app = typer.Typer(
     name="dm-tune",
@@ -77,3 +84,36 @@ def command(name: str | None = None) -> Callable[[F], F]:
         return func
 
     return register
+
+
+def _usage_hint(error: BaseException) -> str:
+    """Where the user finds the right usage: `dm-tune [COMMAND] --help`."""
+    ctx = getattr(error, "ctx", None)
+    if ctx is None:
+        return ""
+    command_name = ctx.info_name if ctx.parent is not None else None
+    return f" (see: dm-tune {command_name + ' ' if command_name else ''}--help)"
+
+
+def run_app(args: list[str] | None = None) -> int:
+    """Run the app and return its exit code; usage errors are one line on stderr (exit 2).
+
+    typer's standalone mode prints a usage line, a hint and a boxed error for a usage
+    error; here they become ``dm-tune: <message> (see: dm-tune <command> --help)``.
+    """
+    try:
+        code = app(args=args, standalone_mode=False)
+    except (TyperException, _ClickException) as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # bare `dm-tune`: the help, exit 2
+            text = error.format_message().strip()  # empty when rich has printed it already
+            if text:
+                typer.echo(text)
+            return 2
+        message = one_line(error) if not hasattr(error, "format_message") else (
+            one_line(Exception(error.format_message())))
+        warn(f"dm-tune: {message}{_usage_hint(error)}")
+        return int(getattr(error, "exit_code", 2))
+    except Abort:
+        warn("dm-tune: aborted")
+        return 1
+    return code if isinstance(code, int) else 0

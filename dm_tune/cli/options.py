@@ -1,10 +1,17 @@
-"""Option types and the small decisions every command shares (device, threads, folders)."""
+"""Option types and the small decisions every command shares (device, threads, folders).
+
+Storage URLs: ``--storage ""`` is refused (a typo or an unset shell variable, never a
+wish for the default); an empty ``$DM_TUNE_STORAGE`` counts as unset and means the
+default, as for every other option's variable. An in-memory SQLite database exists only
+inside one process, so commands that join a campaign or start workers refuse it.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import quote
 
 import typer
 
@@ -24,7 +31,9 @@ __all__ = [
     "StorageOpt",
     "database_location",
     "default_report_dir",
+    "in_memory_storage",
     "open_campaign",
+    "refuse_in_memory",
     "resolve_device",
     "set_threads",
 ]
@@ -32,10 +41,21 @@ __all__ = [
 ConfigArg = Annotated[
     Path, typer.Argument(help="Campaign file (TOML), e.g. studies/digits-quick.toml")
 ]
+
+
+def _storage_given(value: str) -> str:
+    """Refuse an empty URL given explicitly (an empty $DM_TUNE_STORAGE means the default)."""
+    if not value.strip():
+        raise typer.BadParameter(f"empty storage URL; omit --storage for the default "
+                                 f"({DEFAULT_STORAGE}) or give one")
+    return value
+
+
 StorageOpt = Annotated[
     str,
-    typer.Option("--storage", envvar=STORAGE_ENV, show_envvar=True,
-                 help="SQLAlchemy URL of the trial database."),
+    typer.Option("--storage", envvar=STORAGE_ENV, show_envvar=True, callback=_storage_given,
+                 help="SQLAlchemy URL of the trial database (an empty "
+                 f"${STORAGE_ENV} means the default)."),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 OutOpt = Annotated[
@@ -48,14 +68,27 @@ THREADS_ENV = "DM_TUNE_TORCH_THREADS"
 
 def open_campaign(
     config_path: Path, storage_url: str, create: bool = True, heartbeat: int | None = 60,
-    check_data: bool = True,
+    check_data: bool = True, read_only: bool = False,
 ) -> tuple[CampaignConfig, optuna.storages.RDBStorage]:
     """Validate the campaign file (and its data), then open the storage: nothing is written
-    for a campaign that would be refused."""
+    for a campaign that would be refused.
+
+    ``create=False`` (join a created campaign) refuses an in-memory database, which starts
+    empty in every process. A SQLite file or folder that cannot be written is refused
+    unless ``read_only`` (``status``), which reads it through a read-only connection.
+    """
     from dm_tune.config import load_campaign_config
-    from dm_tune.storage import open_storage
+    from dm_tune.storage import check_storage_url, open_storage
 
     config = load_campaign_config(config_path)
+    # the storage checks that cost nothing come before the data's (seconds to minutes)
+    check_storage_url(storage_url, create=create)
+    if not create:
+        refuse_in_memory(storage_url, "there is no campaign to join")
+    if read_only:
+        storage_url = _read_only_sqlite_url(storage_url)
+    else:
+        _check_sqlite_writable(storage_url)
     if check_data:
         from dm_tune.campaign.validate import checked_settings
 
@@ -63,6 +96,81 @@ def open_campaign(
             pass
     storage = open_storage(storage_url, create=create, heartbeat_interval=heartbeat)
     return config, storage
+
+
+def _local_sqlite_file(storage_url: str) -> Path | None:
+    """The SQLite file of the URL; None for another backend, in-memory, or a bad URL
+    (open_storage then says what is wrong with it)."""
+    from dm_tune.storage import sqlite_file
+
+    try:
+        return sqlite_file(storage_url)
+    except Exception:  # noqa: BLE001 - a bad URL is open_storage's to report
+        return None
+
+
+def _writable(path: Path) -> bool:
+    # os.access also answers for root: an immutable file (chattr +i) is not writable.
+    return os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0))
+
+
+def _check_sqlite_writable(storage_url: str) -> None:
+    """Refuse a read-only SQLite file, or a folder where SQLite cannot add its -wal and
+    -shm files (nor dm-tune its claim locks), before anything tries to write."""
+    path = _local_sqlite_file(storage_url)
+    if path is None or not path.parent.is_dir():
+        return  # a missing folder: open_storage refuses it
+    path = path.resolve()
+    if path.exists() and not _writable(path):
+        raise DMTuneError(f"SQLite database {str(path)!r} is read-only: this command writes "
+                          "trials to it (`dm-tune status` can still read it)")
+    if not _writable(path.parent):
+        what = "of SQLite database" if path.exists() else "for new SQLite database"
+        raise DMTuneError(f"folder {str(path.parent)!r} {what} {str(path)!r} is not "
+                          f"writable: SQLite adds {path.name}-wal and {path.name}-shm, and "
+                          "dm-tune its lock files, next to the database")
+
+
+def _read_only_sqlite_url(storage_url: str) -> str:
+    """The URL itself, or for a SQLite file (or its folder) that cannot be written, a
+    read-only SQLite URI: ``mode=ro`` when a -wal file holds commits, else ``immutable=1``
+    (SQLite then needs no -shm file, which an unwritable folder could not hold)."""
+    path = _local_sqlite_file(storage_url)
+    if path is None or not path.is_file():
+        return storage_url
+    path = path.resolve()
+    if _writable(path) and _writable(path.parent):
+        return storage_url
+    wal = path.with_name(f"{path.name}-wal")
+    mode = "mode=ro" if wal.is_file() and wal.stat().st_size > 0 else "immutable=1"
+    return f"sqlite:///file:{quote(str(path))}?{mode}&uri=true"
+
+
+def in_memory_storage(storage_url: str) -> bool:
+    """True for an in-memory SQLite URL (``sqlite://``, ``sqlite:///:memory:``, ...)."""
+    from sqlalchemy.engine import make_url
+
+    from dm_tune.storage import resolve_storage_url
+
+    try:
+        url = make_url(resolve_storage_url(storage_url))
+    except Exception:  # noqa: BLE001 - a bad URL is open_storage's to report
+        return False
+    if url.get_backend_name() != "sqlite":
+        return False
+    database = url.database or ""
+    return (database in ("", ":memory:") or database.startswith("file::memory:")
+            or "mode=memory" in database or url.query.get("mode") == "memory")
+
+
+def refuse_in_memory(storage_url: str, why: str) -> None:
+    """Raise DMTuneError for an in-memory database, which no other process can see."""
+    if in_memory_storage(storage_url):
+        from dm_tune.storage import redact_url
+
+        raise DMTuneError(f"{redact_url(storage_url)} is an in-memory database, which lives "
+                          f"and dies with one process: {why}; use a SQLite file "
+                          f"(e.g. {DEFAULT_STORAGE}) or PostgreSQL")
 
 
 def set_threads(threads: int | None, config: CampaignConfig | None = None) -> None:
