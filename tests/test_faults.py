@@ -75,6 +75,7 @@ def test_workers_survive_three_restarts_and_a_20_s_outage(tmp_path: Path, cluste
         for _ in range(2)
     ]
     try:
+        _wait_until(lambda: _running(cluster.url) >= 2, 120)  # both workers joined
         for _ in range(3):
             _wait_until(lambda: _running(cluster.url) > 0, 120)
             cluster.restart()  # mid-trial: report, should_prune, heartbeat, attrs all fail
@@ -88,6 +89,8 @@ def test_workers_survive_three_restarts_and_a_20_s_outage(tmp_path: Path, cluste
         for w in workers:
             if w.poll() is None:
                 w.kill()
+    for index, (_, err) in enumerate(outputs):
+        print(f"--- worker {index} stderr ---\n{err}")
     assert [w.returncode for w in workers] == [0, 0], outputs
     logs = "".join(err for _, err in outputs)
     assert "Traceback" not in logs

@@ -22,7 +22,7 @@ from dm_tune.errors import StorageError
 
 __all__ = [
     "OUTAGE_LIMIT_ENV", "StorageFull", "StorageOutage", "cause_of", "is_disk_full",
-    "is_transient", "note_outage",
+    "is_restarting", "is_transient", "note_outage",
     "outage_limit", "retrying",
 ]
 
@@ -124,8 +124,22 @@ def _outage_ends() -> None:
                             time.monotonic() - _outage_started.pop())
 
 
+_RESTARTING_TEXT = (
+    "the database system is shutting down", "the database system is starting up",
+    "the database system is in recovery mode", "terminating connection due to administrator",
+)
+
+
+def is_restarting(error: BaseException) -> bool:
+    """Whether a server answered that it is going down or coming up (so it exists: worth
+    waiting for, unlike a refused connection to a mistyped host at start-up)."""
+    return any(marker in str(item).lower() for item in _chain(error)
+               for marker in _RESTARTING_TEXT)
+
+
 def retrying(call: Callable[[], T], what: str, limit: float | None = None,
-             accept: Callable[[BaseException], T | None] | None = None) -> T:
+             accept: Callable[[BaseException], T | None] | None = None,
+             transient: Callable[[BaseException], bool] | None = None) -> T:
     """``call()``, retried through transient storage errors for up to ``limit`` seconds.
 
     ``accept(error)`` may turn an error of a retried call into its result (a ``tell``
@@ -149,7 +163,7 @@ def retrying(call: Callable[[], T], what: str, limit: float | None = None,
                 if accepted is not None:
                     _outage_ends()
                     return accepted
-            if not is_transient(error):
+            if not (transient or is_transient)(error):
                 raise
             note_outage(what, error)
             if time.monotonic() - started + wait > limit:

@@ -100,7 +100,8 @@ def run_worker(
     """
     stop = stop or threading.Event()
     name = name or worker_name()
-    check_campaign(storage, config, require_created=True)  # refuse other labels up front
+    # refuse other labels up front (through an outage: workers may start during one)
+    retrying(lambda: check_campaign(storage, config, require_created=True), "joining")
     liveness.touch()  # joined ($DM_TUNE_HEARTBEAT_FILE, for a k8s probe); again each pass
     cache = StudyCache(storage, config, seed_of(name) if sampler_seed is None else sampler_seed)
     summary = WorkerSummary(name)

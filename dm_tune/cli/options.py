@@ -94,7 +94,12 @@ def open_campaign(
 
         for _ in checked_settings(config):
             pass
-    storage = open_storage(storage_url, create=create, heartbeat_interval=heartbeat)
+    from dm_tune.campaign.retry import is_restarting, retrying
+
+    # a server restarting while workers start is waited for; a refused connection is not
+    storage = retrying(lambda: open_storage(storage_url, create=create,
+                                            heartbeat_interval=heartbeat),
+                       "opening the storage", transient=is_restarting)
     return config, storage
 
 
