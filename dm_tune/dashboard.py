@@ -21,7 +21,7 @@ import optuna_dashboard
 from dm_tune.errors import DashboardRefused
 from dm_tune.storage import open_storage, redact_url, resolve_storage_url
 
-__all__ = ["DashboardRefused", "is_loopback", "serve_dashboard"]
+__all__ = ["DashboardRefused", "exposure", "is_loopback", "serve_dashboard"]
 
 _logger = logging.getLogger(__name__)
 
@@ -82,6 +82,25 @@ def _browse_url(host: str, port: int) -> str:
     return f"http://{host}:{port}/dashboard/"
 
 
+def exposure(host: str, allow_remote: bool, service: str, risk: str) -> tuple[str, str | None]:
+    """The bare host to bind, and the warning to show when it is beyond loopback.
+
+    Raises:
+        DashboardRefused: a non-loopback ``host`` without ``allow_remote``.
+    """
+    bare = host.strip().strip("[]")
+    if is_loopback(bare):
+        return bare, None
+    where = bare or "(all interfaces)"
+    if not allow_remote:
+        raise DashboardRefused(
+            f"refusing to serve {service} on {where!r}: it has no authentication and anyone "
+            f"who reaches it {risk}; use 127.0.0.1 (with an SSH tunnel) or pass --allow-remote"
+        )
+    return bare, f"WARNING: {service} on {where!r} without authentication; anyone who " \
+                 f"reaches this port {risk}"
+
+
 def serve_dashboard(
     storage_url: str | None,
     host: str = "127.0.0.1",
@@ -98,20 +117,11 @@ def serve_dashboard(
         StorageError: the storage cannot be opened (a missing SQLite file is not created).
         OSError: the address cannot be bound (e.g. the port is in use).
     """
-    host = host.strip().strip("[]")
-    if not is_loopback(host):
-        if not allow_remote:
-            raise DashboardRefused(
-                f"refusing to serve the dashboard on {host or '(all interfaces)'!r}: it has no "
-                "authentication and can change studies; use 127.0.0.1 (with an SSH tunnel) "
-                "or pass --allow-remote"
-            )
-        message = (
-            f"WARNING: serving the dashboard on {host or '(all interfaces)'!r} without "
-            "authentication; anyone who can reach this port can read and change the studies"
-        )
-        _logger.warning(message)
-        print(message, file=sys.stderr, flush=True)  # always shown, even with quiet=True
+    host, warning = exposure(host, allow_remote, "the dashboard",
+                             "can read and change the studies")
+    if warning:
+        _logger.warning(warning)
+        print(warning, file=sys.stderr, flush=True)  # always shown, even with quiet=True
     url = resolve_storage_url(storage_url)
     # The dashboard never runs trials, so no heartbeat; never create a mistyped SQLite file.
     storage = open_storage(url, heartbeat_interval=None, create=False)

@@ -124,16 +124,11 @@ def storage_proxy(
     reaches the port can change trials (never learn the database password).
     """
     from dm_tune.cluster.proxy import serve_proxy
-    from dm_tune.dashboard import is_loopback
+    from dm_tune.dashboard import exposure
 
-    bare = host.strip().strip("[]")
-    if not is_loopback(bare):
-        if not allow_remote:
-            raise DMTuneError(
-                f"refusing to serve the storage proxy on {bare or '(all interfaces)'!r}: it "
-                "has no authentication; use 127.0.0.1 or pass --allow-remote on a private "
-                "network")
-        warn(f"WARNING: storage proxy on {bare or '(all interfaces)'!r} without "
-             "authentication; anyone who reaches this port can read and change trials")
+    bare, warning = exposure(host, allow_remote, "the storage proxy",
+                             "can read and change trials (never the database password)")
+    if warning:
+        warn(warning)
     serve_proxy(storage, bare, port, pool_size, threads=threads, heartbeat_interval=heartbeat,
                 grace_period=grace)
