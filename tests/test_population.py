@@ -16,14 +16,8 @@ from dm_tune.noise import label_digest
 from dm_tune.population import Member, MemberResult, stack_labels, train_population
 from dm_tune.training import TrainSpec, TrialResult, train_trial
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """float64 models and inputs: replicates then agree far below the 1e-6 checked."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# float64 models and inputs: differences are the code's, not rounding's
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def as_float64(data: TrialData) -> TrialData:

@@ -10,14 +10,8 @@ from dm_tune.models import build_model
 from dm_tune.population import PopulationLoss, PopulationModel, batched_dm_loss
 from dm_tune.training import TrainSpec, trial_optimizer
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Every test here in float64: differences are the code's, not rounding's."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# float64 models and inputs: differences are the code's, not rounding's
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _logits(members: int, batch: int = 24, classes: int = 10, seed: int = 0):
