@@ -11,7 +11,14 @@ cudnn.benchmark; ``--compile`` adds torch.compile):
 3. P worker processes (default 4) each training fastnet at once on the same GPU vs one
    alone: aggregate epochs per second ratio (what ``dm-tune launch --per-gpu P`` buys);
 4. the population engine (``[search] population = K``): ResNet-20 and fastnet trained as
-   K = 16 members of one packed model vs K = 1, trial-epochs per second ratio (target 8).
+   K = 16 members of one packed model vs K = 1, trial-epochs per second ratio (target 8);
+5. the population engine's agreement with ``train_trial`` on the device: 4 members (MLP
+   and CNN, learnable synthetic data, no augmentation) against the same seeds trained
+   one by one; the largest validation-accuracy difference (rounding and cuDNN's
+   non-determinism only, so a few examples at most).
+
+Sections run in the order of ``--sections`` (default: population, agreement, epoch,
+throughput: the population figures first, since they are the newest code).
 
 Prints ``RESULT <name> <value> target <target>`` lines; ``--out FILE`` also writes them
 as JSON. ``--cpu-smoke`` runs a tiny version on CPU (128 images, tiny models, 2
@@ -33,6 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -171,27 +180,94 @@ def throughput(args: argparse.Namespace, nprocs: int) -> float:
     return rate
 
 
-def population_figures(args: argparse.Namespace, device: torch.device) -> None:
-    """Trial-epochs/s of K packed members vs one member (the population engine)."""
-    from dataclasses import replace
+def learnable_images(n: int, device: torch.device, seed: int = 0) -> TrialData:
+    """n images whose class is a fixed random pattern plus noise: accuracy means something."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    patterns = torch.randn(10, 3, 32, 32, generator=gen, device=device)
 
+    def split(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(0, 10, (count,), generator=gen, device=device)
+        noise = torch.randn(count, 3, 32, 32, generator=gen, device=device)
+        return patterns[y] * 0.5 + noise, y
+
+    x_train, y_train = split(n)
+    x_val, y_val = split(max(n // 5, 16))
+    x_test, y_test = split(max(n // 5, 16))
+    return TrialData(
+        x_train=x_train, y_train=y_train, y_train_true=y_train.clone(), x_val=x_val,
+        y_val=y_val, x_test=x_test, y_test=y_test, num_classes=10, input_shape=(3, 32, 32),
+        realised_noise_rate=0.0, label_digest="synthetic", is_image=True,
+    )
+
+
+def worker_throughput(args: argparse.Namespace) -> None:
+    """P fastnet workers on one device vs one alone."""
+    if "fastnet" not in args.models:
+        return
+    one = throughput(args, 1)
+    many = throughput(args, args.workers)
+    result(f"worker_throughput_{args.workers}v1", many / one, 2.0)
+
+
+def population_agreement(args: argparse.Namespace, device: torch.device) -> None:
+    """Largest |val accuracy| gap between a population member and its own train_trial."""
+    from dm_tune.population import Member, train_population
+
+    n = 256 if args.cpu_smoke else 4000
+    data = learnable_images(n, device, seed=1)
+    flat = replace(data, x_train=data.x_train.flatten(1), x_val=data.x_val.flatten(1),
+                   x_test=data.x_test.flatten(1), input_shape=(3 * 32 * 32,), is_image=False)
+    for model, model_data in (("mlp", flat), ("cnn", data)):
+        spec = TrainSpec(model=model, epochs=3, batch_size=64, lr=0.02, schedule="cosine",
+                         device=str(device), augment=False)
+        members = [Member(model_data, "dm", DM_PARAMS, seed) for seed in range(3)]
+        members.append(Member(model_data, "cce", {}, 7))
+        together = train_population(members, spec)
+        gaps = []
+        for member, res in zip(members, together, strict=True):
+            alone = train_trial(model_data, replace(spec, seed=member.seed), member.loss,
+                                member.loss_params or None, progress=False)
+            gaps.append(abs(alone.val_accuracy - res.val_accuracy_per_epoch[-1]))
+            print(f"# agreement {model} seed {member.seed} {member.loss}: alone "
+                  f"{alone.val_accuracy:.4f}, in population {res.val_accuracy_per_epoch[-1]:.4f}",
+                  flush=True)
+        result(f"population_vs_train_trial_max_val_gap_{model}", max(gaps), 0.02)
+    del data, flat
+
+
+def population_figures(args: argparse.Namespace, device: torch.device) -> None:
+    """Trial-epochs/s of K packed members vs one member and vs train_trial alone.
+
+    Also prints where a population's wall time goes: set-up plus the first epoch (model
+    packing, cuDNN autotuning), the median epoch, and the end (final evaluation).
+    """
     from dm_tune.population import Member, train_population
 
     data = synthetic_cifar(args.images, device)
-    for model in ("resnet20", "fastnet"):
+    target = 8.0 if not args.cpu_smoke else "-"
+    for model in args.population_models.split(","):
         spec = replace(model_spec(model, args, device), compile=False)
+        alone = [b - a for a, b in pairwise(timed_trial(data, spec, "dm"))]
+        alone_rate = 1 / statistics.median(alone) if alone else math.nan
+        result(f"train_trial_epochs_per_s_{model}", alone_rate)
         rates = {}
-        for k in (1, args.population):
+        for k in sorted({1, *args.population_ks}):
             members = [Member(data, "dm", DM_PARAMS, seed) for seed in range(k)]
             ends: list[float] = []
+            started = time.time()
             train_population(members, spec,
                              on_epoch=lambda epoch, metrics, ends=ends: ends.append(time.time()))
             sync(device)
-            deltas = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+            finished = time.time()
+            deltas = [b - a for a, b in pairwise(ends)]
             rates[k] = k / statistics.median(deltas) if deltas else math.nan
+            print(f"# population {model} K={k}: set-up + epoch 1 {ends[0] - started:.1f} s, "
+                  f"median epoch {statistics.median(deltas) if deltas else math.nan:.2f} s, "
+                  f"end {finished - ends[-1]:.1f} s", flush=True)
             result(f"population_trial_epochs_per_s_{model}_k{k}", rates[k])
-        result(f"population_speedup_{model}_k{args.population}",
-               rates[args.population] / rates[1], 8.0 if not args.cpu_smoke else "-")
+        for k in args.population_ks:
+            result(f"population_speedup_{model}_k{k}", rates[k] / rates[1], target)
+            result(f"population_vs_train_trial_{model}_k{k}", rates[k] / alone_rate, target)
     del data
 
 
@@ -205,7 +281,12 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="TrainSpec.compile=True")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--population", type=int, default=None, help="members K (16)")
+    parser.add_argument("--population", default=None,
+                        help="comma-separated member counts K compared with K = 1 (16)")
+    parser.add_argument("--population-models", default="resnet20,fastnet",
+                        help="models of the population section (resnet20,fastnet)")
+    parser.add_argument("--sections", default="population,agreement,epoch,throughput",
+                        help="comma-separated sections, run in this order")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-id", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--nprocs", type=int, default=1, help=argparse.SUPPRESS)
@@ -215,7 +296,7 @@ def main() -> int:
     args.images = args.images or (128 if smoke else 50_000)
     args.epochs = args.epochs or (2 if smoke else 4)
     args.workers = args.workers or (2 if smoke else 4)
-    args.population = args.population or (2 if smoke else 16)
+    args.population_ks = [int(k) for k in (args.population or ("2" if smoke else "16")).split(",")]
     args.models = (args.models or ("resnet20,fastnet" if smoke else "resnet32,fastnet")).split(",")
     if args.device is None:
         args.device = "cpu" if smoke else "cuda"
@@ -235,14 +316,20 @@ def main() -> int:
           f"epochs {args.epochs}, models {','.join(args.models)}, compile {args.compile}, "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     started = time.time()
-    epoch_figures(args, device)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    if "fastnet" in args.models:
-        one = throughput(args, 1)
-        many = throughput(args, args.workers)
-        result(f"worker_throughput_{args.workers}v1", many / one, 2.0)
-    population_figures(args, device)
+    sections = {
+        "population": lambda: population_figures(args, device),
+        "agreement": lambda: population_agreement(args, device),
+        "epoch": lambda: epoch_figures(args, device),
+        "throughput": lambda: worker_throughput(args),
+    }
+    for name in args.sections.split(","):
+        if name not in sections:
+            raise SystemExit(f"gpu_check: unknown section {name!r} (have {', '.join(sections)})")
+        section_start = time.time()
+        sections[name]()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        print(f"# section {name} took {time.time() - section_start:.1f} s", flush=True)
     print(f"# gpu_check took {time.time() - started:.1f} s", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"device": str(name), "torch": torch.__version__,

@@ -6,7 +6,7 @@ decay, the DM loss as a detached-weight surrogate, TPE + Hyperband over
 (emphasis_mode, emphasis_variance), the objective the final-epoch validation accuracy.
 Prints one JSON line: the selected trial's parameters, its test accuracy, the CPU time.
 
-    python benchmarks/plain_optuna.py --trials 30 --epochs 40
+    python benchmarks/plain_optuna.py --trials 30 --epochs 40 [--storage sqlite:///x.db]
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def objective_factory(data: dict[str, torch.Tensor], epochs: int, seed: int):
             model.eval()
             val = accuracy(model, data["x_val"], data["y_val"])
             trial.report(val, epoch)
+            trial.set_user_attr("epochs_run", epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned
         trial.set_user_attr("test_accuracy", accuracy(model, data["x_test"], data["y_test"]))
@@ -97,10 +98,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--rate", type=float, default=0.4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--storage", default=None,
+                        help="an Optuna storage URL (default: in memory, nothing kept)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
+        storage=args.storage,
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=args.seed, multivariate=True),
         pruner=optuna.pruners.HyperbandPruner(min_resource=10, max_resource=args.epochs,
@@ -112,6 +116,8 @@ def main() -> None:
     best = study.best_trial
     print(json.dumps({"cpu_seconds": usage.ru_utime + usage.ru_stime, **best.params,
                       "val_accuracy": best.value,
+                      "trial_epochs": sum(t.user_attrs.get("epochs_run", 0)
+                                          for t in study.trials),
                       "test_accuracy": best.user_attrs["test_accuracy"]}))
 
 
