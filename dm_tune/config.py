@@ -37,6 +37,7 @@ from dm_tune.errors import ConfigError
 __all__ = [
     "BaselinesConfig",
     "CampaignConfig",
+    "ConfirmConfig",
     "ConfigError",
     "load_campaign_config",
     "parse_campaign_config",
@@ -204,6 +205,20 @@ class BaselinesConfig(_Strict):
         return self
 
 
+class ConfirmConfig(_Strict):
+    """``[confirm]``: what ``dm-tune run`` re-trains with new seeds once the search is done.
+
+    ``seeds`` (R) new seeds for the surface's argmax and ``candidates`` more distinct
+    settings per rate, and for every baseline; 0 disables the confirmation. GCE's ``q``
+    gets a 1-D study of ``gce_q_trials`` trials per setting (0: GCE keeps its configured
+    ``q``), whose best ``q`` is then confirmed like the other baselines.
+    """
+
+    seeds: Annotated[int, Field(ge=0, le=64)] = 3
+    candidates: Annotated[int, Field(ge=0, le=32)] = 2
+    gce_q_trials: Annotated[int, Field(ge=0, le=1000)] = 6
+
+
 class CampaignConfig(_Strict):
     campaign: CampaignSection
     data: DataSection = DataSection()
@@ -212,6 +227,7 @@ class CampaignConfig(_Strict):
     noise: list[NoiseSection]
     search: SearchSection = SearchSection()
     baselines: BaselinesConfig = BaselinesConfig()
+    confirm: ConfirmConfig = ConfirmConfig()
     _source: str = PrivateAttr(default="<config>")
 
     @model_validator(mode="after")
@@ -237,7 +253,7 @@ class CampaignConfig(_Strict):
 
         Left out, so that a campaign can grow without a new identity: the noise list (new
         settings get new studies), the trial budget, the sampler and pruner, the warm start,
-        the baselines and the description.
+        the baselines, the confirmation and the description.
         """
         identity = {
             "campaign": {"name": self.campaign.name, "seed": self.campaign.seed},

@@ -35,8 +35,6 @@ __all__ = [
     "LandscapeData",
     "LandscapePanel",
     "MemorisationData",
-    "SurfaceData",
-    "SurfacePanel",
     "TrendPlotData",
     "UnifiedViewData",
     "accuracy_data",
@@ -47,8 +45,6 @@ __all__ = [
     "landscape_figure",
     "memorisation_data",
     "memorisation_figure",
-    "surface_data",
-    "surface_figure",
     "trend_data",
     "trend_figure",
     "unified_view_data",
@@ -105,18 +101,44 @@ class TrendPlotData:
 
 
 def trend_data(results: CampaignResults) -> TrendPlotData:
-    """Compute figure (a)'s data from the fitted trends."""
+    """Compute figure (a)'s data from the fitted trends.
+
+    A kind with a GP surface is drawn on the surface's rate grid (every 0.01 between the
+    searched rates: the argmax and credible set at each), so the line between searched
+    rates is the surface's own recommendation, not a straight join; a top-k kind is drawn
+    at its searched rates. The selected parameters are markers at the searched rates.
+    """
     mode, variance, sel_mode, sel_var = {}, {}, {}, {}
     for kind, trend in results.trends.items():
-        pts = trend.points
+        pts = _curve(results, kind) or list(trend.points)
         rates = [p.noise_rate for p in pts]
         mode[kind] = _band(kind, rates, pts, "emphasis_mode")
         variance[kind] = _band(kind, rates, pts, "emphasis_variance")
         selected = {s.noise_rate: s.selected for s in results.settings_of(kind)}
         sel_mode[kind] = [value_of(selected.get(r), "emphasis_mode") for r in rates]
         sel_var[kind] = [value_of(selected.get(r), "emphasis_variance") for r in rates]
-    band = "credible set of the GP surface" if results.surfaces else "bootstrap interval"
+    band = _band_text(results)
     return TrendPlotData(list(results.trends), mode, variance, sel_mode, sel_var, band)
+
+
+def _curve(results: CampaignResults, kind: str) -> list[TrendPoint]:
+    """The surface's optima on its rate grid ([] without a surface for ``kind``)."""
+    surface = results.surfaces.get(kind)
+    if surface is None:
+        return []
+    from dm_tune.guidelines.surface import rate_grid  # lazy: scikit-learn
+
+    return [surface.optimum(r) for r in rate_grid(surface)]
+
+
+def _band_text(results: CampaignResults) -> str:
+    """What the band is: the GP's credible set, the bootstrap interval, or both (a kind
+    with too few trials fell back to top-k: named, never silently)."""
+    if not results.surfaces:
+        return "bootstrap interval"
+    if not results.fallbacks:
+        return "credible set of the GP surface"
+    return f"credible set; bootstrap interval for {', '.join(sorted(results.fallbacks))} (top-k)"
 
 
 def _band(kind: str, rates: list[float], points: list, param: str) -> BandSeries:
@@ -317,66 +339,6 @@ def _add_landscape_panel(fig: go.Figure, panel: LandscapePanel, row: int, col: i
         row=row,
         col=col,
     )
-
-
-# ------------------------------------------------- (b') predicted accuracy surface
-
-
-@dataclass(frozen=True)
-class SurfacePanel:
-    """The GP's posterior mean over the (mode, variance) grid at one searched rate."""
-
-    noise_kind: str
-    modes: list[float]
-    variances: list[float]
-    mean: list[list[float]]  # mean[i][j] at (modes[i], variances[j])
-    optimum: TrendPoint  # the argmax (the selection) and its credible-set band
-
-
-@dataclass(frozen=True)
-class SurfaceData:
-    """Predicted clean-val accuracy per searched rate (empty without surfaces)."""
-
-    panels: list[SurfacePanel]
-
-
-def surface_data(results: CampaignResults) -> SurfaceData:
-    """Compute the surface figure's data from the fitted surfaces."""
-    panels = []
-    for kind, s in sorted(results.surfaces.items()):
-        for r in s.searched_rates:
-            panels.append(SurfacePanel(kind, *(a.tolist() for a in s.grid(r)[:3]), s.optimum(r)))
-    return SurfaceData(panels)
-
-
-def surface_figure(data: SurfaceData) -> go.Figure:
-    """Predicted accuracy contours per searched rate, the argmax and its credible box."""
-    titles = [f"{p.noise_kind} {p.optimum.noise_rate:.2f}" for p in data.panels]
-    fig, cols, rows = _panel_grid(titles)
-    for k, p in enumerate(data.panels):
-        at = {"row": k // cols + 1, "col": k % cols + 1}
-        # contour z is indexed [y][x]: variances down, modes across
-        contour = go.Contour(x=p.modes, y=p.variances, z=np.asarray(p.mean).T)
-        fig.add_trace(contour.update(coloraxis="coloraxis"), **at)
-        o = p.optimum
-        m0, m1 = o.emphasis_mode_low, o.emphasis_mode_high
-        v0, v1 = o.emphasis_variance_low, o.emphasis_variance_high
-        box = {"x": [m0, m1, m1, m0, m0], "y": [v0, v0, v1, v1, v0], "name": "credible set"}
-        fig.add_trace(
-            go.Scatter(**box, mode="lines", line={"color": "white", "dash": "dash"}), **at
-        )
-        star = {"x": [o.emphasis_mode], "y": [o.emphasis_variance], "name": "argmax"}
-        fig.add_trace(
-            go.Scatter(**star, marker={"symbol": "star", "size": 14, "color": "red"}), **at
-        )
-    fig.update_layout(
-        coloraxis={"colorscale": "Viridis", "colorbar": {"title": {"text": "predicted acc"}}},
-        height=max(_HEIGHT, 320 * rows),
-        showlegend=False,
-    )
-    fig.update_xaxes(title_text="emphasis_mode")
-    fig.update_yaxes(title_text="emphasis_variance")
-    return _finish(fig, "GP posterior mean of clean-val accuracy (star: argmax; box: credible set)")
 
 
 # -------------------------------------------------------------- (c) unified view
@@ -590,8 +552,24 @@ FIGURES: tuple[tuple[str, str, Callable, Callable], ...] = (
 def figures_of(results: CampaignResults) -> tuple[tuple[str, str, Callable, Callable], ...]:
     """The figures drawn for ``results``: FIGURES, with the surface after the landscape
     when the results carry GP surfaces (method "surface")."""
-    surface = ("surface", "Predicted accuracy surface per rate", surface_data, surface_figure)
-    return (*FIGURES[:2], surface, *FIGURES[2:]) if results.surfaces else FIGURES
+    if not results.surfaces:
+        return FIGURES
+    from dm_tune.surface_plots import SURFACE_FIGURE
+
+    return (*FIGURES[:2], SURFACE_FIGURE, *FIGURES[2:])
+
+
+_SURFACE_NAMES = frozenset({"SurfaceData", "SurfacePanel", "surface_data", "surface_figure"})
+
+
+def __getattr__(name: str):
+    """The surface figure lives in ``surface_plots`` (this module's size limit); it is
+    re-exported here lazily because that module imports this one's helpers."""
+    if name in _SURFACE_NAMES:
+        from dm_tune import surface_plots
+
+        return getattr(surface_plots, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_figures(results: CampaignResults) -> dict[str, go.Figure]:

@@ -26,6 +26,14 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from dm_tune.guidelines import BaselineResult, CampaignResults, SettingResult, TrendPoint
+from dm_tune.guidelines.compare import (
+    RULE,
+    compare_setting,
+    mean_std_text,
+    params_text,
+    sentence,
+    setting_label,
+)
 from dm_tune.guidelines.rows import baseline_text, fmt, source_text, value_of
 from dm_tune.plots import build_figures, figures_of
 
@@ -144,6 +152,8 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td.text { text-align: left; }
 .dm-figure { margin: 2em 0; }
 .band { color: #777; font-size: 0.9em; }
+.collapsed { color: #b00; font-weight: bold; }
+.dm-fallback { background: #fff6e0; padding: 0.4em 0.8em; }
 """
 
 
@@ -160,8 +170,10 @@ def render_html(results: CampaignResults, figures: Mapping[str, go.Figure]) -> s
         "</head><body>",
         f"<h1>dm-tune report: {_e(results.campaign)}</h1>",
         _provenance_html(results),
+        *_fallbacks_html(results),
         "<h2>Recommendations</h2>",
         _recommendation_table_html(results),
+        *_confirmed_html(results),
         *_checks_html(results),
     ]
     for name, fig in figures.items():
@@ -218,10 +230,15 @@ def _provenance_html(results: CampaignResults) -> str:
 def _method_text(results: CampaignResults) -> str:
     """How the trend and its band were made."""
     if results.method == "surface":
+        fallback = (
+            f"; top-k for {', '.join(sorted(results.fallbacks))} (too few trials, see below)"
+            if results.fallbacks else ""
+        )
         return (
             "Gaussian-process surface per noise kind (Matern 5/2 + white noise); the "
-            "selection is the posterior-mean argmax, the band its credible set (settings "
-            "whose mean + 1 std reaches the best mean)"
+            "selection is the argmax of posterior mean - 1 std (objective floored per rate at "
+            "its lower Tukey fence), the band its credible set (settings whose mean + 1 std "
+            f"reaches the best mean){fallback}"
         )
     return (
         f"rank-weighted top-{results.top_k}, {results.resamples} bootstrap "
@@ -242,15 +259,21 @@ _CHECK_HEAD = (
 
 
 def _checks_html(results: CampaignResults) -> list[str]:
-    """The leave-one-rate-out table (surface method with an interior rate only)."""
-    if not results.checks:
+    """The leave-one-rate-out table (surface method; a line when no rate is interior)."""
+    if results.method != "surface":
         return []
+    if not results.checks:
+        return [
+            "<h2>Leave-one-rate-out check</h2>",
+            '<p class="dm-checks-none">No noise kind has a Gaussian-process surface over '
+            "three or more searched rates: no interior rate to leave out.</p>",
+        ]
     head = "".join(f"<th>{h}</th>" for h in _CHECK_HEAD)
     rows = "".join(
         f'<tr><td class="text">{_e(c.noise_kind)}</td><td>{c.noise_rate:.2f}</td>'
         f"<td>{_fmt(c.emphasis_mode, 3)}</td><td>{_fmt(c.emphasis_variance, 3)}</td>"
         f"<td>{_fmt(c.predicted_accuracy)}</td><td>{_fmt(c.selected_accuracy)}</td>"
-        f'<td class="text">{_e(c.selected_source)}</td><td>{_fmt(c.gap, 2)}</td></tr>'
+        f'<td class="text">{_e(c.selected_source)}</td><td>{fmt(c.gap, "+.4f")}</td></tr>'
         for c in results.checks
     )
     return [
@@ -329,3 +352,96 @@ def _table_row(s: SettingResult, point: TrendPoint | None) -> str:
 def _baseline_text(base: BaselineResult | None) -> str:
     """'gce 0.79' (test accuracy) or a dash."""
     return _e(baseline_text(base, ".4g", missing=DASH)) if base else DASH
+
+
+# ------------------------------------------------- fallbacks and the comparison
+
+
+def _fallbacks_html(results: CampaignResults) -> list[str]:
+    """Say which noise kinds got the top-k trend instead of the surface, and why."""
+    if not results.fallbacks:
+        return []
+    items = "".join(
+        f"<li><b>{_e(kind)}</b>: {_e(reason)}</li>" for kind, reason in results.fallbacks.items()
+    )
+    return [
+        '<div class="dm-fallback"><p>Not every noise kind has a response surface; these '
+        "use the rank-weighted top-k trend with a bootstrap band instead:</p>"
+        f"<ul>{items}</ul></div>"
+    ]
+
+
+def _losses(results: CampaignResults) -> list[str]:
+    """Every baseline loss of the campaign, sorted."""
+    return sorted({loss for s in results.settings for loss in s.baselines})
+
+
+def _spread_cell(mean: float | None, std: float | None, n: int | None, collapsed: bool) -> str:
+    """'0.905 ± 0.014 (3)' with a collapse flag; an en dash when unknown."""
+    if mean is None:
+        return DASH
+    seeds = "" if n is None else f" <span class='band'>({n})</span>"
+    flag = " <span class='collapsed' title='a replicate collapsed'>collapsed</span>"
+    return f"{_e(mean_std_text(mean, std))}{seeds}{flag if collapsed else ''}"
+
+
+def _baseline_cell(b: BaselineResult | None) -> str:
+    """A baseline's test accuracy over its seeds, its tuned parameters, a collapse flag."""
+    if b is None:
+        return DASH
+    params = f" <span class='band'>{_e(params_text(b.params).strip())}</span>" if b.params else ""
+    return _spread_cell(b.test_accuracy, b.test_accuracy_std, b.n, b.collapsed) + params
+
+
+def _confirmed_row(s: SettingResult, losses: list[str]) -> str:
+    """One setting: DM's selection mean ± std over its seeds beside every baseline's."""
+    sel = s.selected
+    n = None if sel is None else sel.n_seeds
+    collapsed = bool(sel and sel.collapsed)
+    val = _spread_cell(value_of(sel, "val_accuracy"), value_of(sel, "val_accuracy_std"), n, False)
+    test = _spread_cell(
+        value_of(sel, "test_accuracy"), value_of(sel, "test_accuracy_std"), n, collapsed
+    )
+    cells = [
+        f'<td class="text">{_e(s.noise_kind)}</td>',
+        f"<td>{s.noise_rate:.2f}</td>",
+        f"<td>{_fmt(value_of(sel, 'emphasis_mode'), 3)}</td>",
+        f"<td>{_fmt(value_of(sel, 'emphasis_variance'), 3)}</td>",
+        f'<td class="text">{DASH if sel is None else _e(source_text(sel))}</td>',
+        f"<td>{val}</td>",
+        f"<td>{test}</td>",
+        *(f"<td>{_baseline_cell(s.baselines.get(loss))}</td>" for loss in losses),
+    ]
+    return f"<tr>{''.join(cells)}</tr>"
+
+
+def _confirmed_html(results: CampaignResults) -> list[str]:
+    """The comparison table (DM's selection vs each baseline, mean ± std over seeds) and
+    one plain sentence per setting, grouped by noise kind."""
+    losses = _losses(results)
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("noise kind", "rate", "DM mode", "DM variance", "from",
+                  "DM val acc (seeds)", "DM test acc (seeds)",
+                  *(f"{_e(loss)} test acc (seeds)" for loss in losses))
+    )
+    rows = "".join(_confirmed_row(s, losses) for s in results.settings)
+    parts = [
+        "<h2>DM against the baselines</h2>",
+        "<p>Mean &plusmn; standard deviation over seeds: DM's selected setting over its "
+        "confirmed seeds (one search trial when not confirmed: no spread), each baseline "
+        "over its seeds (a tuned baseline shows its parameters). <i>collapsed</i>: a "
+        "replicate ended below chance + 10 points; it counts in the mean.</p>",
+        f'<table class="dm-confirmed"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
+        "</table>",
+        f'<p class="dm-rule">{_e(RULE)} Test accuracy, because DM\'s validation accuracy '
+        "is the best of its search (biased upwards) and took part in selecting it.</p>",
+    ]
+    for kind in results.kinds():
+        sentences = "".join(
+            f'<li class="dm-sentence">'
+            f"{_e(sentence(setting_label(kind, s.noise_rate), compare_setting(s)))}</li>"
+            for s in results.settings_of(kind)
+        )
+        parts.append(f"<h3>{_e(kind)}</h3><ul>{sentences}</ul>")
+    return parts

@@ -29,6 +29,9 @@ startup_trials = 2
 
 [baselines]
 losses = {losses}
+
+[confirm]
+{confirm}
 """
 
 
@@ -38,9 +41,17 @@ def write_tiny(
     epochs: int = 3,
     trials: int = 6,
     baselines: tuple[str, ...] = ("cce",),
+    confirm: dict[str, int] | None = None,
 ) -> Path:
-    """A 2-setting digits campaign (symmetric 0.2 and 0.4); returns the file path."""
+    """A 2-setting digits campaign (symmetric 0.2 and 0.4); returns the file path.
+
+    ``[confirm] seeds = 0`` unless ``confirm`` says otherwise: tests that count trials
+    after `run` are not about the confirmation that ends it.
+    """
     path = tmp_path / f"{name}.toml"
     losses = "[" + ", ".join(f'"{loss}"' for loss in baselines) + "]"
-    path.write_text(TINY.format(name=name, epochs=epochs, trials=trials, losses=losses))
+    keys = {"seeds": 0, **(confirm or {})}
+    table = "\n".join(f"{key} = {value}" for key, value in keys.items())
+    path.write_text(TINY.format(name=name, epochs=epochs, trials=trials, losses=losses,
+                                confirm=table))
     return path

@@ -586,7 +586,8 @@ def test_outputs_to_an_unwritable_folder_warn_and_exit_0(tmp_path: Path) -> None
         result = dm_tune(("run", "c.toml", "--storage", DB, "--device", "cpu", "--out",
                           "ro/reports"), tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
-    lines = result.stderr.splitlines()
+    # "note:" lines say which kinds had too few trials for the surface: not about outputs
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("note: ")]
     assert len(lines) == 1 and lines[0].startswith("warning: cannot write the outputs to "
                                                    "ro/reports"), result.stderr
     assert not (tmp_path / "ro" / "reports").exists()

@@ -35,8 +35,9 @@ def url(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def results(url) -> g.CampaignResults:
-    """The aggregated fake campaign."""
-    return g.load_campaign(optuna.storages.RDBStorage(url), CAMPAIGN)
+    """The aggregated fake campaign, top-k method (the surface, the default, is tested in
+    test_surface.py and test_presentation.py)."""
+    return g.load_campaign(optuna.storages.RDBStorage(url), CAMPAIGN, method="top-k")
 
 
 def _setting(results, kind, rate) -> g.SettingResult:
@@ -145,15 +146,15 @@ def test_rank_weights_and_log_scale_mean(tmp_path):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'w.db'}")
     trials = [FakeTrial(0.2, 2.0, 0.9), FakeTrial(0.5, 8.0, 0.8), FakeTrial(0.9, 20.0, 0.1)]
     add_setting(storage, "symmetric", 0.3, trials, campaign="w")
-    (p,) = g.load_campaign(storage, "w", top_k=2).trends["symmetric"].points
+    (p,) = g.load_campaign(storage, "w", top_k=2, method="top-k").trends["symmetric"].points
     # weights 2/3 and 1/3; the variance is log-scaled in the search space: geometric mean
     assert p.emphasis_mode == pytest.approx(2 / 3 * 0.2 + 1 / 3 * 0.5)
     assert p.emphasis_variance == pytest.approx(2 ** (2 / 3) * 8 ** (1 / 3))
 
 
 def test_bootstrap_is_deterministic(url):
-    a = g.load_campaign(url, CAMPAIGN).trends["pairflip"].points
-    b = g.load_campaign(url, CAMPAIGN).trends["pairflip"].points
+    a = g.load_campaign(url, CAMPAIGN, method="top-k").trends["pairflip"].points
+    b = g.load_campaign(url, CAMPAIGN, method="top-k").trends["pairflip"].points
     assert a == b
 
 
@@ -262,7 +263,9 @@ def _config(tmp_path, name=CAMPAIGN) -> str:
 def test_cli_export_then_recommend(app, url, tmp_path):
     out = tmp_path / "r.json"
     runner = CliRunner()
-    res = runner.invoke(app, ["export", _config(tmp_path), "--out", str(out), "--storage", url])
+    res = runner.invoke(
+        app, ["export", _config(tmp_path), "--out", str(out), "--storage", url, "--method", "top-k"]
+    )
     assert res.exit_code == 0, res.output
     res = runner.invoke(
         app, ["recommend", "--from", str(out), "--noise", "symmetric", "--rate", "0.3"]

@@ -18,7 +18,13 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """The aggregated standard fake campaign."""
+    """The aggregated standard fake campaign, top-k trend (its numbers are exact)."""
+    return load_campaign(shared_campaign_url(tmp_path_factory), CAMPAIGN, method="top-k")
+
+
+@pytest.fixture(scope="module")
+def surface_results(tmp_path_factory):
+    """The same campaign with the default method: a GP surface per kind."""
     return load_campaign(shared_campaign_url(tmp_path_factory), CAMPAIGN)
 
 
@@ -103,8 +109,34 @@ def test_missing_baselines_and_attrs_are_gaps(tmp_path):
     assert list(kind.lines) == ["dm (tuned)"]
 
 
-def test_build_figures_names_and_types(results):
+def test_build_figures_names_and_types(results, surface_results):
     figures = plots.build_figures(results)
     assert list(figures) == ["trend", "landscape", "unified-view", "accuracy", "memorisation"]
     for fig in figures.values():
         assert isinstance(fig, go.Figure) and len(fig.data) > 0 and fig.layout.height
+    figures = plots.build_figures(surface_results)  # the default method adds the surface
+    assert list(figures) == [
+        "trend", "landscape", "surface", "unified-view", "accuracy", "memorisation"
+    ]
+
+
+def test_surface_trend_is_drawn_on_the_rate_grid(surface_results):
+    """With a surface the trend line is the argmax every 0.01 with its credible band,
+    the selections are markers at the searched rates only."""
+    data = plots.trend_data(surface_results)
+    assert data.band == "credible set of the GP surface"
+    sym = data.mode["symmetric"]
+    assert sym.x[0] == 0.2 and sym.x[-1] == 0.6 and len(sym.x) == 41
+    surface = surface_results.surfaces["symmetric"]
+    for i in (0, 13, 40):
+        best = surface.optimum(sym.x[i])
+        assert sym.y[i] == best.emphasis_mode and sym.low[i] <= sym.y[i] <= sym.high[i]
+        assert data.variance["symmetric"].y[i] == best.emphasis_variance
+    marked = [x for x, m in zip(sym.x, data.selected_mode["symmetric"], strict=True) if m]
+    assert marked == [0.2, 0.4, 0.6]
+    assert data.selected_mode["symmetric"][20] == CONFIRMED[0]  # rate 0.4: the confirmed one
+    panels = plots.surface_data(surface_results).panels
+    assert [(p.noise_kind, p.optimum.noise_rate) for p in panels] == [
+        ("pairflip", 0.4), ("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6)
+    ]
+    assert np.shape(panels[0].mean) == (41, 41)

@@ -226,3 +226,18 @@ def test_replicate_seeds_make_the_objective_their_mean(tmp_path):
             alone = train_trial(prepare_data(data_spec(config, setting)),
                                 train_spec(config, "cpu", seed), "dm", trial.params)
             assert alone.val_accuracy == pytest.approx(val, abs=1e-5)
+
+
+def test_a_train_hook_is_refused_for_a_population_campaign(population_campaign):
+    config, storage, _ = population_campaign[4]
+
+    def hook(*args, **kwargs):
+        raise AssertionError("never called")
+
+    def counts() -> list[int]:
+        return [len(trials) for trials in _studies(storage).values()]
+
+    before = counts()
+    with pytest.raises(ValueError, match="one trial at a time"):
+        run_worker(storage, config, "cpu", name="hooked", train=hook)
+    assert counts() == before

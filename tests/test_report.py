@@ -25,7 +25,9 @@ from dm_tune.plots import FIGURES
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-FIGURE_NAMES = [name for name, *_ in FIGURES]
+# the default method (surface) draws the predicted-accuracy surface after the landscape
+FIGURE_NAMES = ["trend", "landscape", "surface", "unified-view", "accuracy", "memorisation"]
+TOP_K_FIGURES = [name for name, *_ in FIGURES]
 # Records uncaught errors, rejected promises and console.error calls as <meta> tags that
 # --dump-dom shows: Chromium's stderr log does not tell console.error from console.log.
 ERROR_PROBE = """<script>
@@ -88,6 +90,18 @@ def test_html_is_self_contained(html_report):
     assert 'class="dm-recommendations"' in text
     assert "confirm (2 seeds)" in text and "gce 0.79" in text
     assert html_report.pngs == {} and "disabled" in html_report.png_skipped
+    # the default report: surface, comparison table and sentences, leave-one-rate-out
+    for part in ('class="dm-confirmed"', 'class="dm-sentence"', 'class="dm-checks"',
+                 'class="dm-rule"', "Gaussian-process surface"):
+        assert part in text, part
+
+
+def test_top_k_report_has_no_surface_or_checks(results, url, tmp_path):
+    top_k = load_campaign(url, CAMPAIGN, method="top-k")
+    text = report.write_report(top_k, tmp_path, png=False).html.read_text(encoding="utf-8")
+    assert text.count('class="dm-figure"') == len(TOP_K_FIGURES)
+    assert 'data-figure="surface"' not in text and "Leave-one-rate-out" not in text
+    assert 'class="dm-confirmed"' in text and "rank-weighted top-5" in text
 
 
 def _dump_dom(chromium: str, html_path, profile) -> subprocess.CompletedProcess:
@@ -187,6 +201,13 @@ def test_cli_report(app, url, tmp_path, monkeypatch):
     )
     assert res.exit_code == 0, res.output
     assert (out / "report.html").exists() and not list(out.glob("*.png"))
+    assert 'data-figure="surface"' in (out / "report.html").read_text(encoding="utf-8")
+    res = CliRunner().invoke(app, ["report", str(config), "--out", str(out), "--storage", url,
+                                   "--no-png", "--method", "top-k"])
+    assert res.exit_code == 0, res.output
+    assert 'data-figure="surface"' not in (out / "report.html").read_text(encoding="utf-8")
+    res = CliRunner().invoke(app, ["report", str(config), "--storage", url, "--method", "gp"])
+    assert res.exit_code == 2 and "gp" in res.stderr
     monkeypatch.setattr(report, "find_browser", lambda: None)
     res = CliRunner().invoke(app, ["report", str(config), "--out", str(out), "--storage", url])
     assert res.exit_code == 0 and "warning: no Chromium found" in res.stderr

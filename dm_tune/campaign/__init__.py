@@ -5,6 +5,7 @@ Modules, in the order a trial meets them:
 - ``settings``: noise settings, their data and training specs;
 - ``records``: every stored study and trial attribute key (the schema);
 - ``create`` / ``confirm``: studies and the jobs queued in them;
+- ``candidates`` / ``confirm_run``: what the confirmation that ends ``run`` re-trains;
 - ``progress``: counts against budgets; ``locks``: the claim lock;
 - ``claims`` / ``run_trial`` / ``worker``: the worker loop; ``launcher``: processes;
 - ``population_run``: K claimed trials trained as one model (``[search] population``);
@@ -27,6 +28,9 @@ _EXPORTS = {
     "check_campaign": "create",
     "create_campaign": "create",
     "create_confirmations": "confirm",
+    "confirm_candidates": "candidates",
+    "queue_confirmations": "confirm_run",
+    "queue_tuned_gce": "confirm_run",
     "StudyProgress": "progress",
     "campaign_progress": "progress",
     "ClaimedTrial": "claims",

@@ -165,19 +165,32 @@ def _create_setting(
     names = [dm_name]
     if jobs:
         name = setting.study_name(config.name, ROLE_BASELINES)
+        # the confirmation's jobs (`run`, campaign/confirm_run.py) count on top of the
+        # configured ones, so that re-creating the campaign never drops them from the budget
+        budget = len(jobs) + _confirmation_jobs(storage, name)
         baseline_study, _ = ensure_study(
-            storage, name, study_attrs(config, setting, ROLE_BASELINES, data, len(jobs))
+            storage, name, study_attrs(config, setting, ROLE_BASELINES, data, budget)
         )
         queued = {
             (t.user_attrs.get(TrialKey.LOSS), t.user_attrs.get(TrialKey.SEED))
             for t in baseline_study.get_trials(deepcopy=False)
-            if t.state != TrialState.FAIL
+            if t.state != TrialState.FAIL and not t.user_attrs.get(TrialKey.CONFIRMATION)
         }
         for job in jobs:
             if (job[TrialKey.LOSS], job[TrialKey.SEED]) not in queued:
                 baseline_study.enqueue_trial({}, user_attrs=job)
         names.append(name)
     return names
+
+
+def _confirmation_jobs(storage: optuna.storages.BaseStorage, name: str) -> int:
+    """The non-failed confirmation jobs of study ``name`` (0 when it does not exist)."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return 0
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state != TrialState.FAIL and t.user_attrs.get(TrialKey.CONFIRMATION))
 
 
 def study_names(config: CampaignConfig) -> list[str]:

@@ -29,6 +29,7 @@ from dm_tune.campaign.run_trial import (
     TrialStopped,
     base_attrs,
     beat_failed,
+    collapse_attrs,
     end_complete,
     end_failed,
     end_pruned,
@@ -75,6 +76,7 @@ class _Job:
     claimed: ClaimedTrial
     base: dict[str, Any]
     slots: list[int]
+    num_classes: int
     curve: list[dict[str, float]] = field(default_factory=list)
     outcome: TrialOutcome | None = None
 
@@ -140,7 +142,7 @@ def run_claimed_population(
                 TrialKey.POPULATION_SIZE: len(claimed)}
         if len(seeds) > 1:
             base[TrialKey.REPLICATE_SEEDS] = seeds
-        jobs.append(_Job(one, base, slots))
+        jobs.append(_Job(one, base, slots, data.num_classes))
     started = time.perf_counter()
     reported = report_epochs(config)
 
@@ -198,9 +200,11 @@ def run_claimed_population(
             if all(r.status == "complete" and r.result is not None for r in mine):
                 finished = [r.result for r in mine]
                 extra = _replicate_attrs(finished) if len(finished) > 1 else {}
+                mean = _mean_result(finished)
+                extra.update(collapse_attrs(job.claimed.role, job.num_classes,
+                                            mean.val_accuracy))
                 job.outcome = end_complete(
-                    job.claimed, {**job.base, **curve_attrs(job.curve), **extra},
-                    _mean_result(finished))
+                    job.claimed, {**job.base, **curve_attrs(job.curve), **extra}, mean)
             else:  # a non-finite loss in the last epoch: pruned with its reason
                 reason = next(str(r.reason) for r in mine if r.status != "complete")
                 job.outcome = end_pruned(job.claimed, {

@@ -9,7 +9,13 @@ Studies of a campaign ``C`` and a setting ``S`` (``<kind>-<rate:.2f>``, or
 - ``C/S`` (role ``dm``): the search; params :data:`PARAMS`; objective = final-epoch
   clean-validation accuracy (maximised);
 - ``C/S/baselines``: one queued trial per (baseline loss, seed), no params;
-- ``C/S/confirm``: re-runs of top DM settings with new seeds (``source_trial``).
+- ``C/S/confirm``: re-runs of top DM settings with new seeds (``source_trial``);
+- ``C/S/gce_q``: GCE's 1-D search of its ``q`` (param :data:`PARAM_Q`), one queued trial
+  per grid point; its best ``q`` is confirmed in ``C/S/baselines``.
+
+A confirmation job (a DM candidate in ``confirm``, a baseline in ``baselines``) carries
+``confirmation = True``; a confirmed run below chance + 10 points of clean-validation
+accuracy records ``collapsed = True``.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ __all__ = [
     "JOB_ATTRS",
     "PARAMS",
     "PARAM_MODE",
+    "PARAM_Q",
     "PARAM_VARIANCE",
     "ROLES",
     "ROLE_BASELINES",
     "ROLE_CONFIRM",
     "ROLE_DM",
+    "ROLE_GCE_Q",
     "StudyKey",
     "TrialKey",
     "curve_attrs",
@@ -38,11 +46,13 @@ __all__ = [
 ROLE_DM = "dm"
 ROLE_BASELINES = "baselines"
 ROLE_CONFIRM = "confirm"
-ROLES = (ROLE_DM, ROLE_BASELINES, ROLE_CONFIRM)
+ROLE_GCE_Q = "gce_q"  # GCE's own 1-D search of q (the baselines are tuned too)
+ROLES = (ROLE_DM, ROLE_BASELINES, ROLE_CONFIRM, ROLE_GCE_Q)
 
 PARAM_MODE = "emphasis_mode"
 PARAM_VARIANCE = "emphasis_variance"
 PARAMS = (PARAM_MODE, PARAM_VARIANCE)
+PARAM_Q = "q"  # GCE's exponent, the one param of a gce_q study
 
 
 class StudyKey:
@@ -62,6 +72,9 @@ class StudyKey:
     REALISED_NOISE_RATE = "realised_noise_rate"
     EPOCHS = "epochs"
     LABEL_SET = "label_set"
+    #: a confirm study: the DM candidates `run` planned, [[mode, variance], ...], written
+    #: before their jobs are queued so that a re-run queues exactly the same ones
+    CONFIRM_PLAN = "confirm_plan"
 
 
 class TrialKey:
@@ -72,6 +85,7 @@ class TrialKey:
     LOSS_PARAMS = "loss_params"
     SEED = "seed"
     SOURCE_TRIAL = "source_trial"
+    CONFIRMATION = "confirmation"  # True on a job queued by the confirmation of `run`
     # where it ran
     WORKER = "worker"
     DEVICE = "device"
@@ -92,6 +106,7 @@ class TrialKey:
     EPOCHS_RUN = "epochs_run"
     VAL_CURVE = "val_accuracy_curve"
     TEST_CURVE = "test_accuracy_curve"
+    COLLAPSED = "collapsed"  # a confirmed run: clean-val accuracy below chance + 10 points
     # why it ended early
     PRUNED_REASON = "pruned_reason"
     STOPPED = "stopped"
@@ -99,7 +114,8 @@ class TrialKey:
 
 
 #: user attrs that define a queued job: a re-queued trial carries them and nothing else
-JOB_ATTRS = (TrialKey.LOSS, TrialKey.LOSS_PARAMS, TrialKey.SEED, TrialKey.SOURCE_TRIAL)
+JOB_ATTRS = (TrialKey.LOSS, TrialKey.LOSS_PARAMS, TrialKey.SEED, TrialKey.SOURCE_TRIAL,
+             TrialKey.CONFIRMATION)
 
 
 def finite_or_none(value: Any) -> Any:

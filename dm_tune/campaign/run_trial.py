@@ -21,9 +21,12 @@ from dm_tune.campaign.claims import ClaimedTrial
 from dm_tune.campaign.records import (
     JOB_ATTRS,
     PARAM_MODE,
+    PARAM_Q,
     PARAM_VARIANCE,
     ROLE_BASELINES,
+    ROLE_CONFIRM,
     ROLE_DM,
+    ROLE_GCE_Q,
     TrialKey,
     curve_attrs,
     finite_or_none,
@@ -41,6 +44,7 @@ __all__ = [
     "TrialOutcome",
     "TrialStopped",
     "base_attrs",
+    "collapse_attrs",
     "end_complete",
     "end_failed",
     "end_pruned",
@@ -51,6 +55,10 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 EpochHook = Callable[[ClaimedTrial, int, dict[str, float]], None]
+#: the range of GCE's q searched by a gce_q study (q -> 0 is CCE, q = 1 is MAE)
+GCE_Q_RANGE = (0.1, 1.0)
+#: a confirmed run counts as collapsed below chance + this many accuracy points
+COLLAPSE_MARGIN = 0.10
 
 
 class TrialStopped(Exception):
@@ -92,6 +100,12 @@ def loss_of(claimed: ClaimedTrial, config: CampaignConfig) -> tuple[str, dict[st
         attrs = trial.user_attrs
         return (str(attrs[TrialKey.LOSS]), dict(attrs.get(TrialKey.LOSS_PARAMS, {})),
                 int(attrs[TrialKey.SEED]))
+    if claimed.role == ROLE_GCE_Q:
+        # GCE's own search: the queued grid point fixes q; the seed is the campaign's, as
+        # for DM's search trials (the q values differ only in q)
+        low, high = GCE_Q_RANGE
+        q = trial.suggest_float(PARAM_Q, low, high)
+        return "gce", {PARAM_Q: q}, int(trial.user_attrs.get(TrialKey.SEED, config.campaign.seed))
     search = config.search
     mode = trial.suggest_float(PARAM_MODE, search.emphasis_mode.low, search.emphasis_mode.high)
     variance = trial.suggest_float(PARAM_VARIANCE, search.emphasis_variance.low,
@@ -189,13 +203,26 @@ def run_claimed_trial(
         except BaseException as error:
             end_failed(claimed, base, error)
             raise
-    return end_complete(claimed, {**base, **curve_attrs(curve)}, result)
+    collapse = collapse_attrs(claimed.role, data.num_classes, result.val_accuracy)
+    return end_complete(claimed, {**base, **curve_attrs(curve), **collapse}, result)
 
 
 def base_attrs(worker: str, device: str, data: TrialData, loss: str, seed: int) -> dict[str, Any]:
     """The attrs every ended trial records: its job and where it ran."""
     return {TrialKey.LOSS: loss, TrialKey.SEED: seed, TrialKey.WORKER: worker,
             TrialKey.DEVICE: device, TrialKey.REALISED_NOISE_RATE: data.realised_noise_rate}
+
+
+def collapse_attrs(role: str, num_classes: int, val_accuracy: float) -> dict[str, Any]:
+    """``collapsed`` for a confirmed run (confirm and baselines roles): whether its final
+    clean-validation accuracy is below chance (1 / classes) + :data:`COLLAPSE_MARGIN`.
+
+    Search trials are left out: a collapse there is the search's business (the surface and
+    the pruner see it); a confirmation reports it because its mean is what users read.
+    """
+    if role not in (ROLE_CONFIRM, ROLE_BASELINES):
+        return {}
+    return {TrialKey.COLLAPSED: bool(val_accuracy < 1.0 / num_classes + COLLAPSE_MARGIN)}
 
 
 def end_pruned(claimed: ClaimedTrial, attrs: dict[str, Any]) -> TrialOutcome:

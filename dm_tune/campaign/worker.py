@@ -94,10 +94,18 @@ def run_worker(
     Storage calls ride out database outages (:mod:`dm_tune.campaign.retry`): the trial
     in flight continues once the database is back.
 
+    ``train`` replaces ``train_trial`` for one trial at a time (benchmarks, tests); a
+    population (``[search] population`` or ``seeds`` above 1) trains through
+    :func:`dm_tune.population.train_population`, so a ``train`` hook is refused there.
+
     Raises:
+        ValueError: a ``train`` hook with a population configuration.
         DigestMismatchError: this machine's labels differ from the studies' (exit 2).
         StorageOutage: the database stayed unreachable past the outage limit (exit 2).
     """
+    if train is not train_trial and _as_population(config):
+        raise ValueError("run_worker: a train= hook applies to one trial at a time; this "
+                         "campaign trains populations ([search] population or seeds > 1)")
     stop = stop or threading.Event()
     name = name or worker_name()
     # refuse other labels up front (through an outage: workers may start during one)

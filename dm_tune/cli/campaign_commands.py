@@ -67,8 +67,17 @@ def run(
     report: Annotated[bool, typer.Option("--report/--no-report",
                                          help="Write the report and export at the end.")] = True,
     out: OutOpt = None,
+    confirm: Annotated[bool, typer.Option(
+        "--confirm/--no-confirm",
+        help="End by re-training the candidates and baselines with new seeds (the "
+        "campaign file's \\[confirm] table; GCE's q is tuned first).")] = True,
 ) -> None:
-    """Create what is missing and run the campaign to its budget (resumes an interrupted run)."""
+    """Create what is missing and run the campaign to its budget (resumes an interrupted run).
+
+    Then, unless --no-confirm or `\\[confirm] seeds = 0`, confirm: the surface's argmax and
+    the next distinct candidates at every rate, and every baseline, re-trained with new
+    seeds; GCE's q gets a small study of its own first.
+    """
     if jobs > 1:
         refuse_in_memory(storage, f"--jobs {jobs} starts worker processes that cannot see it")
         if device not in ("auto", "cpu"):
@@ -80,17 +89,24 @@ def run(
 
     create_campaign(config, store)
     if jobs == 1:
-        from dm_tune.cli.views import run_with_progress
-
         set_threads(None, config)
-        stopped = run_with_progress(store, config, resolved, console)
-    else:
+
+    def work(phase_config) -> bool:
+        """One pass of the worker(s) until every budget is met; True if stopped."""
+        if jobs == 1:
+            from dm_tune.cli.views import run_with_progress
+
+            return run_with_progress(store, phase_config, resolved, console)
         from dm_tune.campaign.launcher import plan_slots
         from dm_tune.cli.views import live_launch
 
-        _workers_failed(live_launch(store, config, plan_slots(None, 1, jobs), str(config_path),
-                                    storage, console))
-        stopped = False
+        _workers_failed(live_launch(store, phase_config, plan_slots(None, 1, jobs),
+                                    str(config_path), storage, console))
+        return False
+
+    stopped = work(config)
+    if not stopped and confirm:
+        stopped = _confirm_after_search(store, config, work)
     _print_status(store, config)
     say(f"database: {database_location(storage)}")
     if stopped:
@@ -101,6 +117,36 @@ def run(
         from dm_tune.cli.options import default_report_dir
 
         write_run_outputs(store, config, out or default_report_dir(storage, config.name))
+
+
+def _confirm_after_search(store, config, work) -> bool:
+    """The confirmation that ends `run` (campaign/confirm_run.py); True if stopped.
+
+    Two passes: the DM candidates, the baselines and GCE's q studies; then GCE with each
+    setting's best q. Queueing is exact, so a re-run adds only what is missing.
+    """
+    from dm_tune.campaign.confirm_run import (
+        confirmation_config,
+        confirming,
+        queue_confirmations,
+        queue_tuned_gce,
+        tunes_gce,
+    )
+
+    if not confirming(config):
+        return False
+    phase = confirmation_config(config)
+    added = queue_confirmations(store, config)
+    say(f"confirming with {config.confirm.seeds} new seeds: {added} trial(s) queued"
+        + (f", GCE's q searched ({config.confirm.gce_q_trials} per setting)"
+           if tunes_gce(config) else ""))
+    if work(phase):
+        return True
+    if tunes_gce(config):
+        added = queue_tuned_gce(store, config)
+        say(f"confirming GCE at its best q: {added} trial(s) queued")
+        return work(phase)
+    return False
 
 
 @command()

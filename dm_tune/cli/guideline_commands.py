@@ -15,6 +15,8 @@ from dm_tune.cli.app import command, console, one_line, refuse, say, warn
 from dm_tune.cli.options import (
     DEFAULT_STORAGE,
     ConfigArg,
+    Method,
+    MethodOpt,
     OutOpt,
     StorageOpt,
     default_report_dir,
@@ -49,17 +51,24 @@ def _campaign_name(config: Path) -> str:
     return load_campaign_config(config).campaign.name
 
 
-def _load(campaign: str, storage: str) -> CampaignResults:
+def _load(campaign: str, storage, method: str = Method.surface) -> CampaignResults:
+    """Load the results and say (stderr) which kinds fell back from surface to top-k."""
     from dm_tune.guidelines import load_campaign
 
-    return load_campaign(storage, campaign)
+    results = load_campaign(storage, campaign, method=str(method))
+    for kind, reason in results.fallbacks.items():
+        warn(f"note: {kind}: {reason}")
+    return results
 
 
-def run_export(campaign: str, storage: str, format: ExportFormat, out: Path | None) -> None:
+def run_export(
+    campaign: str, storage: str, format: ExportFormat, out: Path | None,
+    method: str = Method.surface,
+) -> None:
     """Write a campaign's export as JSON or CSV to ``out`` (None or "-": stdout)."""
     from dm_tune import guidelines
 
-    data = guidelines.to_export_dict(_load(campaign, storage))
+    data = guidelines.to_export_dict(_load(campaign, storage, method))
     text = guidelines.dumps_json(data) if format == ExportFormat.json else guidelines.dumps_csv(
         data)
     if out is None or str(out) == "-":
@@ -83,9 +92,10 @@ def export(
         Path | None, typer.Option("--out", "-o", help="Output file (default: stdout).")
     ] = None,
     storage: StorageOpt = DEFAULT_STORAGE,
+    method: MethodOpt = Method.surface,
 ) -> None:
     """Export a campaign's recommendations (selected params, accuracies, trends)."""
-    run_export(_campaign_name(config), storage, format, out)
+    run_export(_campaign_name(config), storage, format, out, method)
 
 
 def run_recommend(export: Path, noise: str, rate: float, as_json: bool = False) -> None:
@@ -109,6 +119,9 @@ def run_recommend(export: Path, noise: str, rate: float, as_json: bool = False) 
         f"[{rec.emphasis_variance_low:.3g}, {rec.emphasis_variance_high:.3g}] "
         f"(from searched rates {', '.join(f'{r:g}' for r in rec.nearest_rates)}"
         f"{'; extrapolated' if rec.extrapolated else ''})"
+        + (f"; predicted clean-val accuracy {rec.predicted_accuracy:.3f} "
+           f"± {rec.predicted_std:.3f}"
+           if rec.predicted_accuracy is not None and rec.predicted_std is not None else "")
     )
 
 
@@ -125,11 +138,14 @@ def recommend(
     run_recommend(from_file, noise, rate, as_json)
 
 
-def run_report(campaign: str, storage: str, out: Path | None, png: bool = True) -> None:
+def run_report(
+    campaign: str, storage: str, out: Path | None, png: bool = True,
+    method: str = Method.surface,
+) -> None:
     """Write the HTML report (and PNGs) of a campaign into ``out``."""
     from dm_tune.report import write_report
 
-    results = _load(campaign, storage)
+    results = _load(campaign, storage, method)
     out_dir = out or default_report_dir(storage, campaign)
     try:
         paths = write_report(results, out_dir, png=png)
@@ -150,9 +166,10 @@ def report(
     out: OutOpt = None,
     storage: StorageOpt = DEFAULT_STORAGE,
     no_png: Annotated[bool, typer.Option("--no-png", help="Write the HTML only.")] = False,
+    method: MethodOpt = Method.surface,
 ) -> None:
     """Write a campaign's HTML report with a PNG per figure."""
-    run_report(_campaign_name(config), storage, out, png=not no_png)
+    run_report(_campaign_name(config), storage, out, png=not no_png, method=method)
 
 
 def write_run_outputs(storage, config: CampaignConfig, directory: Path) -> None:
@@ -164,14 +181,17 @@ def write_run_outputs(storage, config: CampaignConfig, directory: Path) -> None:
     from dm_tune import guidelines
     from dm_tune.cli.tables import recommendation_table
     from dm_tune.errors import NoResultsError
+    from dm_tune.guidelines.compare import compare_setting, sentence, setting_label
     from dm_tune.report import write_report
 
     try:
-        results = guidelines.load_campaign(storage, config.campaign.name)
+        results = _load(config.campaign.name, storage)  # the default: surface
     except NoResultsError as exc:
         say(f"no recommendations: {one_line(exc)}")
         return
     console.print(recommendation_table(results))
+    for s in results.settings:  # DM against the baselines, in words (compare.py's rule)
+        say(sentence(setting_label(s.noise_kind, s.noise_rate), compare_setting(s)))
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ inside one process, so commands that join a campaign or start workers refuse it.
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 from urllib.parse import quote
@@ -27,6 +28,8 @@ __all__ = [
     "DEFAULT_STORAGE",
     "ConfigArg",
     "DeviceOpt",
+    "Method",
+    "MethodOpt",
     "OutOpt",
     "StorageOpt",
     "database_location",
@@ -58,6 +61,21 @@ StorageOpt = Annotated[
                  f"${STORAGE_ENV} means the default)."),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+
+
+class Method(StrEnum):
+    """How the guideline is fitted (guidelines.results.METHODS)."""
+
+    surface = "surface"
+    top_k = "top-k"
+
+
+MethodOpt = Annotated[
+    Method,
+    typer.Option("--method", help="surface: a Gaussian-process response surface per noise "
+                 "kind (top-k for a kind with too few trials, said so); top-k: the "
+                 "rank-weighted best trials per rate with a bootstrap band."),
+]
 OutOpt = Annotated[
     Path | None,
     typer.Option("--out", "-o", help="Report folder (default: dm_tune_reports/<campaign> "

@@ -4,19 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich import box
 from rich.table import Table
 
-from dm_tune.guidelines.results import BaselineResult, CampaignResults
-from dm_tune.guidelines.rows import baseline_text, fmt, source_text, value_of
+from dm_tune.guidelines.compare import compare, sentence
+from dm_tune.guidelines.results import BaselineResult, CampaignResults, Selection
+from dm_tune.guidelines.rows import baseline_text, fmt, percent_spread, source_text, value_of
 from dm_tune.guidelines.status import StatusRow
 
-__all__ = ["recommendation_table", "status_table"]
+__all__ = ["STATUS_KEY", "recommendation_table", "status_sentences", "status_table"]
 
-_TEXT_COLUMNS = {"setting", "noise", "from", "best baseline", "baselines val/test"}
+_TEXT_COLUMNS = {"setting", "noise", "from", "best baseline", "baselines test %"}
+#: the status table's key, printed under it
+STATUS_KEY = (
+    "accuracy in %, mean±std over seeds (DM: its confirmed seeds; one number: one seed); "
+    "! a replicate collapsed (below chance + 10 points); p/f/r: pruned/failed/running"
+)
 
 
-def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
-    table = Table(title=title, title_justify="left")
+def _table(
+    title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], compact: bool = False
+) -> Table:
+    # compact: no vertical rules or outer padding, so the status table fits 100 columns
+    table = Table(title=title, title_justify="left", caption_justify="left",
+                  **({"box": box.SIMPLE_HEAD, "pad_edge": False, "padding": (0, 1, 0, 0)}
+                     if compact else {}))
     for header in headers:
         table.add_column(header, justify="left" if header in _TEXT_COLUMNS else "right")
     for row in rows:
@@ -24,27 +36,69 @@ def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) ->
     return table
 
 
+def _flag(collapsed: bool) -> str:
+    return "!" if collapsed else ""
+
+
+def _dm_test_cell(sel: Selection | None) -> str:
+    """DM's test accuracy, mean±std over its seeds, flagged when a replicate collapsed."""
+    if sel is None:
+        return "-"
+    return percent_spread(sel.test_accuracy, sel.test_accuracy_std) + _flag(sel.collapsed)
+
+
 def _baselines_cell(baselines: dict[str, BaselineResult]) -> str:
-    parts = [f"{b.loss} {fmt(b.val_accuracy, '.3f')}/{fmt(b.test_accuracy, '.3f')}"
-             for b in baselines.values()]
-    return ", ".join(parts) or "-"
+    """One line per baseline: 'gce 79.0±1.4 q=0.4' (test accuracy, tuned params)."""
+    lines = []
+    for b in baselines.values():
+        params = " ".join(f"{k}={v:g}" for k, v in sorted(b.params.items()))
+        cell = f"{b.loss} {percent_spread(b.test_accuracy, b.test_accuracy_std)}"
+        lines.append(f"{cell}{_flag(b.collapsed)}{' ' + params if params else ''}")
+    return "\n".join(lines) or "-"
+
+
+def _from_cell(sel: Selection | None) -> str:
+    """'3 seeds' (confirmed) or 'trial 12' (one search trial)."""
+    if sel is None:
+        return "-"
+    return f"{sel.n_seeds} seeds" if sel.source == "confirm" else f"trial {sel.trial_number}"
+
+
+def status_sentences(rows: Sequence[StatusRow]) -> list[str]:
+    """Where a baseline is as good as or better than DM (one sentence each, compare.py's
+    rule), then one line naming the settings where DM is better than every baseline."""
+    lines, dm_better = [], []
+    for row in rows:
+        comparisons = compare(row.selected, row.baselines)
+        if any(c.baseline_as_good for c in comparisons):
+            lines.append(sentence(row.setting, comparisons))
+        elif comparisons:
+            dm_better.append(row.setting)
+    if dm_better:
+        lines.append(f"DM is better than every baseline at {', '.join(dm_better)}.")
+    return lines
 
 
 def status_table(campaign: str, rows: Sequence[StatusRow]) -> Table:
-    """The ``dm-tune status`` table: counts, the selection export names, the baselines."""
-    headers = ("setting", "trials", "complete", "pruned", "failed", "running", "val",
-               "mode", "variance", "test", "from", "baselines val/test")
+    """The ``dm-tune status`` table: counts, the selection export names, DM's test
+    accuracy (mean±std over confirmed seeds) beside each baseline's; the key and the
+    baseline sentences under it."""
+    headers = ("setting", "trials", "p/f/r", "mode", "var", "from", "val %", "DM test %",
+               "baselines test %")
     cells = [
-        (row.setting, f"{row.complete + row.pruned}/{row.budget}", str(row.complete),
-         str(row.pruned), str(row.failed), str(row.running),
-         fmt(value_of(row.selected, "val_accuracy"), ".3f"),
+        (row.setting, f"{row.complete + row.pruned}/{row.budget}",
+         f"{row.pruned}/{row.failed}/{row.running}",
          fmt(value_of(row.selected, "emphasis_mode"), ".3f"),
-         fmt(value_of(row.selected, "emphasis_variance"), ".2f"),
-         fmt(value_of(row.selected, "test_accuracy"), ".3f"),
-         source_text(row.selected), _baselines_cell(row.baselines))
+         fmt(value_of(row.selected, "emphasis_variance"), ".3g"),
+         _from_cell(row.selected),
+         percent_spread(value_of(row.selected, "val_accuracy"),
+                        value_of(row.selected, "val_accuracy_std")),
+         _dm_test_cell(row.selected), _baselines_cell(row.baselines))
         for row in rows
     ]
-    return _table(f"campaign {campaign}", headers, cells)
+    table = _table(f"campaign {campaign}", headers, cells, compact=True)
+    table.caption = "\n".join([STATUS_KEY, *status_sentences(rows)])
+    return table
 
 
 def recommendation_table(results: CampaignResults) -> Table:

@@ -25,7 +25,9 @@ def leave_one_rate_out(results: CampaignResults) -> list[RateCheck]:
         obs = kind_observations(settings)
         selected = {s.noise_rate: s.selected for s in settings}
         for rate in full.searched_rates[1:-1]:
-            held_out = fit_surface(kind, obs.without_rate(rate), variance_log=full.variance_log)
+            anchors = {r: a for r, a in full.anchors.items() if r != round(rate, 6)}
+            held_out = fit_surface(kind, obs.without_rate(rate), variance_log=full.variance_log,
+                                   anchors=anchors)
             rec = held_out.optimum(rate)
             predicted, _ = full.predict(rec.emphasis_mode, rec.emphasis_variance, rate)
             sel = selected.get(round(rate, 6))

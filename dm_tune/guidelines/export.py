@@ -12,6 +12,7 @@ from typing import Any
 
 import dm_tune
 from dm_tune.errors import ExportError
+from dm_tune.guidelines.compare import compare_setting
 from dm_tune.guidelines.results import CampaignResults, RateCheck, SettingResult, TrendPoint
 
 __all__ = [
@@ -28,17 +29,18 @@ __all__ = [
 ]
 
 SCHEMA = "dm-tune/recommendations"
-SCHEMA_VERSION = 2  # the newest version written and read; the top-k method still writes 1
+SCHEMA_VERSION = 3  # the newest version written and read; the top-k method still writes 1
 _PREDICTIONS = ("predicted_accuracy", "predicted_std")  # trend point fields new in v2
+SURFACE_VERSION = 3  # what the surface method writes (v3: per-kind top-k fallbacks)
 
 
 def to_export_dict(results: CampaignResults) -> dict[str, Any]:
-    """Return the versioned export: v2 for the surface method, v1 for top-k."""
+    """Return the versioned export: v3 for the surface method, v1 for top-k."""
     prov = results.provenance
     surface = results.method == "surface"
     data = {
         "schema": SCHEMA,
-        "schema_version": 2 if surface else 1,
+        "schema_version": SURFACE_VERSION if surface else 1,
         "provenance": {
             "campaign": prov.campaign,
             "config_hash": prov.config_hash,
@@ -48,7 +50,7 @@ def to_export_dict(results: CampaignResults) -> dict[str, Any]:
             "model": prov.model,
             "trial_counts": dict(prov.trial_counts),
             "created": prov.created,
-            "method": _surface_method() if surface else _top_k_method(results),
+            "method": _surface_method(results) if surface else _top_k_method(results),
         },
         "settings": [_setting_dict(s) for s in results.settings],
         "trends": {
@@ -59,9 +61,14 @@ def to_export_dict(results: CampaignResults) -> dict[str, Any]:
     if surface:
         from dm_tune.guidelines.surface import rate_grid
 
-        data["surface"] = {
+        dense = {
             kind: [_point_dict(s.optimum(rate), True) for rate in rate_grid(s)]
-            for kind, s in sorted(results.surfaces.items())
+            for kind, s in results.surfaces.items()
+        }
+        # A top-k fallback kind has no dense grid: its trend points (predictions null)
+        # stand in, so every kind of `trends` is in `surface` and recommend --from reads it.
+        data["surface"] = {
+            kind: dense.get(kind) or data["trends"][kind] for kind in sorted(data["trends"])
         }
         data["checks"] = {"leave_one_rate_out": [_clean(vars(c)) for c in results.checks]}
     return data
@@ -79,11 +86,16 @@ def _top_k_method(results: CampaignResults) -> dict[str, Any]:
     }
 
 
-def _surface_method() -> dict[str, Any]:
-    """How the v2 surface was fitted."""
-    from dm_tune.guidelines.surface import METHOD
+def _surface_method(results: CampaignResults) -> dict[str, Any]:
+    """How the surface was fitted, and which kinds fell back to top-k (and why)."""
+    from dm_tune.guidelines.surface import METHOD, MIN_OBSERVATIONS
 
-    return dict(METHOD)
+    return {
+        **METHOD,
+        "min_observations": MIN_OBSERVATIONS,
+        "fallbacks": dict(results.fallbacks),
+        "fallback_method": _top_k_method(results) if results.fallbacks else None,
+    }
 
 
 def _setting_dict(s: SettingResult) -> dict[str, Any]:
@@ -97,6 +109,7 @@ def _setting_dict(s: SettingResult) -> dict[str, Any]:
         "selected": _clean(vars(s.selected)) if s.selected else None,
         "top_k": [_clean(vars(t)) for t in s.top_k],
         "baselines": {name: _clean(vars(b)) for name, b in s.baselines.items()},
+        "comparisons": [_clean(vars(c)) for c in compare_setting(s)],
     }
 
 
@@ -150,6 +163,10 @@ CSV_FIXED_COLUMNS = (
     "trend_emphasis_variance_high",
 )
 BASELINE_FIELDS = ("val_accuracy", "test_accuracy", "test_accuracy_at_best_val")
+#: appended after every other column (new in 0.2: a reader by position is not broken)
+CSV_SPREAD_COLUMNS = ("selected_val_accuracy_std", "selected_test_accuracy_std",
+                      "selected_collapsed")
+BASELINE_SPREAD_FIELDS = ("n", "val_accuracy_std", "test_accuracy_std", "collapsed", "params")
 
 
 def to_csv_rows(results: CampaignResults | Mapping[str, Any]) -> tuple[list[str], list[dict]]:
@@ -162,6 +179,8 @@ def to_csv_rows(results: CampaignResults | Mapping[str, Any]) -> tuple[list[str]
         list(CSV_FIXED_COLUMNS)
         + extra
         + [f"baseline_{loss}_{name}" for loss in losses for name in BASELINE_FIELDS]
+        + list(CSV_SPREAD_COLUMNS)
+        + [f"baseline_{loss}_{name}" for loss in losses for name in BASELINE_SPREAD_FIELDS]
     )
     trend_at = {
         (kind, p["noise_rate"]): p for kind, points in data["trends"].items() for p in points
@@ -197,12 +216,21 @@ def to_csv_rows(results: CampaignResults | Mapping[str, Any]) -> tuple[list[str]
                 row[f"trend_{name}{suffix}"] = point.get(f"{name}{suffix}")
         for name in _PREDICTIONS if predictions else ():
             row[f"trend_{name}"] = point.get(name)
+        for name in CSV_SPREAD_COLUMNS:
+            row[name] = selected.get(name.removeprefix("selected_"))
         for loss in losses:
             baseline = s["baselines"].get(loss, {})
-            for name in BASELINE_FIELDS:
+            for name in (*BASELINE_FIELDS, *BASELINE_SPREAD_FIELDS):
                 row[f"baseline_{loss}_{name}"] = baseline.get(name)
+            params = baseline.get("params")
+            row[f"baseline_{loss}_params"] = _params_text(params) if params else None
         rows.append(row)
     return columns, rows
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    """A baseline's tuned parameters in one CSV cell: 'q=0.4;...'."""
+    return ";".join(f"{k}={v}" for k, v in sorted(params.items()))
 
 
 def dumps_csv(results: CampaignResults | Mapping[str, Any]) -> str:
@@ -264,6 +292,7 @@ def validate_export(data: Any, origin: str = "export") -> None:
 
 
 _POINT_KEYS = {
+    3: frozenset(TrendPoint.__dataclass_fields__),
     2: frozenset(TrendPoint.__dataclass_fields__),
     1: frozenset(TrendPoint.__dataclass_fields__) - frozenset(_PREDICTIONS),
 }
@@ -280,9 +309,13 @@ def _check_shape(data: Mapping[str, Any], version: int = 1) -> None:
         for key in ("noise_kind", "noise_rate", "selected", "top_k", "baselines", "trial_counts"):
             if key not in s:
                 raise KeyError(f"settings entry without {key}")
-    _check_points(data["trends"], version, "trend")
+    # v3: a kind that fell back to top-k has no predictions (null) in its points
+    method = data["provenance"].get("method")
+    fallbacks = method.get("fallbacks") if version >= 3 and isinstance(method, dict) else None
+    nullable = frozenset(fallbacks) if isinstance(fallbacks, dict) else frozenset()
+    _check_points(data["trends"], version, "trend", nullable)
     if version >= 2:
-        _check_points(data["surface"], version, "surface")
+        _check_points(data["surface"], version, "surface", nullable)
         if set(data["surface"]) != set(data["trends"]):
             raise ValueError("surface and trends name different noise kinds")
         for row in data["checks"]["leave_one_rate_out"]:
@@ -290,18 +323,23 @@ def _check_shape(data: Mapping[str, Any], version: int = 1) -> None:
                 raise ValueError("a leave_one_rate_out row without the fields of version 2")
 
 
-def _check_points(by_kind: Any, version: int, what: str) -> None:
-    """Per-kind lists of points: the version's fields, finite numbers, sorted by rate."""
+def _check_points(
+    by_kind: Any, version: int, what: str, nullable: frozenset[str] = frozenset()
+) -> None:
+    """Per-kind lists of points: the version's fields, finite numbers, sorted by rate;
+    the predictions of a kind in ``nullable`` (a v3 top-k fallback) may be null."""
     if not isinstance(by_kind, dict):
         raise TypeError(f"{what}s must be an object")
     for kind, points in by_kind.items():
         if not isinstance(points, list) or not points:
             raise ExportError(f"{what} {kind!r} has no points")
         for p in points:
-            if not isinstance(p, dict) or set(p) != _POINT_KEYS[min(version, 2)]:
+            if not isinstance(p, dict) or set(p) != _POINT_KEYS[min(version, 3)]:
                 raise ExportError(
                     f"{what} {kind!r} has a point without the fields of version {version}"
                 )
+            if kind in nullable:
+                p = {k: v for k, v in p.items() if not (k in _PREDICTIONS and v is None)}
             _check_numbers(kind, p)
         rates = [p["noise_rate"] for p in points]
         if rates != sorted(rates):

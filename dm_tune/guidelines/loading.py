@@ -41,9 +41,12 @@ def load_campaign(
 ) -> CampaignResults:
     """Aggregate every study whose user attr ``campaign`` equals ``campaign``.
 
-    ``method`` "top-k" fits the rank-weighted top-k trend with a bootstrap band;
-    "surface" fits one Gaussian-process surface per noise kind (``surface.py``), takes
-    the trend from its optima and checks it leave-one-rate-out (``check.py``).
+    ``method`` "surface" (the default) fits one Gaussian-process surface per noise kind
+    (``surface.py``), takes the trend from its optima and checks it leave-one-rate-out
+    (``check.py``); a kind with fewer than ``surface.MIN_OBSERVATIONS`` finished trials
+    gets the top-k trend instead, and ``results.fallbacks`` says so (the report and the
+    export name it: never silently). "top-k" fits the rank-weighted top-k trend with a
+    bootstrap band for every kind.
 
     Raises:
         NoResultsError: no study of the campaign, or no COMPLETE DM trial.
@@ -83,17 +86,24 @@ def load_campaign(
         seed=seed,
         method=method,
     )
+    trends = {}
+    top_k_settings = settings
     if method == "surface":
         from dm_tune.guidelines.check import leave_one_rate_out  # lazy: scikit-learn
-        from dm_tune.guidelines.surface import fit_surfaces, surface_trends
+        from dm_tune.guidelines.surface import fit_surfaces, surface_fallbacks, surface_trends
 
         results.surfaces = fit_surfaces(settings)
-        results.trends = surface_trends(results.surfaces)
+        results.fallbacks = surface_fallbacks(settings)
         results.checks = leave_one_rate_out(results)
-    else:
-        results.trends = fit_trends(
-            settings, top_k=top_k, resamples=resamples, interval=interval, seed=seed
+        trends.update(surface_trends(results.surfaces))
+        top_k_settings = [s for s in settings if s.noise_kind in results.fallbacks]
+    if top_k_settings:
+        trends.update(
+            fit_trends(
+                top_k_settings, top_k=top_k, resamples=resamples, interval=interval, seed=seed
+            )
         )
+    results.trends = dict(sorted(trends.items()))
     return results
 
 

@@ -28,12 +28,12 @@ def recommend(
 ) -> Recommendation:
     """Recommend DM parameters for ``kind`` at ``rate`` from results or a loaded export.
 
-    With a fitted surface (``method="surface"``) the surface's posterior-mean argmax at
-    ``rate`` and its credible-set band; from a v2 export the same values, interpolated
-    linearly on the export's rate grid (exact at its 0.01 steps). Otherwise (top-k
-    method, v1 export) the trend and its band interpolated linearly between searched
-    rates. Outside the searched rates the nearest searched rate's values are used, with a
-    warning and ``extrapolated=True``.
+    With a fitted surface (``method="surface"``) the surface's recommendation at ``rate``
+    (``Surface.optimum``) and its credible-set band; from a v2/v3 export the same values,
+    interpolated linearly on the export's rate grid (exact at its 0.01 steps). Otherwise (top-k
+    method, v1 export, a v3 kind that fell back to top-k) the trend and its band
+    interpolated linearly between searched rates. Outside the searched rates the
+    nearest searched rate's values are used, with a warning and ``extrapolated=True``.
 
     Raises:
         ValueError: unknown noise kind, or rate outside [0, 1).

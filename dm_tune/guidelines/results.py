@@ -29,9 +29,10 @@ DEFAULT_TOP_K = 5
 DEFAULT_RESAMPLES = 200
 DEFAULT_INTERVAL = 0.9
 #: "top-k": rank-weighted top-k trials per rate with a bootstrap band (export v1);
-#: "surface": a Gaussian-process response surface per kind (export v2, surface.py)
+#: "surface": a Gaussian-process response surface per kind (export v3, surface.py), the
+#: default; a kind with too few finished trials falls back to top-k (``fallbacks``)
 METHODS = ("top-k", "surface")
-DEFAULT_METHOD = "top-k"
+DEFAULT_METHOD = "surface"
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class Selection:
     source: str  # "search" (best DM trial) or "confirm" (best mean over seeds)
     trial_number: int | None
     n_seeds: int = 1
+    val_accuracy_std: float | None = None  # over the confirmed seeds (None: one seed)
+    test_accuracy_std: float | None = None
+    collapsed: bool = False  # a confirmed replicate fell below chance + 10 points
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,10 @@ class BaselineResult:
     test_accuracy: float | None
     test_accuracy_at_best_val: float | None
     memorized_noisy_fraction: float | None
+    val_accuracy_std: float | None = None  # over its seeds (None: one seed)
+    test_accuracy_std: float | None = None
+    params: dict[str, float] = field(default_factory=dict)  # e.g. GCE's tuned q
+    collapsed: bool = False  # a replicate fell below chance + 10 points
 
 
 @dataclass
@@ -101,7 +109,7 @@ class TrendPoint:
     """The fitted recommendation at one rate, with its band.
 
     Top-k method: rank-weighted centre and bootstrap band; the predictions are None.
-    Surface method: the posterior-mean argmax and the credible-set ranges; ``k`` and
+    Surface method: the argmax of posterior mean - 1 std and the credible-set ranges; ``k`` and
     ``n_trials`` count the observations at this rate (search trials and confirm runs).
     """
 
@@ -114,7 +122,7 @@ class TrendPoint:
     emphasis_variance_high: float
     n_trials: int
     k: int
-    predicted_accuracy: float | None = None  # surface: posterior mean at the argmax
+    predicted_accuracy: float | None = None  # surface: posterior mean at the selection
     predicted_std: float | None = None  # surface: posterior std there
 
 
@@ -173,6 +181,8 @@ class CampaignResults:
     method: str = DEFAULT_METHOD
     surfaces: dict[str, Any] = field(default_factory=dict)  # kind -> surface.Surface
     checks: list[RateCheck] = field(default_factory=list)  # leave-one-rate-out rows
+    # surface method: kind -> why it got the top-k trend instead (too few observations)
+    fallbacks: dict[str, str] = field(default_factory=dict)
 
     @property
     def campaign(self) -> str:

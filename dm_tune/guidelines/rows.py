@@ -7,7 +7,7 @@ from typing import Any
 
 from dm_tune.guidelines.results import BaselineResult, Selection
 
-__all__ = ["baseline_text", "fmt", "source_text", "value_of"]
+__all__ = ["baseline_text", "fmt", "percent_spread", "source_text", "value_of"]
 
 
 def value_of(obj: object, name: str) -> Any:
@@ -34,3 +34,14 @@ def baseline_text(base: BaselineResult | None, spec: str = ".4f", missing: str =
     if base is None:
         return missing
     return f"{base.loss} {fmt(base.test_accuracy, spec, missing)}"
+
+
+def percent_spread(mean: float | None, std: float | None, missing: str = "-") -> str:
+    """An accuracy as percent with its spread over seeds: '90.5±1.4', '90.5' (one seed).
+
+    Percent with one decimal keeps a mean +- std cell at 8 characters, so the status
+    table with DM and every baseline side by side fits 100 columns.
+    """
+    if mean is None:
+        return missing
+    return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f}±{100 * std:.1f}"

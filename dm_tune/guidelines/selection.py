@@ -3,7 +3,11 @@
 ``status``, ``export``, ``report`` and ``recommend`` all name the best setting through
 :func:`select`: the confirmed setting with the best mean clean-validation accuracy over
 its seeds when confirmations exist, else the best search trial; non-finite values are
-skipped. Pure: it reads frozen trials, never a storage.
+skipped. A confirmed selection carries the standard deviation over its seeds (the
+sample one, ddof = 1; None for one seed) and ``collapsed`` when a replicate recorded
+``collapsed = True`` (below chance + 10 points); a collapsed replicate still counts in
+the mean, so a setting that sometimes collapses is not flattered. Pure: it reads frozen
+trials, never a storage.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from dm_tune.campaign.records import PARAM_MODE, PARAM_VARIANCE, TrialKey
 from dm_tune.guidelines.results import BaselineResult, Selection, TrialPoint
 
-__all__ = ["dm_points", "float_attr", "mean", "select", "summarize_baselines"]
+__all__ = ["dm_points", "float_attr", "mean", "select", "std", "summarize_baselines"]
 
 
 def select(
@@ -95,12 +99,15 @@ def _selection_from_confirm(trials: Iterable[FrozenTrial]) -> Selection | None:
     """Select the confirmed parameters with the best mean clean-val accuracy over seeds."""
     groups: dict[tuple[float, float], list[TrialPoint]] = defaultdict(list)
     sources: dict[tuple[float, float], int | None] = {}
+    collapsed: set[tuple[float, float]] = set()
     for trial in complete_with_params(trials):
         point = _to_point(trial)
         key = (point.emphasis_mode, point.emphasis_variance)
         groups[key].append(point)
         source = trial.user_attrs.get(TrialKey.SOURCE_TRIAL)
         sources.setdefault(key, int(source) if isinstance(source, int | float) else None)
+        if _collapsed(trial):
+            collapsed.add(key)
     if not groups:
         return None
     key, points = max(
@@ -116,7 +123,14 @@ def _selection_from_confirm(trials: Iterable[FrozenTrial]) -> Selection | None:
         source="confirm",
         trial_number=sources[key],
         n_seeds=len(points),
+        val_accuracy_std=std([p.val_accuracy for p in points]),
+        test_accuracy_std=std([p.test_accuracy for p in points]),
+        collapsed=key in collapsed,
     )
+
+
+def _collapsed(trial: FrozenTrial) -> bool:
+    return trial.user_attrs.get(TrialKey.COLLAPSED) is True
 
 
 def mean(values: Sequence[float | None]) -> float | None:
@@ -125,13 +139,55 @@ def mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(known)) if known else None
 
 
+def std(values: Sequence[float | None]) -> float | None:
+    """Sample standard deviation (ddof = 1) of the known values; None below two."""
+    known = [v for v in values if v is not None]
+    return float(np.std(known, ddof=1)) if len(known) > 1 else None
+
+
+def _params(trial: FrozenTrial) -> dict[str, float]:
+    raw = trial.user_attrs.get(TrialKey.LOSS_PARAMS) or {}
+    return {str(k): float(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+def _baseline_runs(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The runs that stand for one loss: its confirmation when there is one, else all.
+
+    Confirmed runs (``confirmation = True``, R new seeds) are preferred because DM's
+    selection is confirmed the same way: tuned against tuned, seeds against seeds. When
+    they hold several loss params (GCE confirmed once at its configured q and once at
+    its tuned q, say), the params with the most runs win, then the best mean
+    clean-validation accuracy (never test).
+    """
+    confirmed = [t for t in trials if t.user_attrs.get(TrialKey.CONFIRMATION) is True]
+    if not confirmed:
+        return trials
+    by_params: dict[tuple[tuple[str, float], ...], list[FrozenTrial]] = defaultdict(list)
+    for t in confirmed:
+        by_params[tuple(sorted(_params(t).items()))].append(t)
+    return max(by_params.values(),
+               key=lambda ts: (len(ts), mean([t.value for t in ts]) or 0.0))
+
+
 def summarize_baselines(trials: Iterable[FrozenTrial]) -> dict[str, BaselineResult]:
-    """Average each baseline loss's COMPLETE trials over its seeds."""
+    """Each baseline loss's mean (and std) over its seeds, keyed by the loss name.
+
+    A loss with confirmed runs (the confirmation that ends ``dm-tune run``) is summarised
+    from them only: R new seeds, like DM's confirmed selection. GCE whose ``q`` was tuned
+    (a ``gce_q`` study per setting) is the entry ``"gce"`` with ``params = {"q": best}``:
+    its confirmed runs supersede the single-seed run at the configured q, so the table
+    compares tuned DM against tuned GCE. ``params`` is the loss params of the runs
+    summarised (``{}`` for the loss defaults, or when they differ). ``collapsed``: a run
+    recorded ``collapsed = True``; it still counts in the mean.
+    """
     by_loss: dict[str, list[FrozenTrial]] = defaultdict(list)
     for t in _complete(trials):
         by_loss[str(t.user_attrs.get(TrialKey.LOSS, "unknown"))].append(t)
-    return {
-        loss: BaselineResult(
+    out = {}
+    for loss, everything in sorted(by_loss.items()):
+        ts = _baseline_runs(everything)
+        params = [_params(t) for t in ts]
+        out[loss] = BaselineResult(
             loss=loss,
             n=len(ts),
             val_accuracy=mean([t.value for t in ts]),
@@ -142,6 +198,9 @@ def summarize_baselines(trials: Iterable[FrozenTrial]) -> dict[str, BaselineResu
             memorized_noisy_fraction=mean(
                 [float_attr(t, TrialKey.MEMORIZED_NOISY_FRACTION) for t in ts]
             ),
+            val_accuracy_std=std([t.value for t in ts]),
+            test_accuracy_std=std([float_attr(t, TrialKey.TEST_ACCURACY) for t in ts]),
+            params=params[0] if all(p == params[0] for p in params) else {},
+            collapsed=any(_collapsed(t) for t in ts),
         )
-        for loss, ts in sorted(by_loss.items())
-    }
+    return out

@@ -1,0 +1,89 @@
+"""Smoke tests of the guideline benchmarks: validation_design.py and guideline_stability.py.
+
+Each runs with ``--quick`` (tiny training) and its RESULT lines must parse, be finite and
+lie in their ranges; no figure's target is asserted (they measure, they do not gate).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+
+import pytest
+from test_benchmarks import ROOT, _run, parse_results
+
+DESIGNS = ("split180_s1", "split180_s3", "split360_s1", "cv2_s1")
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stability_campaign_file_changes_only_seed_and_rates(tmp_path):
+    from dm_tune.campaign.settings import settings_of
+    from dm_tune.config import load_campaign_config
+
+    bench = _module("guideline_stability")
+    demo = load_campaign_config(ROOT / "studies" / "digits-quick.toml")
+    path = tmp_path / "c.toml"
+    path.write_text(bench.campaign_text(2, {"symmetric": [0.6, 0.2, 0.5], "pairflip": [0.2]},
+                                        quick=False))
+    config = load_campaign_config(path)
+    assert config.campaign.seed == 2
+    assert [(s.kind, s.rate) for s in settings_of(config)] == [
+        ("symmetric", 0.2), ("symmetric", 0.5), ("symmetric", 0.6), ("pairflip", 0.2)]
+    # everything else, the search budget and the training included, is the demo's
+    assert config.training == demo.training and config.search == demo.search
+    assert config.baselines == demo.baselines and config.name == demo.name
+    path.write_text(bench.campaign_text(0, {"symmetric": [0.4], "pairflip": [0.3]}, quick=True))
+    quick = load_campaign_config(path)
+    assert (quick.search.trials, quick.training.epochs) == (6, 8)
+    assert quick.baselines.losses == []
+
+
+@pytest.mark.slow
+def test_validation_design_quick_prints_every_design():
+    out = _run([sys.executable, "benchmarks/validation_design.py", "--quick"], timeout=240)
+    results = parse_results(out)
+    for design in DESIGNS:
+        stem = f"validation_{design}_symmetric0.4"
+        std = results[f"{stem}_seed_std"][0]
+        rho = results[f"{stem}_top10_spearman"][0]
+        regret = results[f"{stem}_regret"][0]
+        assert math.isfinite(std) and 0.0 < std < 0.5, (design, std)
+        assert -1.0 <= rho <= 1.0, (design, rho)
+        assert 0.0 <= regret <= 100.0, (design, regret)
+    # S = 3 replicate seeds: a third the variance of one seed, by construction
+    one = results["validation_split180_s1_symmetric0.4_seed_std"][0]
+    three = results["validation_split180_s3_symmetric0.4_seed_std"][0]
+    assert three == pytest.approx(one / math.sqrt(3), abs=1e-3)
+    # the truth is the test accuracy of models that learned something: its top-10 spans
+    # a finite, non-negative range in points
+    assert 0.0 <= results["validation_truth_symmetric0.4_top10_range_points"][0] < 100.0
+    verdicts = [line for line in out.splitlines() if line.startswith("VERDICT ")]
+    assert len(verdicts) == 1 and any(d in verdicts[0] for d in DESIGNS)
+
+
+@pytest.mark.slow
+def test_guideline_stability_quick_prints_spread_and_heldout_error():
+    out = _run([sys.executable, "benchmarks/guideline_stability.py", "--quick"], timeout=300)
+    results = parse_results(out)
+    for tag in ("symmetric0.2", "symmetric0.6", "pairflip0.2", "pairflip0.4"):
+        spread, target = results[f"stability_spread_{tag}"]
+        assert math.isfinite(spread) and 0.0 <= spread <= 100.0 and target == "1"
+        assert 0.0 <= results[f"stability_seed_se_{tag}"][0] < 50.0
+    for tag in ("symmetric0.4", "pairflip0.3"):
+        error, target = results[f"heldout_error_{tag}"]
+        full = results[f"heldout_full_test_{tag}"][0]
+        held = results[f"heldout_heldout_test_{tag}"][0]
+        assert target == "1"
+        # both re-trained recommendations learned (chance is 10 points) and the error is
+        # exactly the gap between them
+        assert 30.0 < full <= 100.0 and 30.0 < held <= 100.0, (tag, full, held)
+        assert error == pytest.approx(abs(full - held), abs=0.011)
+    for label in ("seed0", "seed1", "extra_rates"):
+        assert results[f"stability_campaign_run_s_{label}"][0] > 0
