@@ -27,7 +27,7 @@ class SurfacePanel:
     modes: list[float]
     variances: list[float]
     mean: list[list[float]]  # mean[i][j] at (modes[i], variances[j])
-    optimum: TrendPoint  # the selection (argmax of mean - std) and its credible-set band
+    optimum: TrendPoint  # Surface.optimum: the recommendation there and its credible set
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def surface_data(results: CampaignResults) -> SurfaceData:
 
 
 def surface_figure(data: SurfaceData) -> go.Figure:
-    """Predicted accuracy contours per searched rate, the argmax and its credible box."""
+    """Predicted accuracy contours per searched rate, the recommendation and its credible box."""
     titles = [f"{p.noise_kind} {p.optimum.noise_rate:.2f}" for p in data.panels]
     fig, cols, rows = _panel_grid(titles)
     for k, p in enumerate(data.panels):
@@ -73,7 +73,8 @@ def surface_figure(data: SurfaceData) -> go.Figure:
     )
     fig.update_xaxes(title_text="emphasis_mode")
     fig.update_yaxes(title_text="emphasis_variance")
-    return _finish(fig, "GP posterior mean of clean-val accuracy (star: selection; box: credible set)")
+    return _finish(fig, "GP posterior mean of clean-val accuracy "
+                        "(star: recommendation; box: credible set)")
 
 
 #: (stable name, title, data function, figure function), as in ``plots.FIGURES``

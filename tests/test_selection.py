@@ -41,6 +41,38 @@ def test_confirmed_mean_beats_a_better_single_search_trial() -> None:
     assert chosen.trial_number == 1
 
 
+def test_a_diverged_confirmation_seed_counts_against_its_setting() -> None:
+    # (0.4, 12): two seeds at 0.95 and one whose loss went non-finite at epoch 3 (PRUNED
+    # in a study without a pruner); (0.5, 8): three steady seeds at 0.90
+    diverged = _trial(0.4, 12.0, None, 2, seed=3, pruned_reason="non-finite loss",
+                      val_accuracy_curve=[0.5, 0.6, float("nan")], test_accuracy=0.1)
+    confirm = [_trial(0.4, 12.0, 0.95, 0, seed=1, test_accuracy=0.94),
+               _trial(0.4, 12.0, 0.95, 1, seed=2, test_accuracy=0.94), diverged,
+               *[_trial(0.5, 8.0, 0.90, 3 + k, seed=k, test_accuracy=0.9) for k in range(3)]]
+    chosen = select([], confirm)
+    assert (chosen.emphasis_mode, chosen.emphasis_variance) == (0.5, 8.0)
+    assert not chosen.collapsed
+    # alone, the diverged setting counts all three seeds and is flagged
+    alone = select([], confirm[:3])
+    assert alone.n_seeds == 3 and alone.collapsed
+    assert alone.val_accuracy == pytest.approx((0.95 + 0.95 + 0.6) / 3)
+    assert alone.test_accuracy == pytest.approx((0.94 + 0.94 + 0.1) / 3)
+
+
+def test_a_diverged_baseline_seed_counts_and_flags_the_baseline() -> None:
+    from dm_tune.guidelines.selection import summarize_baselines
+
+    runs = [create_trial(state=TrialState.COMPLETE, value=0.9,
+                         user_attrs={"loss": "gce", "seed": k, "test_accuracy": 0.88})
+            for k in range(2)]
+    runs.append(create_trial(state=TrialState.PRUNED, user_attrs={
+        "loss": "gce", "seed": 2, "pruned_reason": "non-finite loss",
+        "val_accuracy_curve": [0.3], "test_accuracy": 0.2}))
+    gce = summarize_baselines(runs)["gce"]
+    assert gce.n == 3 and gce.collapsed
+    assert gce.test_accuracy == pytest.approx((0.88 + 0.88 + 0.2) / 3)
+
+
 def test_non_finite_values_are_skipped() -> None:
     search = [_trial(0.4, 12.0, float("inf"), 0), _trial(0.5, 8.0, 0.7, 1),
               _trial(0.6, 4.0, None, 2)]

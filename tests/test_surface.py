@@ -149,6 +149,56 @@ def test_selection_at_a_searched_rate_is_the_surface_argmax(results):
     assert points[0.4].emphasis_mode not in trial_modes
 
 
+def _synthetic_observations(seed: int = SEED) -> Observations:
+    arr = np.array([(m, v, r, y) for r, rs in draw(seed).items() for m, v, y in rs])
+    return Observations(*arr.T)
+
+
+def test_the_fence_raises_only_a_rates_low_outliers():
+    rates = np.repeat([0.2, 0.4], 6)
+    values = np.array([0.95, 0.94, 0.93, 0.96, 0.92, 0.95,   # 0.2: no low outlier
+                       0.90, 0.91, 0.89, 0.92, 0.90, 0.25])  # 0.4: one collapsed trial
+    obs = Observations(np.linspace(0, 0.8, 12), np.linspace(0, 20, 12), rates, values)
+    floored = obs.floored().values
+    assert np.array_equal(floored[:6], values[:6])  # an outlier-free rate is not changed
+    q1, q3 = np.quantile(values[6:], [0.25, 0.75])
+    assert floored[11] == pytest.approx(q1 - 1.5 * (q3 - q1))  # the cliff, to 0.4's fence
+    assert 0.85 < floored[11] < 0.89
+    assert np.array_equal(floored[6:11], values[6:11])  # the rest of 0.4 untouched
+
+
+def test_a_confirmed_anchor_stands_for_its_rate_and_interpolation_joins_the_rates():
+    obs = _synthetic_observations()
+    free = fit_surface("symmetric", obs)
+    anchored = fit_surface("symmetric", obs, anchors={0.4 + 1e-12: (0.3, 9.0)})
+    assert anchored.anchors == {0.4: (0.3, 9.0)}
+    point = anchored.optimum(0.4)
+    assert (point.emphasis_mode, point.emphasis_variance) == (0.3, 9.0)
+    assert point.emphasis_mode_low <= 0.3 <= point.emphasis_mode_high  # the band holds it
+    # unanchored rates keep the surface's own pick
+    assert anchored.optimum(0.6) == free.optimum(0.6)
+    # between searched rates: the neighbours' points, linearly (here at the middle)
+    lo, hi, mid = anchored.optimum(0.4), anchored.optimum(0.6), anchored.optimum(0.5)
+    assert mid.emphasis_mode == pytest.approx((lo.emphasis_mode + hi.emphasis_mode) / 2)
+    assert mid.emphasis_variance == pytest.approx((lo.emphasis_variance + hi.emphasis_variance) / 2)
+    # outside the searched rates: the nearest searched rate's point
+    assert anchored.optimum(0.9).emphasis_mode == hi.emphasis_mode
+    # a rate that is not searched cannot be anchored
+    assert fit_surface("symmetric", obs, anchors={0.5: (0.1, 1.0)}).anchors == {}
+
+
+def test_leave_one_rate_out_drops_the_held_out_rates_anchor(results):
+    full = results.surfaces["symmetric"]
+    anchored = g.CampaignResults(**{**results.__dict__})
+    anchored.surfaces = {"symmetric": fit_surface("symmetric", _synthetic_observations(),
+                                                  anchors={0.4: (0.05, 1.0), 0.6: (0.56, 16.0)})}
+    (row,) = leave_one_rate_out(anchored)
+    # 0.4 is held out: its anchor (0.05, 1.0) must not steer the recommendation there,
+    # which interpolates the surface's pick at 0.2 and the anchor at 0.6
+    assert abs(row.emphasis_mode - 0.44) < 2 * MODE_TOL
+    assert full.searched_rates == anchored.surfaces["symmetric"].searched_rates
+
+
 def test_fit_is_fast_for_200_points():
     rng = np.random.default_rng(1)
     n = 200

@@ -150,6 +150,7 @@ def _surfaces(config: CampaignConfig, studies: dict[Setting, optuna.Study],
     confirmations: the candidates must not move when a re-run sees its own results)."""
     # the read side's model; imported here so that the write side loads scikit-learn only
     # when a run confirms (guidelines depends on campaign.records, never the reverse cycle)
+    from dm_tune.guidelines.loading import variance_is_log
     from dm_tune.guidelines.results import SettingResult
     from dm_tune.guidelines.selection import dm_points
     from dm_tune.guidelines.surface import fit_surfaces
@@ -160,6 +161,7 @@ def _surfaces(config: CampaignConfig, studies: dict[Setting, optuna.Study],
             noise_rate=round(float(study.user_attrs.get(StudyKey.NOISE_RATE, setting.rate)), 6),
             setting=setting.name, study_name=study.study_name, trial_counts={},
             trials=dm_points(trials[setting]), top_k=[], selected=None,
+            variance_log=variance_is_log(trials[setting]),  # as the guideline's surface
         )
         for setting, study in studies.items()
     ]

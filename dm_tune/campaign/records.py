@@ -72,7 +72,8 @@ class StudyKey:
     REALISED_NOISE_RATE = "realised_noise_rate"
     EPOCHS = "epochs"
     LABEL_SET = "label_set"
-    #: a confirm study: the DM candidates `run` planned, [[mode, variance], ...], written
+    #: a confirm study: the DM candidates `run` planned, [[mode, variance, source trial
+    #: number or null], ...], written
     #: before their jobs are queued so that a re-run queues exactly the same ones
     CONFIRM_PLAN = "confirm_plan"
 
@@ -106,7 +107,7 @@ class TrialKey:
     EPOCHS_RUN = "epochs_run"
     VAL_CURVE = "val_accuracy_curve"
     TEST_CURVE = "test_accuracy_curve"
-    COLLAPSED = "collapsed"  # a confirmed run: clean-val accuracy below chance + 10 points
+    COLLAPSED = "collapsed"  # a baseline or confirmed run: clean-val below chance + 10 points
     # why it ended early
     PRUNED_REASON = "pruned_reason"
     STOPPED = "stopped"

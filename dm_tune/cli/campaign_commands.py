@@ -24,11 +24,11 @@ from dm_tune.cli.options import (
 from dm_tune.errors import DMTuneError
 
 
-def _print_status(store, config) -> None:
+def _print_status(store, config, sentences: bool = True) -> None:
     from dm_tune.cli.tables import status_table
     from dm_tune.guidelines.status import status_rows
 
-    console.print(status_table(config.name, status_rows(store, config)))
+    console.print(status_table(config.name, status_rows(store, config), sentences))
 
 
 def _workers_failed(codes: dict[str, int]) -> None:
@@ -107,7 +107,8 @@ def run(
     stopped = work(config)
     if not stopped and confirm:
         stopped = _confirm_after_search(store, config, work)
-    _print_status(store, config)
+    # the outputs end with the same sentences after the recommendations: say them once
+    _print_status(store, config, sentences=stopped or not report)
     say(f"database: {database_location(storage)}")
     if stopped:
         say("stopped early: run the same command again to resume")

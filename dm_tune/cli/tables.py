@@ -79,10 +79,11 @@ def status_sentences(rows: Sequence[StatusRow]) -> list[str]:
     return lines
 
 
-def status_table(campaign: str, rows: Sequence[StatusRow]) -> Table:
+def status_table(campaign: str, rows: Sequence[StatusRow], sentences: bool = True) -> Table:
     """The ``dm-tune status`` table: counts, the selection export names, DM's test
-    accuracy (mean±std over confirmed seeds) beside each baseline's; the key and the
-    baseline sentences under it."""
+    accuracy (mean±std over confirmed seeds) beside each baseline's; the key and (unless
+    ``sentences`` is False: `run` prints them after its recommendations) the baseline
+    sentences under it."""
     headers = ("setting", "trials", "p/f/r", "mode", "var", "from", "val %", "DM test %",
                "baselines test %")
     cells = [
@@ -97,7 +98,7 @@ def status_table(campaign: str, rows: Sequence[StatusRow]) -> Table:
         for row in rows
     ]
     table = _table(f"campaign {campaign}", headers, cells, compact=True)
-    table.caption = "\n".join([STATUS_KEY, *status_sentences(rows)])
+    table.caption = "\n".join([STATUS_KEY, *(status_sentences(rows) if sentences else [])])
     return table
 
 

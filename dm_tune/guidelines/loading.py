@@ -26,7 +26,7 @@ from dm_tune.guidelines.results import (
 from dm_tune.guidelines.selection import dm_points, rank, select, summarize_baselines
 from dm_tune.guidelines.trend import fit_trends
 
-__all__ = ["count_states", "load_campaign", "total_counts"]
+__all__ = ["count_states", "load_campaign", "total_counts", "variance_is_log"]
 
 
 def load_campaign(
@@ -142,7 +142,7 @@ def _setting_result(
         top_k=rank(points)[:top_k],
         selected=select(trials, confirm_trials),
         baselines=summarize_baselines(baseline_trials),
-        variance_log=_variance_is_log(trials),
+        variance_log=variance_is_log(trials),
         confirm_trials=dm_points(confirm_trials),
     )
 
@@ -153,7 +153,7 @@ def count_states(trials: Iterable[FrozenTrial]) -> dict[str, int]:
     return {state.name: counts.get(state.name, 0) for state in TrialState}
 
 
-def _variance_is_log(trials: Iterable[FrozenTrial]) -> bool:
+def variance_is_log(trials: Iterable[FrozenTrial]) -> bool:
     """Return whether the variance was searched on a log scale."""
     for t in trials:
         dist = t.distributions.get(PARAM_VARIANCE)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
@@ -70,11 +71,16 @@ def complete_with_params(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
 
 def _to_point(t: FrozenTrial) -> TrialPoint:
     """One trial's parameters, objective and outcomes."""
+    return _to_point_values(t, float(t.value))
+
+
+def _to_point_values(t: FrozenTrial, value: float) -> TrialPoint:
+    """A trial's parameters and outcomes with ``value`` as its clean-val accuracy."""
     return TrialPoint(
         number=t.number,
         emphasis_mode=float(t.params[PARAM_MODE]),
         emphasis_variance=float(t.params[PARAM_VARIANCE]),
-        val_accuracy=float(t.value),
+        val_accuracy=value,
         test_accuracy=float_attr(t, TrialKey.TEST_ACCURACY),
         test_accuracy_at_best_val=float_attr(t, TrialKey.TEST_ACCURACY_AT_BEST_VAL),
         memorized_noisy_fraction=float_attr(t, TrialKey.MEMORIZED_NOISY_FRACTION),
@@ -100,13 +106,16 @@ def _selection_from_confirm(trials: Iterable[FrozenTrial]) -> Selection | None:
     groups: dict[tuple[float, float], list[TrialPoint]] = defaultdict(list)
     sources: dict[tuple[float, float], int | None] = {}
     collapsed: set[tuple[float, float]] = set()
-    for trial in complete_with_params(trials):
-        point = _to_point(trial)
+    for run in ended_runs(trials):
+        trial = run.trial
+        if PARAM_MODE not in trial.params or PARAM_VARIANCE not in trial.params:
+            continue
+        point = replace(_to_point_values(trial, run.value), test_accuracy=run.test_accuracy)
         key = (point.emphasis_mode, point.emphasis_variance)
         groups[key].append(point)
         source = trial.user_attrs.get(TrialKey.SOURCE_TRIAL)
         sources.setdefault(key, int(source) if isinstance(source, int | float) else None)
-        if _collapsed(trial):
+        if run.collapsed:
             collapsed.add(key)
     if not groups:
         return None
@@ -133,6 +142,40 @@ def _collapsed(trial: FrozenTrial) -> bool:
     return trial.user_attrs.get(TrialKey.COLLAPSED) is True
 
 
+@dataclass(frozen=True)
+class EndedRun:
+    """One run of a study that never prunes (confirm, baselines), as it counts."""
+
+    trial: FrozenTrial
+    value: float  # clean-validation accuracy
+    test_accuracy: float | None
+    collapsed: bool
+
+
+def ended_runs(trials: Iterable[FrozenTrial]) -> list[EndedRun]:
+    """Every finished run of a confirm or baselines study, diverged ones included.
+
+    Those studies have no pruner, so a PRUNED run there is one whose loss went non-finite
+    (``pruned_reason``). It counts as a collapsed replicate valued at its last finite
+    clean-validation accuracy (0 without one), and its recorded test accuracy (else that
+    value): a seed that diverges weighs against its setting instead of vanishing from
+    the mean and leaving the luckier seeds to speak for it.
+    """
+    runs = []
+    for t in trials:
+        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
+            runs.append(EndedRun(t, float(t.value), float_attr(t, TrialKey.TEST_ACCURACY),
+                                 _collapsed(t)))
+        elif t.state == TrialState.PRUNED:
+            curve = t.user_attrs.get(TrialKey.VAL_CURVE) or []
+            finite = [float(v) for v in curve if isinstance(v, int | float)
+                      and not isinstance(v, bool) and math.isfinite(v)]
+            value = finite[-1] if finite else 0.0
+            test = float_attr(t, TrialKey.TEST_ACCURACY)
+            runs.append(EndedRun(t, value, value if test is None else test, True))
+    return runs
+
+
 def mean(values: Sequence[float | None]) -> float | None:
     """Mean of the known values; None when none is known."""
     known = [v for v in values if v is not None]
@@ -150,7 +193,7 @@ def _params(trial: FrozenTrial) -> dict[str, float]:
     return {str(k): float(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
 
 
-def _baseline_runs(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+def _baseline_runs(trials: list[EndedRun]) -> list[EndedRun]:
     """The runs that stand for one loss: its confirmation when there is one, else all.
 
     Confirmed runs (``confirmation = True``, R new seeds) are preferred because DM's
@@ -159,14 +202,14 @@ def _baseline_runs(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     its tuned q, say), the params with the most runs win, then the best mean
     clean-validation accuracy (never test).
     """
-    confirmed = [t for t in trials if t.user_attrs.get(TrialKey.CONFIRMATION) is True]
+    confirmed = [r for r in trials if r.trial.user_attrs.get(TrialKey.CONFIRMATION) is True]
     if not confirmed:
         return trials
-    by_params: dict[tuple[tuple[str, float], ...], list[FrozenTrial]] = defaultdict(list)
-    for t in confirmed:
-        by_params[tuple(sorted(_params(t).items()))].append(t)
+    by_params: dict[tuple[tuple[str, float], ...], list[EndedRun]] = defaultdict(list)
+    for r in confirmed:
+        by_params[tuple(sorted(_params(r.trial).items()))].append(r)
     return max(by_params.values(),
-               key=lambda ts: (len(ts), mean([t.value for t in ts]) or 0.0))
+               key=lambda rs: (len(rs), mean([r.value for r in rs]) or 0.0))
 
 
 def summarize_baselines(trials: Iterable[FrozenTrial]) -> dict[str, BaselineResult]:
@@ -178,29 +221,31 @@ def summarize_baselines(trials: Iterable[FrozenTrial]) -> dict[str, BaselineResu
     its confirmed runs supersede the single-seed run at the configured q, so the table
     compares tuned DM against tuned GCE. ``params`` is the loss params of the runs
     summarised (``{}`` for the loss defaults, or when they differ). ``collapsed``: a run
-    recorded ``collapsed = True``; it still counts in the mean.
+    recorded ``collapsed = True``, or diverged (:func:`ended_runs`); it still counts in
+    the mean.
     """
-    by_loss: dict[str, list[FrozenTrial]] = defaultdict(list)
-    for t in _complete(trials):
-        by_loss[str(t.user_attrs.get(TrialKey.LOSS, "unknown"))].append(t)
+    by_loss: dict[str, list[EndedRun]] = defaultdict(list)
+    for run in ended_runs(trials):
+        by_loss[str(run.trial.user_attrs.get(TrialKey.LOSS, "unknown"))].append(run)
     out = {}
     for loss, everything in sorted(by_loss.items()):
-        ts = _baseline_runs(everything)
+        runs = _baseline_runs(everything)
+        ts = [r.trial for r in runs]
         params = [_params(t) for t in ts]
         out[loss] = BaselineResult(
             loss=loss,
-            n=len(ts),
-            val_accuracy=mean([t.value for t in ts]),
-            test_accuracy=mean([float_attr(t, TrialKey.TEST_ACCURACY) for t in ts]),
+            n=len(runs),
+            val_accuracy=mean([r.value for r in runs]),
+            test_accuracy=mean([r.test_accuracy for r in runs]),
             test_accuracy_at_best_val=mean(
                 [float_attr(t, TrialKey.TEST_ACCURACY_AT_BEST_VAL) for t in ts]
             ),
             memorized_noisy_fraction=mean(
                 [float_attr(t, TrialKey.MEMORIZED_NOISY_FRACTION) for t in ts]
             ),
-            val_accuracy_std=std([t.value for t in ts]),
-            test_accuracy_std=std([float_attr(t, TrialKey.TEST_ACCURACY) for t in ts]),
+            val_accuracy_std=std([r.value for r in runs]),
+            test_accuracy_std=std([r.test_accuracy for r in runs]),
             params=params[0] if all(p == params[0] for p in params) else {},
-            collapsed=any(_collapsed(t) for t in ts),
+            collapsed=any(r.collapsed for r in runs),
         )
     return out
