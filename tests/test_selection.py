@@ -105,3 +105,22 @@ def test_status_export_report_and_recommend_agree(tmp_path) -> None:
     at_rate = guidelines.recommend(exported, "symmetric", 0.4)
     point = next(p for p in exported["trends"]["symmetric"] if p["noise_rate"] == 0.4)
     assert at_rate.emphasis_mode == pytest.approx(point["emphasis_mode"])
+
+
+def test_recommend_at_a_confirmed_rate_prints_the_confirmed_mean_and_std(tmp_path, capsys):
+    from dm_tune.cli.guideline_commands import run_recommend
+
+    url = build_campaign(f"sqlite:///{tmp_path / 'fake.db'}")
+    path = tmp_path / "e.json"
+    guidelines.write_json(guidelines.load_campaign(url, CAMPAIGN), path)
+    selected = next(s["selected"] for s in json.loads(path.read_text())["settings"]
+                    if s["setting"] == "symmetric-0.40")
+    run_recommend(path, "symmetric", 0.4)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == (
+        f"confirmed at symmetric 0.4: mode {CONFIRMED[0]:.3f}, variance {CONFIRMED[1]:.3g}, "
+        f"clean-val {selected['val_accuracy']:.3f} ± {selected['val_accuracy_std']:.3f}, "
+        f"test {selected['test_accuracy']:.3f} ± {selected['test_accuracy_std']:.3f} "
+        "over 2 seeds")
+    run_recommend(path, "symmetric", 0.3)  # not searched: no confirmed line
+    assert len(capsys.readouterr().out.splitlines()) == 1

@@ -123,6 +123,31 @@ def run_recommend(export: Path, noise: str, rate: float, as_json: bool = False) 
            f"± {rec.predicted_std:.3f}"
            if rec.predicted_accuracy is not None and rec.predicted_std is not None else "")
     )
+    confirmed = _confirmed_at(data, noise, rate)
+    if confirmed:
+        typer.echo(confirmed)
+
+
+def _confirmed_at(data: dict, noise: str, rate: float) -> str | None:
+    """'confirmed at symmetric 0.4: ...' when the export holds that searched rate's
+    confirmed selection (mean ± std over its seeds), else None."""
+    for setting in data.get("settings", []):
+        sel = setting.get("selected") or {}
+        if (setting.get("noise_kind") != noise or sel.get("source") != "confirm"
+                or abs(float(setting.get("noise_rate", -1.0)) - rate) > 1e-6):
+            continue
+
+        flag = "; a replicate collapsed" if sel.get("collapsed") else ""
+        return (f"confirmed at {noise} {rate:g}: mode {sel['emphasis_mode']:.3f}, variance "
+                f"{sel['emphasis_variance']:.3g}, clean-val {_spread(sel, 'val_accuracy')}, "
+                f"test {_spread(sel, 'test_accuracy')} over {sel.get('n_seeds', 1)} seeds{flag}")
+    return None
+
+
+def _spread(selected: dict, name: str) -> str:
+    """'0.948 ± 0.012' (the std only when the export has one)."""
+    std = selected.get(f"{name}_std")
+    return f"{selected[name]:.3f}" + (f" ± {std:.3f}" if std is not None else "")
 
 
 @command("recommend")
