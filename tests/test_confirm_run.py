@@ -261,3 +261,34 @@ def test_an_interrupted_confirmation_resumes_to_exact_counts(tmp_path):
         assert len(studies[f"tiny/{setting}/baselines"]) == 2 + 2 * seeds
         for trials in (confirm, studies[f"tiny/{setting}/baselines"]):
             assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_a_new_best_q_is_confirmed_on_a_rerun_without_repeating_the_old_one(tmp_path):
+    seeds = 2
+    config = _tiny(tmp_path, seeds=seeds, candidates=1, q=3)
+    db = f"sqlite:///{tmp_path / 'q.db'}"
+    _run(config, db)
+    storage = optuna.storages.RDBStorage(db)
+    name = "tiny/symmetric-0.20"
+    old = {t.user_attrs["loss_params"]["q"] for t in _studies(db)[f"{name}/baselines"]
+           if t.user_attrs.get("confirmation") and t.user_attrs["loss"] == "gce"}
+    (old_q,) = old
+    # a later q trial beats the grid: GCE must now be confirmed at q = 0.3 as well
+    q_study = optuna.load_study(study_name=f"{name}/gce_q", storage=storage)
+    q_study.add_trial(create_trial(
+        value=1.0, params={"q": 0.3},
+        distributions={"q": optuna.distributions.FloatDistribution(0.1, 1.0)},
+        user_attrs={"loss": "gce", "loss_params": {"q": 0.3}, "seed": 0}))
+    _run(config, db)
+    gce = [t for t in _studies(db)[f"{name}/baselines"]
+           if t.user_attrs.get("confirmation") and t.user_attrs["loss"] == "gce"]
+    by_q = {}
+    for t in gce:
+        by_q.setdefault(t.user_attrs["loss_params"]["q"], []).append(t.user_attrs["seed"])
+    assert sorted(by_q) == sorted({old_q, 0.3})
+    assert all(sorted(s) == [1000, 1001] for s in by_q.values())  # each q: R seeds, once
+    assert all(t.state == TrialState.COMPLETE for t in gce)
+    # the other setting's best q did not move: nothing new there
+    other = [t for t in _studies(db)["tiny/symmetric-0.40/baselines"]
+             if t.user_attrs.get("confirmation") and t.user_attrs["loss"] == "gce"]
+    assert len(other) == seeds

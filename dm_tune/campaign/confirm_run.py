@@ -28,7 +28,7 @@ the ordinary worker loop (population engine included), so an interrupted run res
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -52,6 +52,9 @@ from dm_tune.campaign.records import (
 from dm_tune.campaign.run_trial import GCE_Q_RANGE
 from dm_tune.campaign.settings import Setting, load_setting_data, settings_of
 from dm_tune.config import CampaignConfig
+
+if TYPE_CHECKING:
+    from dm_tune.data import TrialData
 
 __all__ = [
     "confirmation_config",
@@ -234,31 +237,42 @@ def _queue_dm(storage: Storage, config: CampaignConfig, setting: Setting,
 
 def _queue_baselines(storage: Storage, config: CampaignConfig, setting: Setting,
                      jobs: list[tuple[str, dict[str, float]]]) -> int:
-    """Queue (loss, params) x R seeds in the baselines study; the number of jobs added."""
+    """Queue (loss, params) x R seeds in the baselines study; the number of jobs added.
+
+    A job is known by (loss, params, seed): when GCE's best q moves (more ``gce_q``
+    trials), the new q is confirmed too, and the summary chooses between them.
+    """
     study = _load(storage, setting.study_name(config.name, ROLE_BASELINES))
     if study is None or not jobs:
         return 0
     live = _live(study)
-    queued = {(t.user_attrs.get(TrialKey.LOSS), t.user_attrs.get(TrialKey.SEED))
+    queued = {_job_key(t.user_attrs.get(TrialKey.LOSS), t.user_attrs.get(TrialKey.LOSS_PARAMS),
+                       t.user_attrs.get(TrialKey.SEED))
               for t in live if t.user_attrs.get(TrialKey.CONFIRMATION)}
     added = 0
     for loss, params in jobs:
         for seed in _seeds(config):
-            if (loss, seed) in queued:
+            if _job_key(loss, params, seed) in queued:
                 continue
             study.enqueue_trial({}, user_attrs={
                 TrialKey.LOSS: loss, TrialKey.LOSS_PARAMS: dict(params), TrialKey.SEED: seed,
                 TrialKey.CONFIRMATION: True})
-            queued.add((loss, seed))
+            queued.add(_job_key(loss, params, seed))
             added += 1
     budget = len(config.baselines.losses) * config.baselines.seeds + len(queued)
     study.set_user_attr(StudyKey.BUDGET, budget)
     return added
 
 
-def _queue_gce_q(storage: Storage, config: CampaignConfig, setting: Setting) -> int:
+def _job_key(loss: Any, params: Any, seed: Any) -> tuple:
+    """A confirmation job's identity: loss, its params (rounded) and seed."""
+    items = params.items() if isinstance(params, dict) else ()
+    return (loss, tuple(sorted((str(k), round(float(v), 6)) for k, v in items)), seed)
+
+
+def _queue_gce_q(storage: Storage, config: CampaignConfig, setting: Setting,
+                 data: TrialData) -> int:
     """Create the setting's gce_q study with its grid queued; the number of jobs added."""
-    data = load_setting_data(config, setting)
     name = setting.study_name(config.name, ROLE_GCE_Q)
     budget = config.confirm.gce_q_trials
     study, _ = ensure_study(storage, name, study_attrs(config, setting, ROLE_GCE_Q, data, budget))
@@ -294,13 +308,16 @@ def queue_confirmations(storage: Storage, config: CampaignConfig) -> int:
     baselines = [(loss, config.baselines.params.get(loss, {}))
                  for loss in config.baselines.losses
                  if not (loss == "gce" and tunes_gce(config))]
+    # the data (labels, digest) outside the lock: on CIFAR loading it takes seconds, and
+    # every other worker's claims wait on this lock
+    data = {s: load_setting_data(config, s) for s in plans} if tunes_gce(config) else {}
     added = 0
     with campaign_lock(storage, lock_name(config)):
         for setting, candidates in plans.items():
             added += _queue_dm(storage, config, setting, candidates)
             added += _queue_baselines(storage, config, setting, baselines)
             if tunes_gce(config):
-                added += _queue_gce_q(storage, config, setting)
+                added += _queue_gce_q(storage, config, setting, data[setting])
     return added
 
 

@@ -30,10 +30,12 @@ def source_text(selection: Selection | None, missing: str = "-") -> str:
 
 
 def baseline_text(base: BaselineResult | None, spec: str = ".4f", missing: str = "-") -> str:
-    """'gce 0.7900' (test accuracy of the best baseline by clean validation) or ``missing``."""
+    """'gce q=0.46 0.7900' (test accuracy of the best baseline by clean validation, with
+    its tuned params) or ``missing``."""
     if base is None:
         return missing
-    return f"{base.loss} {fmt(base.test_accuracy, spec, missing)}"
+    params = "".join(f" {k}={v:g}" for k, v in sorted(base.params.items()))
+    return f"{base.loss}{params} {fmt(base.test_accuracy, spec, missing)}"
 
 
 def percent_spread(mean: float | None, std: float | None, missing: str = "-") -> str:
