@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -12,7 +15,7 @@ from dm_tune.campaign.settings import Setting, settings_of
 from dm_tune.config import CampaignConfig
 from dm_tune.errors import CampaignError
 
-__all__ = ["CONFIRM_SEED_OFFSET", "create_confirmations"]
+__all__ = ["CONFIRM_SEED_OFFSET", "confirm_study", "create_confirmations", "queue_replicates"]
 
 #: confirmation seeds start here above the campaign seed: never a search seed
 CONFIRM_SEED_OFFSET = 1000
@@ -46,24 +49,48 @@ def _queue(
     storage: optuna.storages.RDBStorage, config: CampaignConfig, setting: Setting,
     dm_study: optuna.Study, top: list[FrozenTrial], seeds: int,
 ) -> str:
-    name = setting.study_name(config.name, ROLE_CONFIRM)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                                load_if_exists=True)
+    study = confirm_study(storage, config, setting, dm_study)
+    first = config.campaign.seed + CONFIRM_SEED_OFFSET
+    queue_replicates(study, [({k: t.params[k] for k in PARAMS}, t.number) for t in top],
+                     range(first, first + seeds))
+    return study.study_name
+
+
+def confirm_study(
+    storage: optuna.storages.RDBStorage, config: CampaignConfig, setting: Setting,
+    dm_study: optuna.Study,
+) -> optuna.Study:
+    """The setting's confirm study; created (or completed) with the DM study's attributes."""
+    study = optuna.create_study(study_name=setting.study_name(config.name, ROLE_CONFIRM),
+                                storage=storage, direction="maximize", load_if_exists=True)
     for key, value in dm_study.user_attrs.items():
         if key not in study.user_attrs:
             study.set_user_attr(key, value)
     study.set_user_attr(StudyKey.ROLE, ROLE_CONFIRM)
+    return study
+
+
+def queue_replicates(
+    study: optuna.Study, jobs: Sequence[tuple[dict[str, float], int | None]],
+    seeds: Iterable[int], **attrs: Any,
+) -> int:
+    """Queue each (params, source trial) job once per seed; the number of jobs added.
+
+    A job is known by (source trial, seed), so a re-run queues nothing twice; a failed
+    trial does not count (it was re-queued or gave up). The study's budget becomes the
+    number of jobs it holds. ``attrs`` are extra user attributes of every new job.
+    """
     queued = {(t.user_attrs.get(TrialKey.SOURCE_TRIAL), t.user_attrs.get(TrialKey.SEED))
               for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
-    for trial in top:
-        for offset in range(seeds):
-            seed = config.campaign.seed + CONFIRM_SEED_OFFSET + offset
-            if (trial.number, seed) in queued:
+    seeds = list(seeds)
+    added = 0
+    for params, source in jobs:
+        for seed in seeds:
+            if (source, seed) in queued:
                 continue
-            study.enqueue_trial(
-                {k: trial.params[k] for k in PARAMS},
-                user_attrs={TrialKey.SEED: seed, TrialKey.SOURCE_TRIAL: trial.number},
-            )
-            queued.add((trial.number, seed))
+            study.enqueue_trial(dict(params), user_attrs={
+                TrialKey.SEED: seed, TrialKey.SOURCE_TRIAL: source, **attrs})
+            queued.add((source, seed))
+            added += 1
     study.set_user_attr(StudyKey.BUDGET, len(queued))
-    return name
+    return added

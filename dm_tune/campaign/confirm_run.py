@@ -35,7 +35,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dm_tune.campaign.candidates import Candidate, Observed, confirm_candidates
-from dm_tune.campaign.confirm import CONFIRM_SEED_OFFSET
+from dm_tune.campaign.confirm import CONFIRM_SEED_OFFSET, confirm_study, queue_replicates
 from dm_tune.campaign.create import ensure_study, lock_name, study_attrs
 from dm_tune.campaign.locks import campaign_lock
 from dm_tune.campaign.records import (
@@ -203,33 +203,14 @@ def _queue_dm(storage: Storage, config: CampaignConfig, setting: Setting,
               candidates: list[Candidate]) -> int:
     """Queue the candidates' jobs in the confirm study; the number of jobs added."""
     dm_study = optuna.load_study(study_name=setting.study_name(config.name), storage=storage)
-    name = setting.study_name(config.name, ROLE_CONFIRM)
-    study = _load(storage, name) or optuna.create_study(
-        study_name=name, storage=storage, direction="maximize")
-    for key, value in dm_study.user_attrs.items():
-        if key not in study.user_attrs:
-            study.set_user_attr(key, value)
-    study.set_user_attr(StudyKey.ROLE, ROLE_CONFIRM)
+    study = confirm_study(storage, config, setting, dm_study)
     plan = study.user_attrs.get(StudyKey.CONFIRM_PLAN)
     if plan is None:  # stored first: a re-run (even after a crash here) queues the same
         plan = [[c.emphasis_mode, c.emphasis_variance, c.source_trial] for c in candidates]
         study.set_user_attr(StudyKey.CONFIRM_PLAN, plan)
-    queued = {(t.user_attrs.get(TrialKey.SOURCE_TRIAL), t.user_attrs.get(TrialKey.SEED))
-              for t in _live(study)}
-    added = 0
-    for mode, variance, source in plan:
-        for seed in _seeds(config):
-            if (source, seed) in queued:
-                continue
-            study.enqueue_trial(
-                {PARAM_MODE: float(mode), PARAM_VARIANCE: float(variance)},
-                user_attrs={TrialKey.SEED: seed, TrialKey.SOURCE_TRIAL: source,
-                            TrialKey.CONFIRMATION: True},
-            )
-            queued.add((source, seed))
-            added += 1
-    study.set_user_attr(StudyKey.BUDGET, len(queued))
-    return added
+    jobs = [({PARAM_MODE: float(mode), PARAM_VARIANCE: float(variance)}, source)
+            for mode, variance, source in plan]
+    return queue_replicates(study, jobs, _seeds(config), **{TrialKey.CONFIRMATION: True})
 
 
 # ---------------------------------------------------------------- baselines, GCE q
