@@ -121,15 +121,31 @@ def _record(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     retrying(lambda: _optuna.set_trial_user_attrs(trial, clean), "recording a trial")
 
 
-def _already_told(error: BaseException) -> bool | None:
-    # a retried tell whose first attempt committed: the trial is finished, which is the goal
-    return True if isinstance(error, optuna.exceptions.UpdateFinishedTrialError) else None
+def _already_told(
+    claimed: ClaimedTrial, state: TrialState
+) -> Callable[[BaseException], bool | None]:
+    """Accept a retried tell's error when its first attempt committed (the goal is met).
+
+    The connection can die after the server committed the tell and before the reply
+    came: the retry then finds the trial finished. Optuna says so with
+    ``UpdateFinishedTrialError`` or, from ``study.tell``, a plain ``ValueError``
+    ("Cannot tell a COMPLETE trial."), so the stored state decides, not the message.
+    """
+
+    def accept(error: BaseException) -> bool | None:
+        if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
+            return True
+        if isinstance(error, ValueError) and _optuna.frozen_trial(claimed.trial).state == state:
+            return True
+        return None
+
+    return accept
 
 
 def _tell(claimed: ClaimedTrial, value: float | None = None,
           state: TrialState | None = None) -> None:
     retrying(lambda: claimed.study.tell(claimed.trial, value, state=state), "tell",
-             accept=_already_told)
+             accept=_already_told(claimed, state or TrialState.COMPLETE))
 
 
 def _requeue(claimed: ClaimedTrial) -> None:
