@@ -71,8 +71,15 @@ def set_trial_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     table = models.TrialUserAttributeModel
     # Two statements in one transaction instead of three round trips per key: replace the
     # keys (a re-queued trial may carry some) and insert them all. Only this worker writes
-    # to its RUNNING trial, so nothing can interleave.
+    # to its RUNNING trial; but another worker may have failed it as heartbeat-stale during
+    # an outage, so the state is checked in the same transaction, as Optuna's own writes do.
     with _create_scoped_session(rdb.scoped_session) as session:
+        state = session.query(models.TrialModel.state).filter(
+            models.TrialModel.trial_id == trial._trial_id).with_for_update().scalar()
+        if state is not None and TrialState(state).is_finished():
+            raise optuna.exceptions.UpdateFinishedTrialError(
+                f"Trial#{trial.number} has already finished ({TrialState(state).name}) and "
+                "can not be updated.")
         session.query(table).filter(
             table.trial_id == trial._trial_id, table.key.in_(list(attrs))
         ).delete(synchronize_session=False)

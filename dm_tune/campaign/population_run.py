@@ -27,6 +27,7 @@ from dm_tune.campaign.run_trial import (
     EpochHook,
     TrialOutcome,
     TrialStopped,
+    TrialTakenOver,
     base_attrs,
     beat_failed,
     collapse_attrs,
@@ -37,6 +38,7 @@ from dm_tune.campaign.run_trial import (
     loss_of,
     report_and_prune,
     report_epochs,
+    taken_over,
 )
 from dm_tune.campaign.settings import load_setting_data, train_spec
 from dm_tune.config import CampaignConfig
@@ -169,10 +171,14 @@ def run_claimed_population(
         for job in jobs:
             if job.outcome is not None or not job.curve or len(job.curve) < epoch:
                 continue
-            # the pruner sees the mean over the replicates
-            if report_and_prune(job.claimed, float(job.curve[-1]["val_accuracy"]), epoch):
-                job.outcome = end_pruned(job.claimed,
-                                         {**job.base, **partial_attrs(job.curve, started)})
+            try:
+                # the pruner sees the mean over the replicates
+                if report_and_prune(job.claimed, float(job.curve[-1]["val_accuracy"]), epoch):
+                    job.outcome = end_pruned(job.claimed,
+                                             {**job.base, **partial_attrs(job.curve, started)})
+            except TrialTakenOver:
+                job.outcome = taken_over(job.claimed)
+            if job.outcome is not None:
                 removed.extend(job.slots)
         return removed
 

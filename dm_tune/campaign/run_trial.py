@@ -43,6 +43,7 @@ TrainFn = Callable[..., TrialResult]
 __all__ = [
     "TrialOutcome",
     "TrialStopped",
+    "TrialTakenOver",
     "base_attrs",
     "collapse_attrs",
     "end_complete",
@@ -63,6 +64,31 @@ COLLAPSE_MARGIN = 0.10
 
 class TrialStopped(Exception):
     """The worker was asked to stop; the trial is failed and re-queued."""
+
+
+class TrialTakenOver(Exception):
+    """Another worker failed this trial as heartbeat-stale (its retry is queued).
+
+    It happens when this worker could not reach the storage for longer than the grace
+    period: its heartbeats stopped, so the trial looked like a dead worker's. The trial's
+    job runs again as the retry; this worker drops its result and goes on.
+    """
+
+
+def _taken_over(claimed: ClaimedTrial, intended: TrialState | None = None) -> bool:
+    """Whether the stored trial was failed by someone else (not by this worker's ``intended``
+    tell): the stale-trial reaper is the only other writer of a RUNNING trial's state."""
+    stored = retrying(lambda: _optuna.frozen_trial(claimed.trial).state, "reading a trial")
+    return stored == TrialState.FAIL and intended != TrialState.FAIL
+
+
+def taken_over(claimed: ClaimedTrial) -> TrialOutcome:
+    """Say that the trial was taken over, once; its outcome for this worker (FAIL)."""
+    _logger.warning(
+        "trial %d of %s was failed as heartbeat-stale by another worker while this one could "
+        "not reach the storage; its result is dropped and its job runs again as a retry",
+        claimed.trial.number, claimed.study.study_name)
+    return TrialOutcome(TrialState.FAIL)
 
 
 @dataclass(frozen=True)
@@ -116,9 +142,18 @@ def loss_of(claimed: ClaimedTrial, config: CampaignConfig) -> tuple[str, dict[st
     return "dm", {PARAM_MODE: mode, PARAM_VARIANCE: variance}, seed
 
 
-def _record(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+def _record(claimed: ClaimedTrial, attrs: dict[str, Any]) -> None:
     clean = {k: finite_or_none(v) for k, v in attrs.items()}
-    retrying(lambda: _optuna.set_trial_user_attrs(trial, clean), "recording a trial")
+    try:
+        retrying(lambda: _optuna.set_trial_user_attrs(claimed.trial, clean), "recording a trial")
+    except optuna.exceptions.UpdateFinishedTrialError:
+        if _taken_over(claimed):
+            raise TrialTakenOver from None
+        raise
+
+
+#: what a write to a finished trial raises (tell says "Cannot tell a FAIL trial.")
+_FINISHED_ERRORS = (ValueError, optuna.exceptions.UpdateFinishedTrialError)
 
 
 def _already_told(
@@ -133,9 +168,8 @@ def _already_told(
     """
 
     def accept(error: BaseException) -> bool | None:
-        if isinstance(error, optuna.exceptions.UpdateFinishedTrialError):
-            return True
-        if isinstance(error, ValueError) and _optuna.frozen_trial(claimed.trial).state == state:
+        if isinstance(error, _FINISHED_ERRORS) and \
+                _optuna.frozen_trial(claimed.trial).state == state:
             return True
         return None
 
@@ -144,8 +178,14 @@ def _already_told(
 
 def _tell(claimed: ClaimedTrial, value: float | None = None,
           state: TrialState | None = None) -> None:
-    retrying(lambda: claimed.study.tell(claimed.trial, value, state=state), "tell",
-             accept=_already_told(claimed, state or TrialState.COMPLETE))
+    intended = state or TrialState.COMPLETE
+    try:
+        retrying(lambda: claimed.study.tell(claimed.trial, value, state=state), "tell",
+                 accept=_already_told(claimed, intended))
+    except _FINISHED_ERRORS:
+        if _taken_over(claimed, intended):
+            raise TrialTakenOver from None
+        raise
 
 
 def _requeue(claimed: ClaimedTrial) -> None:
@@ -155,7 +195,12 @@ def _requeue(claimed: ClaimedTrial) -> None:
 def report_and_prune(claimed: ClaimedTrial, value: float, epoch: int) -> bool:
     """Report ``value`` at ``epoch``; whether the study's pruner stops the trial (DM only)."""
     trial = claimed.trial
-    retrying(lambda: trial.report(value, epoch), "trial.report")
+    try:
+        retrying(lambda: trial.report(value, epoch), "trial.report")
+    except optuna.exceptions.UpdateFinishedTrialError:
+        if _taken_over(claimed):
+            raise TrialTakenOver from None
+        raise
     return claimed.role == ROLE_DM and retrying(trial.should_prune, "should_prune")
 
 
@@ -208,7 +253,7 @@ def run_claimed_trial(
     with _optuna.heartbeat(trial, on_failure=beat_failed(trial)):
         try:
             result: TrialResult = train(data, spec, loss, loss_params,
-                                              on_epoch=epoch_callback, progress=False)
+                                        on_epoch=epoch_callback, progress=False)
         except optuna.TrialPruned:
             return end_pruned(claimed, {**base, **partial_attrs(curve, started)})
         except NonFiniteLossError as error:
@@ -216,6 +261,8 @@ def run_claimed_trial(
                                         TrialKey.PRUNED_REASON: str(error)})
         except TrialStopped:
             return end_stopped(claimed, {**base, **partial_attrs(curve, started)})
+        except TrialTakenOver:  # found at a pruning rung's report
+            return taken_over(claimed)
         except BaseException as error:
             end_failed(claimed, base, error)
             raise
@@ -243,14 +290,21 @@ def collapse_attrs(role: str, num_classes: int, val_accuracy: float) -> dict[str
 
 def end_pruned(claimed: ClaimedTrial, attrs: dict[str, Any]) -> TrialOutcome:
     """Record a pruned (or diverged) trial's attrs and tell it PRUNED."""
-    _record(claimed.trial, attrs)
-    _tell(claimed, state=TrialState.PRUNED)
+    try:
+        _record(claimed, attrs)
+        _tell(claimed, state=TrialState.PRUNED)
+    except TrialTakenOver:
+        return taken_over(claimed)
     return TrialOutcome(TrialState.PRUNED)
 
 
 def end_stopped(claimed: ClaimedTrial, attrs: dict[str, Any]) -> TrialOutcome:
-    """A stop request: record, tell FAIL and re-queue the same job."""
-    _record(claimed.trial, {**attrs, TrialKey.STOPPED: "worker stop"})
+    """A stop request: record, tell FAIL and re-queue the same job (unless taken over:
+    then the retry is queued already)."""
+    try:
+        _record(claimed, {**attrs, TrialKey.STOPPED: "worker stop"})
+    except TrialTakenOver:
+        return taken_over(claimed)
     _tell(claimed, state=TrialState.FAIL)
     _requeue(claimed)
     return TrialOutcome(TrialState.FAIL)
@@ -258,8 +312,12 @@ def end_stopped(claimed: ClaimedTrial, attrs: dict[str, Any]) -> TrialOutcome:
 
 def end_failed(claimed: ClaimedTrial, base: dict[str, Any], error: BaseException) -> None:
     """An error: record it and tell FAIL (a KeyboardInterrupt re-queues the job)."""
-    _record(claimed.trial, {**base, TrialKey.ERROR: f"{type(error).__name__}: {error}"[:500]})
-    _tell(claimed, state=TrialState.FAIL)
+    try:
+        _record(claimed, {**base, TrialKey.ERROR: f"{type(error).__name__}: {error}"[:500]})
+        _tell(claimed, state=TrialState.FAIL)
+    except TrialTakenOver:
+        taken_over(claimed)  # failed already, and its retry queued: the error still propagates
+        return
     if isinstance(error, KeyboardInterrupt):
         _requeue(claimed)
 
@@ -267,6 +325,9 @@ def end_failed(claimed: ClaimedTrial, base: dict[str, Any], error: BaseException
 def end_complete(claimed: ClaimedTrial, attrs: dict[str, Any],
                  result: TrialResult) -> TrialOutcome:
     """Record a finished trial (``attrs`` below the result's own) and tell its objective."""
-    _record(claimed.trial, {**attrs, **result.user_attrs()})
-    _tell(claimed, result.val_accuracy)
+    try:
+        _record(claimed, {**attrs, **result.user_attrs()})
+        _tell(claimed, result.val_accuracy)
+    except TrialTakenOver:
+        return taken_over(claimed)
     return TrialOutcome(TrialState.COMPLETE, result.val_accuracy)

@@ -1,0 +1,110 @@
+"""A worker whose trial another worker failed as heartbeat-stale drops it and goes on.
+
+During a database outage longer than the grace period, a worker's heartbeats stop; the
+first worker to reach the database again fails its trial as stale and queues the retry.
+The first worker must then neither crash ("Cannot tell a FAIL trial", exit 2 in CI) nor
+write its results onto the failed trial, and the budget must stay exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from dm_tune.campaign import _optuna, create_campaign, run_worker
+from dm_tune.campaign.settings import settings_of
+from dm_tune.config import load_campaign_config
+from dm_tune.storage import open_storage
+from dm_tune.training import TrialResult
+from tests.campaign_files import write_tiny
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _reap_running(storage: optuna.storages.RDBStorage, study_name: str,
+                  number: int | None = None) -> int:
+    """Let a running trial go stale and fail it as another worker's claim would."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if number is None or t.number == number][0]
+    storage.record_heartbeat(running._trial_id)  # Optuna only reaps trials that have beaten
+    time.sleep(2.1)  # past the 1 s grace period (SQLite's clock has 1 s steps)
+    _optuna.fail_stale_trials(study)
+    assert study.get_trials(deepcopy=False)[running.number].state == TrialState.FAIL
+    return running.number
+
+
+def _stub_train(data, spec, loss="dm", loss_params=None, on_epoch=None, progress=None):
+    on_epoch(1, {"val_accuracy": 0.5, "test_accuracy": 0.5, "train_loss": 1.0})
+    return TrialResult([0.5], [0.5], 0.5, 0.5, 1, 0.5, 0.5, 0.0, 0.0, 0.2, 1, 0.01, "cpu")
+
+
+@pytest.mark.parametrize("population", [1, 2])
+def test_a_trial_reaped_during_an_outage_is_dropped_and_retried(tmp_path, monkeypatch, caplog,
+                                                               population):
+    path = write_tiny(tmp_path, epochs=1, trials=2, baselines=())
+    path.write_text(path.read_text().replace("[search]\n",
+                                             f"[search]\npopulation = {population}\n"))
+    config = load_campaign_config(path)
+    storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}", heartbeat_interval=1,
+                           grace_period=1)
+    create_campaign(config, storage)
+    study_name = settings_of(config)[0].study_name(config.campaign.name)
+    # this worker lost the database: its heartbeat threads cannot beat
+    monkeypatch.setattr(_optuna, "heartbeat", lambda trial, on_failure=None:
+                        contextlib.nullcontext())
+    reaped: list[int] = []
+
+    def outage(claimed, epoch, metrics):  # before the epoch's report to the pruner
+        if not reaped and claimed.study.study_name == study_name:
+            reaped.append(_reap_running(storage, study_name, claimed.trial.number))
+
+    # one trial at a time: a stub trains; a population trains its (real, 1-epoch) members
+    train = {"train": _stub_train} if population == 1 else {}
+    with caplog.at_level(logging.WARNING, logger="dm_tune"):
+        first = run_worker(storage, config, "cpu", name="w0", max_trials=population,
+                           on_epoch=outage, **train)
+    # no exception: the worker goes on; a population's other member ends normally
+    assert first.states["FAIL"] == 1 and sum(first.states.values()) == population
+    assert "failed as heartbeat-stale by another worker" in caplog.text
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    failed = study.trials[reaped[0]]
+    assert failed.state == TrialState.FAIL
+    assert "test_accuracy" not in failed.user_attrs  # nothing written onto the failed trial
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == failed.number]
+    assert retry.params == failed.params
+
+    run_worker(storage, config, "cpu", name="w1", **train)
+    for setting in settings_of(config):
+        trials = optuna.load_study(study_name=setting.study_name(config.campaign.name),
+                                   storage=storage).trials
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        assert len(finished) == config.search.trials  # the budget stays exact
+
+
+def test_a_result_recorded_after_the_reap_is_dropped(tmp_path, monkeypatch, caplog):
+    config = load_campaign_config(write_tiny(tmp_path, epochs=1, trials=2, baselines=()))
+    storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}", heartbeat_interval=1,
+                           grace_period=1)
+    create_campaign(config, storage)
+    study_name = settings_of(config)[0].study_name(config.campaign.name)
+    monkeypatch.setattr(_optuna, "heartbeat", lambda trial, on_failure=None:
+                        contextlib.nullcontext())
+    reaped: list[int] = []
+
+    def train(data, spec, loss="dm", loss_params=None, on_epoch=None, progress=None):
+        result = _stub_train(data, spec, loss, loss_params, on_epoch, progress)
+        if not reaped:  # the outage comes after the last report, before the record
+            reaped.append(_reap_running(storage, study_name))
+        return result
+
+    with caplog.at_level(logging.WARNING, logger="dm_tune"):
+        first = run_worker(storage, config, "cpu", name="w0", max_trials=1, train=train)
+    assert first.states == {"FAIL": 1}
+    failed = optuna.load_study(study_name=study_name, storage=storage).trials[reaped[0]]
+    assert failed.state == TrialState.FAIL and "test_accuracy" not in failed.user_attrs
