@@ -41,6 +41,7 @@ __all__ = [
     "ConfigError",
     "load_campaign_config",
     "parse_campaign_config",
+    "with_population",
 ]
 
 NoiseKind = Literal["symmetric", "pairflip", "asymmetric", "human"]
@@ -307,3 +308,16 @@ def load_campaign_config(path: Path | str) -> CampaignConfig:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
     return parse_campaign_config(data, path)
+
+
+def with_population(config: CampaignConfig, population: int) -> CampaignConfig:
+    """``config`` with ``[search] population`` replaced (not part of the campaign identity:
+    how many trials a worker trains at once changes no trial)."""
+    if population < 1:
+        raise ConfigError(f"population: must be at least 1, got {population}")
+    if population == config.search.population:
+        return config
+    search = config.search.model_copy(update={"population": population})
+    copy = config.model_copy(update={"search": search})
+    copy._source = config.source
+    return copy

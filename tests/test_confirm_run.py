@@ -14,8 +14,9 @@ from optuna.trial import TrialState, create_trial
 from typer.testing import CliRunner
 
 from dm_tune.campaign.candidates import MIN_DISTANCE, Observed, confirm_candidates
-from dm_tune.campaign.confirm_run import gce_q_grid, queue_confirmations
+from dm_tune.campaign.confirm_run import confirmation_config, gce_q_grid, queue_confirmations
 from dm_tune.campaign.create import create_campaign
+from dm_tune.campaign.launcher import worker_command
 from dm_tune.campaign.worker import run_worker
 from dm_tune.cli import app
 from dm_tune.config import ConfigError, load_campaign_config, parse_campaign_config
@@ -128,6 +129,31 @@ def _run(config: Path, db: str, *extra: str):
                                       "--device", "cpu", *extra])
     assert result.exit_code == 0, result.output
     return result
+
+
+def test_run_with_jobs_confirms_in_the_wider_population_and_exactly(tmp_path, monkeypatch):
+    # the worker processes read the campaign file ([search] population = 1): the
+    # confirmation's population must reach them on their command line
+    monkeypatch.setenv("DM_TUNE_TORCH_THREADS", "1")
+    config = _tiny(tmp_path, seeds=2, candidates=1, q=2)
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    _run(config, db, "--jobs", "2")
+    studies = _studies(db)
+    wanted = confirmation_config(load_campaign_config(config)).search.population
+    assert wanted > 1
+    for setting in ("symmetric-0.20", "symmetric-0.40"):
+        confirm = studies[f"tiny/{setting}/confirm"]
+        assert confirm and all(t.state == TrialState.COMPLETE for t in confirm)
+        sizes = [t.user_attrs.get("population_size", 1) for t in confirm]
+        assert max(sizes) > 1 and max(sizes) <= wanted, sizes
+        plan = optuna.load_study(study_name=f"tiny/{setting}/confirm",
+                                 storage=optuna.storages.RDBStorage(db)).user_attrs["confirm_plan"]
+        assert len(confirm) == 2 * len(plan)  # exact, with two workers claiming
+
+
+def test_worker_command_carries_a_population_override():
+    assert worker_command("c.toml", "cpu")[-1] == "--quiet"
+    assert worker_command("c.toml", "cpu", 16)[-2:] == ["--population", "16"]
 
 
 def test_run_ends_with_exact_confirmations_and_a_rerun_adds_none(tmp_path):

@@ -51,7 +51,7 @@ from dm_tune.campaign.records import (
 )
 from dm_tune.campaign.run_trial import GCE_Q_RANGE
 from dm_tune.campaign.settings import Setting, load_setting_data, settings_of
-from dm_tune.config import CampaignConfig
+from dm_tune.config import CampaignConfig, with_population
 
 if TYPE_CHECKING:
     from dm_tune.data import TrialData
@@ -98,12 +98,7 @@ def confirmation_config(config: CampaignConfig) -> CampaignConfig:
     """
     per_setting = config.confirm.seeds * (config.confirm.candidates + 1)
     wanted = min(MAX_CONFIRM_POPULATION, CONFIRM_SETTINGS_AT_ONCE * per_setting)
-    if wanted <= config.search.population:
-        return config
-    search = config.search.model_copy(update={"population": wanted})
-    copy = config.model_copy(update={"search": search})
-    copy._source = config.source
-    return copy
+    return with_population(config, max(wanted, config.search.population))
 
 
 def gce_q_grid(trials: int) -> list[float]:

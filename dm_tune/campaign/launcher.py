@@ -46,10 +46,12 @@ def plan_slots(gpus: Sequence[int] | None, per_gpu: int, cpus: int | None) -> li
     return [Slot(f"cpu{k}", "cpu", dict(env)) for k in range(count)]
 
 
-def worker_command(config_path: str, device: str) -> list[str]:
-    """The command line that starts one worker (the current interpreter's dm-tune)."""
+def worker_command(config_path: str, device: str, population: int | None = None) -> list[str]:
+    """The command line that starts one worker (the current interpreter's dm-tune);
+    ``population`` overrides the file's ``[search] population``."""
+    extra = [] if population is None else ["--population", str(population)]
     return [sys.executable, "-m", "dm_tune", "worker", str(config_path), "--device", device,
-            "--quiet"]
+            "--quiet", *extra]
 
 
 def worker_env(slot: Slot, storage_url: str) -> dict[str, str]:
@@ -63,10 +65,11 @@ def launch_workers(
     storage_url: str,
     on_poll: Callable[[dict[str, int | None]], None] | None = None,
     poll_seconds: float = 1.0,
+    population: int | None = None,
 ) -> dict[str, int]:
     """Start one process per slot, forward SIGTERM/SIGINT, wait; return exit codes."""
     processes: dict[str, subprocess.Popen[bytes]] = {
-        slot.label: subprocess.Popen(worker_command(config_path, slot.device),
+        slot.label: subprocess.Popen(worker_command(config_path, slot.device, population),
                                      env=worker_env(slot, storage_url))
         for slot in slots
     }

@@ -100,8 +100,11 @@ def run(
         from dm_tune.campaign.launcher import plan_slots
         from dm_tune.cli.views import live_launch
 
-        _workers_failed(live_launch(store, phase_config, plan_slots(None, 1, jobs),
-                                    str(config_path), storage, console))
+        # the confirmation's wider population must reach the worker processes too
+        population = phase_config.search.population
+        _workers_failed(live_launch(
+            store, phase_config, plan_slots(None, 1, jobs), str(config_path), storage, console,
+            population if population != config.search.population else None))
         return False
 
     stopped = work(config)
@@ -163,14 +166,20 @@ def worker(
     heartbeat: Annotated[int, typer.Option(
         min=1, help="Seconds between heartbeats; a trial silent for twice that is failed "
         "and re-queued by another worker.")] = 60,
+    population: Annotated[int | None, typer.Option(
+        min=1, max=1024, help="Trials trained at once as one model (overrides the file's "
+        "\\[search] population; not part of the campaign's identity).")] = None,
 ) -> None:
     """Join a created campaign and take trials until every study meets its budget."""
     from dm_tune.campaign.claims import worker_name
     from dm_tune.campaign.launcher import LABEL_ENV
     from dm_tune.campaign.worker import run_worker, stop_signals
+    from dm_tune.config import with_population
 
     resolved = resolve_device(device)
     config, store = open_campaign(config_path, storage, create=False, heartbeat=heartbeat)
+    if population is not None:
+        config = with_population(config, population)
     set_threads(threads, config)
     name = os.environ.get(LABEL_ENV, "") or worker_name()
 

@@ -80,9 +80,10 @@ def run_with_progress(
 
 def live_launch(
     storage, config: CampaignConfig, slots: Sequence[Slot], config_path: str, storage_url: str,
-    console: Console,
+    console: Console, population: int | None = None,
 ) -> dict[str, int]:
-    """Launch worker processes with a live table of workers and study bars."""
+    """Launch worker processes with a live table of workers and study bars (``population``
+    overrides the file's ``[search] population`` in each worker)."""
     bars = _CampaignBars(storage, config, console)
     workers = {slot.label: (slot.device, None) for slot in slots}
 
@@ -102,4 +103,5 @@ def live_launch(
             bars.refresh()
             live.update(render())
 
-        return launch_workers(slots, config_path, storage_url, on_poll=on_poll)
+        return launch_workers(slots, config_path, storage_url, on_poll=on_poll,
+                              population=population)
