@@ -151,6 +151,27 @@ def test_run_with_jobs_confirms_in_the_wider_population_and_exactly(tmp_path, mo
         assert len(confirm) == 2 * len(plan)  # exact, with two workers claiming
 
 
+def test_a_changed_gce_q_grid_fills_gaps_within_its_budget(tmp_path):
+    from dm_tune.campaign.confirm_run import _queue_gce_q
+    from dm_tune.campaign.settings import load_setting_data, settings_of
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}")
+    setting = None
+    # a re-run with more points fills the widest gaps; with fewer, nothing is queued that
+    # the budget would leave waiting
+    for q_trials, added, grid in ((3, 3, [0.1, 0.55, 1.0]),
+                                  (4, 1, [0.1, 0.4, 0.55, 1.0]),  # 0.4 and 0.7 tie: one
+                                  (2, 0, [0.1, 0.4, 0.55, 1.0]),
+                                  (6, 2, [0.1, 0.28, 0.4, 0.55, 0.82, 1.0])):
+        config = load_campaign_config(_tiny(tmp_path, q=q_trials))
+        setting = setting or settings_of(config)[0]
+        data = load_setting_data(config, setting)
+        assert _queue_gce_q(storage, config, setting, data) == added
+        trials = optuna.load_study(study_name=setting.study_name(config.name, "gce_q"),
+                                   storage=storage).trials
+        assert sorted(t.user_attrs["loss_params"]["q"] for t in trials) == grid
+
+
 def test_worker_command_carries_a_population_override():
     assert worker_command("c.toml", "cpu")[-1] == "--quiet"
     assert worker_command("c.toml", "cpu", 16)[-2:] == ["--population", "16"]

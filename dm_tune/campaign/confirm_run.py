@@ -252,17 +252,20 @@ def _queue_gce_q(storage: Storage, config: CampaignConfig, setting: Setting,
     name = setting.study_name(config.name, ROLE_GCE_Q)
     budget = config.confirm.gce_q_trials
     study, _ = ensure_study(storage, name, study_attrs(config, setting, ROLE_GCE_Q, data, budget))
+    live = _live(study)
     queued = {round(float(t.user_attrs.get(TrialKey.LOSS_PARAMS, {}).get(PARAM_Q, -1)), 6)
-              for t in _live(study)}
-    added = 0
-    for q in gce_q_grid(budget):
-        if q in queued:
-            continue
+              for t in live}
+    missing = [q for q in gce_q_grid(budget) if q not in queued]
+    if queued:
+        # a changed gce_q_trials on a re-run: the points farthest from those already there
+        # come first, and never more than the budget leaves (nothing queued is left waiting)
+        missing.sort(key=lambda q: -min(abs(q - old) for old in queued))
+    missing = missing[:max(0, budget - len(live))]
+    for q in missing:
         study.enqueue_trial({PARAM_Q: q}, user_attrs={
             TrialKey.LOSS: "gce", TrialKey.LOSS_PARAMS: {PARAM_Q: q},
             TrialKey.SEED: config.campaign.seed})
-        added += 1
-    return added
+    return len(missing)
 
 
 def _planned(storage: Storage, config: CampaignConfig, setting: Setting) -> bool:
