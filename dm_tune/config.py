@@ -39,11 +39,14 @@ __all__ = [
     "CampaignConfig",
     "ConfirmConfig",
     "ConfigError",
+    "MAX_POPULATION",
     "load_campaign_config",
     "parse_campaign_config",
     "with_population",
 ]
 
+#: the most trials one worker trains at once (``[search] population``)
+MAX_POPULATION = 1024
 NoiseKind = Literal["symmetric", "pairflip", "asymmetric", "human"]
 PAPER_WARM_START: tuple[tuple[float, float], ...] = (
     # The DM paper's best (lambda, beta) per CIFAR setting, as (emphasis_mode, variance):
@@ -137,7 +140,7 @@ class SearchSection(_Strict):
     startup_trials: Annotated[int, Field(ge=0)] = 6
     max_failures: Annotated[int, Field(ge=1)] = 5
     #: trials a worker claims and trains together as one model (1: one trial at a time)
-    population: Annotated[int, Field(ge=1, le=1024)] = 1
+    population: Annotated[int, Field(ge=1, le=MAX_POPULATION)] = 1
     seeds: Annotated[int, Field(ge=1, le=64)] = 1  # replicate seeds per search trial
 
     @field_validator("emphasis_mode", "emphasis_variance", mode="before")
@@ -313,8 +316,8 @@ def load_campaign_config(path: Path | str) -> CampaignConfig:
 def with_population(config: CampaignConfig, population: int) -> CampaignConfig:
     """``config`` with ``[search] population`` replaced (not part of the campaign identity:
     how many trials a worker trains at once changes no trial)."""
-    if population < 1:
-        raise ConfigError(f"population: must be at least 1, got {population}")
+    if not 1 <= population <= MAX_POPULATION:
+        raise ConfigError(f"population: must be 1 to {MAX_POPULATION}, got {population}")
     if population == config.search.population:
         return config
     search = config.search.model_copy(update={"population": population})

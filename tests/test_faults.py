@@ -79,12 +79,12 @@ def test_workers_survive_three_restarts_and_a_20_s_outage(tmp_path: Path, cluste
         for _ in range(2)
     ]
     try:
-        _wait_until(lambda: _running(cluster.url) >= 2, 120)  # both workers joined
+        _wait_until(lambda: _running(cluster.url) >= 2, 120, workers)  # both joined
         for _ in range(3):
-            _wait_until(lambda: _running(cluster.url) > 0, 120)
+            _wait_until(lambda: _running(cluster.url) > 0, 120, workers)
             cluster.restart()  # mid-trial: report, should_prune, heartbeat, attrs all fail
             time.sleep(1.0)
-        _wait_until(lambda: _running(cluster.url) > 0, 120)
+        _wait_until(lambda: _running(cluster.url) > 0, 120, workers)
         cluster.stop()
         time.sleep(20)
         cluster.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 
 import optuna
 import pytest
@@ -108,3 +109,86 @@ def test_a_result_recorded_after_the_reap_is_dropped(tmp_path, monkeypatch, capl
     assert first.states == {"FAIL": 1}
     failed = optuna.load_study(study_name=study_name, storage=storage).trials[reaped[0]]
     assert failed.state == TrialState.FAIL and "test_accuracy" not in failed.user_attrs
+
+
+def _claim(storage, study_name: str):
+    from dm_tune.campaign.claims import ClaimedTrial
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    with warnings.catch_warnings():  # ask/tell with heartbeats, as the worker does
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        trial = study.ask()
+    return ClaimedTrial(study, trial, None, "dm", "dm-tune/tiny")
+
+
+def _copies(storage, study_name: str, number: int) -> list[optuna.trial.FrozenTrial]:
+    trials = optuna.load_study(study_name=study_name, storage=storage).trials
+    return [t for t in trials if t.number != number and t.state == TrialState.WAITING
+            and (t.system_attrs.get("failed_trial") == number
+                 or number in t.system_attrs.get("retry_history", ()))]
+
+
+@pytest.mark.parametrize("max_retry", [2, 0])
+def test_a_stop_or_error_told_after_the_reap_queues_the_job_once(tmp_path, max_retry):
+    from dm_tune.campaign import run_trial
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}", heartbeat_interval=1,
+                           grace_period=1, max_retry=max_retry)
+    optuna.create_study(study_name="s", storage=storage)
+    claimed = _claim(storage, "s")
+    _reap_running(storage, "s", claimed.trial.number)
+    # the sweep queued its retry (or none, its retries used up); a FAIL tell now meets
+    # "Cannot tell a FAIL trial" on its first attempt: FAIL all the same, no crash
+    run_trial._tell(claimed, state=TrialState.FAIL)
+    run_trial._requeue(claimed)
+    run_trial._requeue(claimed)  # a retried re-queue whose first attempt committed
+    assert len(_copies(storage, "s", claimed.trial.number)) == 1
+
+
+def test_a_taken_over_job_is_queued_when_the_sweep_queued_none(tmp_path):
+    from dm_tune.campaign import run_trial
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}", heartbeat_interval=1,
+                           grace_period=1, max_retry=0)
+    optuna.create_study(study_name="s", storage=storage)
+    claimed = _claim(storage, "s")
+    _reap_running(storage, "s", claimed.trial.number)
+    assert _copies(storage, "s", claimed.trial.number) == []  # the sweep gave up on it
+    outcome = run_trial.end_pruned(claimed, {"loss": "dm"})
+    assert outcome.state == TrialState.FAIL
+    # a queued-only study (baselines, confirmations) would lose the job without it
+    assert len(_copies(storage, "s", claimed.trial.number)) == 1
+
+
+@pytest.mark.parametrize("population", [1, 2])
+def test_a_trial_reaped_before_its_params_are_suggested_is_dropped(tmp_path, monkeypatch,
+                                                                  population):
+    from dm_tune.campaign import run_trial
+
+    path = write_tiny(tmp_path, epochs=1, trials=2, baselines=())
+    path.write_text(path.read_text().replace("[search]\n",
+                                             f"[search]\npopulation = {population}\n"))
+    config = load_campaign_config(path)
+    storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}", heartbeat_interval=1,
+                           grace_period=1)
+    create_campaign(config, storage)
+    reaped: list[int] = []
+    suggest = run_trial.loss_of
+
+    def outage_first(claimed, config):  # the claim is made, then the outage
+        if not reaped:
+            reaped.append(_reap_running(storage, claimed.study.study_name,
+                                        claimed.trial.number))
+        return suggest(claimed, config)
+
+    monkeypatch.setattr(run_trial, "loss_of", outage_first)
+    train = {"train": _stub_train} if population == 1 else {}
+    summary = run_worker(storage, config, "cpu", name="w0", max_trials=population, **train)
+    assert summary.states["FAIL"] == 1 and sum(summary.states.values()) == population
+    run_worker(storage, config, "cpu", name="w1", **train)
+    for setting in settings_of(config):
+        trials = optuna.load_study(study_name=setting.study_name(config.campaign.name),
+                                   storage=storage).trials
+        assert len([t for t in trials if t.state in (TrialState.COMPLETE,
+                                                     TrialState.PRUNED)]) == config.search.trials
+        assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

@@ -29,6 +29,7 @@ __all__ = [
     "fail_stale_trials",
     "frozen_trial",
     "heartbeat",
+    "lock_target",
     "record_heartbeat",
     "set_trial_user_attrs",
     "stale_trial_ids",
@@ -39,6 +40,12 @@ __all__ = [
 def _rdb(storage: optuna.storages.BaseStorage) -> Any:
     # Optuna may wrap the RDB storage in a cache
     return getattr(storage, "_backend", storage)
+
+
+def lock_target(trial: optuna.Trial) -> Any:
+    """What ``locks.campaign_lock`` takes for this trial's database: the storage under
+    Optuna's cache (an RDB storage, or the proxy client with its own lock)."""
+    return _rdb(trial.storage)
 
 
 def frozen_trial(trial: optuna.Trial) -> FrozenTrial:
@@ -181,7 +188,18 @@ def requeue(study: optuna.Study, trial: optuna.Trial, keep: tuple[str, ...]) -> 
     ))
 
 
-__all__ += ["requeue"]
+def has_retry(study: optuna.Study, number: int) -> bool:
+    """Whether a later trial stands in for trial ``number``'s job: a re-queued copy
+    (``failed_trial``) or a retry of the stale-trial callback (``retry_history``)."""
+    for other in study.get_trials(deepcopy=False):
+        attrs = other.system_attrs
+        if other.number != number and (attrs.get("failed_trial") == number
+                                       or number in attrs.get("retry_history", ())):
+            return True
+    return False
+
+
+__all__ += ["has_retry", "requeue"]
 
 
 # ------------------------------------------------------------------ the gRPC storage proxy

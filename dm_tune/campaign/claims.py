@@ -84,6 +84,7 @@ class ClaimedTrial:
     trial: optuna.Trial
     setting: Setting
     role: str
+    lock: str = ""  #: the campaign lock's name (re-queueing takes it, as claims do)
 
 
 class StudyCache:
@@ -144,7 +145,7 @@ def claim_locked(
     # A worker killed before its heartbeat thread starts must still get its trial retried.
     _optuna.record_heartbeat(trial)
     settings = {s.name: s for s in settings_of(config)}
-    return ClaimedTrial(study, trial, settings[chosen.setting], chosen.role)
+    return ClaimedTrial(study, trial, settings[chosen.setting], chosen.role, lock_name(config))
 
 
 def fail_stale_everywhere(

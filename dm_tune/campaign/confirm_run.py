@@ -255,17 +255,28 @@ def _queue_gce_q(storage: Storage, config: CampaignConfig, setting: Setting,
     live = _live(study)
     queued = {round(float(t.user_attrs.get(TrialKey.LOSS_PARAMS, {}).get(PARAM_Q, -1)), 6)
               for t in live}
-    missing = [q for q in gce_q_grid(budget) if q not in queued]
-    if queued:
-        # a changed gce_q_trials on a re-run: the points farthest from those already there
-        # come first, and never more than the budget leaves (nothing queued is left waiting)
-        missing.sort(key=lambda q: -min(abs(q - old) for old in queued))
-    missing = missing[:max(0, budget - len(live))]
-    for q in missing:
+    # a changed gce_q_trials on a re-run: never more than the budget leaves (nothing queued
+    # is left waiting), each next point the one farthest from those there (grid order on ties)
+    chosen = _fill_gaps([q for q in gce_q_grid(budget) if q not in queued], queued,
+                        max(0, budget - len(live)))
+    for q in chosen:
         study.enqueue_trial({PARAM_Q: q}, user_attrs={
             TrialKey.LOSS: "gce", TrialKey.LOSS_PARAMS: {PARAM_Q: q},
             TrialKey.SEED: config.campaign.seed})
-    return len(missing)
+    return len(chosen)
+
+
+def _fill_gaps(candidates: list[float], present: set[float], count: int) -> list[float]:
+    """Up to ``count`` of ``candidates``, each the farthest from ``present`` and those picked."""
+    picked: list[float] = []
+    left = list(candidates)
+    while left and len(picked) < count:
+        there = present | set(picked)
+        best = max(left, key=lambda q: round(min((abs(q - o) for o in there), default=1.0), 6)) \
+            if there else left[0]
+        picked.append(best)
+        left.remove(best)
+    return picked
 
 
 def _planned(storage: Storage, config: CampaignConfig, setting: Setting) -> bool:

@@ -22,7 +22,6 @@ from dm_tune.campaign.claims import ClaimedTrial, StudyCache, claim_locked
 from dm_tune.campaign.create import lock_name
 from dm_tune.campaign.locks import campaign_lock
 from dm_tune.campaign.records import ROLE_DM, TrialKey, curve_attrs, partial_attrs
-from dm_tune.campaign.retry import retrying
 from dm_tune.campaign.run_trial import (
     EpochHook,
     TrialOutcome,
@@ -35,9 +34,9 @@ from dm_tune.campaign.run_trial import (
     end_failed,
     end_pruned,
     end_stopped,
-    loss_of,
     report_and_prune,
     report_epochs,
+    suggest_or_taken_over,
     taken_over,
 )
 from dm_tune.campaign.settings import load_setting_data, train_spec
@@ -135,8 +134,11 @@ def run_claimed_population(
     members, jobs = [], []
     for one in claimed:
         data = load_setting_data(config, one.setting)
-        loss, loss_params, seed = retrying(lambda one=one: loss_of(one, config),
-                                           "suggesting parameters")
+        job = suggest_or_taken_over(one, config)
+        if job is None:  # failed as stale before it began: no member slots
+            jobs.append(_Job(one, {}, [], data.num_classes, outcome=taken_over(one)))
+            continue
+        loss, loss_params, seed = job
         seeds = replicate_seeds(seed, _replicates(one, config))
         slots = list(range(len(members), len(members) + len(seeds)))
         members.extend(Member(data, loss, loss_params, s) for s in seeds)
@@ -182,10 +184,14 @@ def run_claimed_population(
                 removed.extend(job.slots)
         return removed
 
+    if not members:
+        return [job.outcome for job in jobs if job.outcome is not None]
     spec = train_spec(config, device, members[0].seed)  # each member uses its own seed
     with ExitStack() as beats:
-        for one in claimed:
-            beats.enter_context(_optuna.heartbeat(one.trial, on_failure=beat_failed(one.trial)))
+        for job in jobs:
+            if job.outcome is None:
+                trial = job.claimed.trial
+                beats.enter_context(_optuna.heartbeat(trial, on_failure=beat_failed(trial)))
         try:
             results = train_population(members, spec, on_epoch=epoch_callback)
         except TrialStopped:

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from dm_tune.campaign import _optuna
 from dm_tune.campaign.claims import ClaimedTrial
+from dm_tune.campaign.locks import campaign_lock
 from dm_tune.campaign.records import (
     JOB_ATTRS,
     PARAM_MODE,
@@ -52,6 +53,8 @@ __all__ = [
     "end_stopped",
     "report_epochs",
     "run_claimed_trial",
+    "suggest_or_taken_over",
+    "taken_over",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -67,28 +70,49 @@ class TrialStopped(Exception):
 
 
 class TrialTakenOver(Exception):
-    """Another worker failed this trial as heartbeat-stale (its retry is queued).
+    """Another worker failed this trial as heartbeat-stale.
 
     It happens when this worker could not reach the storage for longer than the grace
     period: its heartbeats stopped, so the trial looked like a dead worker's. The trial's
-    job runs again as the retry; this worker drops its result and goes on.
+    job runs again as the retry (queued once); this worker drops its result and goes on.
     """
 
 
 def _taken_over(claimed: ClaimedTrial, intended: TrialState | None = None) -> bool:
     """Whether the stored trial was failed by someone else (not by this worker's ``intended``
     tell): the stale-trial reaper is the only other writer of a RUNNING trial's state."""
-    stored = retrying(lambda: _optuna.frozen_trial(claimed.trial).state, "reading a trial")
-    return stored == TrialState.FAIL and intended != TrialState.FAIL
+    return _stored_state(claimed) == TrialState.FAIL and intended != TrialState.FAIL
+
+
+def _stored_state(claimed: ClaimedTrial) -> TrialState:
+    return retrying(lambda: _optuna.frozen_trial(claimed.trial).state, "reading a trial")
 
 
 def taken_over(claimed: ClaimedTrial) -> TrialOutcome:
-    """Say that the trial was taken over, once; its outcome for this worker (FAIL)."""
+    """Say that the trial was taken over; its job queued once; its outcome here (FAIL).
+
+    The stale-trial callback queues the retry unless the job used up its retries; this
+    worker was alive, so the job is queued then too (queued-only studies need it).
+    """
     _logger.warning(
         "trial %d of %s was failed as heartbeat-stale by another worker while this one could "
         "not reach the storage; its result is dropped and its job runs again as a retry",
         claimed.trial.number, claimed.study.study_name)
+    _requeue(claimed)
     return TrialOutcome(TrialState.FAIL)
+
+
+def suggest_or_taken_over(
+    claimed: ClaimedTrial, config: CampaignConfig
+) -> tuple[str, dict[str, Any], int] | None:
+    """:func:`loss_of` through outages; None when the trial was taken over before it began
+    (suggesting writes the params: a trial failed as stale refuses them)."""
+    try:
+        return retrying(lambda: loss_of(claimed, config), "suggesting parameters")
+    except optuna.exceptions.UpdateFinishedTrialError:
+        if _taken_over(claimed):
+            return None
+        raise
 
 
 @dataclass(frozen=True)
@@ -185,11 +209,21 @@ def _tell(claimed: ClaimedTrial, value: float | None = None,
     except _FINISHED_ERRORS:
         if _taken_over(claimed, intended):
             raise TrialTakenOver from None
+        if intended == TrialState.FAIL and _stored_state(claimed) == TrialState.FAIL:
+            return  # failed as stale first: FAIL all the same (re-queueing checks for a copy)
         raise
 
 
 def _requeue(claimed: ClaimedTrial) -> None:
-    retrying(lambda: _optuna.requeue(claimed.study, claimed.trial, JOB_ATTRS), "re-queue")
+    """Queue the trial's job again, once: not when a copy stands in for it already (the
+    stale-trial sweep's retry, which runs under the same lock, or an earlier attempt)."""
+
+    def once() -> None:
+        with campaign_lock(_optuna.lock_target(claimed.trial), claimed.lock):
+            if not _optuna.has_retry(claimed.study, claimed.trial.number):
+                _optuna.requeue(claimed.study, claimed.trial, JOB_ATTRS)
+
+    retrying(once, "re-queue")
 
 
 def report_and_prune(claimed: ClaimedTrial, value: float, epoch: int) -> bool:
@@ -232,7 +266,10 @@ def run_claimed_trial(
     """
     trial = claimed.trial
     data = load_setting_data(config, claimed.setting)
-    loss, loss_params, seed = retrying(lambda: loss_of(claimed, config), "suggesting parameters")
+    job = suggest_or_taken_over(claimed, config)
+    if job is None:
+        return taken_over(claimed)
+    loss, loss_params, seed = job
     # written once with the results: every user-attr write is a database transaction
     base = base_attrs(worker, device, data, loss, seed)
     curve: list[dict[str, float]] = []

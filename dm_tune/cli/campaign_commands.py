@@ -21,6 +21,7 @@ from dm_tune.cli.options import (
     resolve_device,
     set_threads,
 )
+from dm_tune.config import MAX_POPULATION
 from dm_tune.errors import DMTuneError
 
 
@@ -100,8 +101,10 @@ def run(
         from dm_tune.campaign.launcher import plan_slots
         from dm_tune.cli.views import live_launch
 
-        # the confirmation's wider population must reach the worker processes too
-        population = phase_config.search.population
+        # the confirmation's wider population must reach the worker processes too, split
+        # between them: one worker claiming all of it would leave the others idle
+        wider = phase_config.search.population
+        population = max(config.search.population, -(-wider // jobs))
         _workers_failed(live_launch(
             store, phase_config, plan_slots(None, 1, jobs), str(config_path), storage, console,
             population if population != config.search.population else None))
@@ -167,7 +170,7 @@ def worker(
         min=1, help="Seconds between heartbeats; a trial silent for twice that is failed "
         "and re-queued by another worker.")] = 60,
     population: Annotated[int | None, typer.Option(
-        min=1, max=1024, help="Trials trained at once as one model (overrides the file's "
+        min=1, max=MAX_POPULATION, help="Trials trained at once as one model (overrides the file's "
         "\\[search] population; not part of the campaign's identity).")] = None,
 ) -> None:
     """Join a created campaign and take trials until every study meets its budget."""
