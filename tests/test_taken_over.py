@@ -23,6 +23,7 @@ from dm_tune.config import load_campaign_config
 from dm_tune.storage import open_storage
 from dm_tune.training import TrialResult
 from tests.campaign_files import write_tiny
+from tests.test_population_worker import _with_population
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -45,20 +46,36 @@ def _stub_train(data, spec, loss="dm", loss_params=None, on_epoch=None, progress
     return TrialResult([0.5], [0.5], 0.5, 0.5, 1, 0.5, 0.5, 0.0, 0.0, 0.2, 1, 0.01, "cpu")
 
 
-@pytest.mark.parametrize("population", [1, 2])
-def test_a_trial_reaped_during_an_outage_is_dropped_and_retried(tmp_path, monkeypatch, caplog,
-                                                               population):
+def _campaign(tmp_path, monkeypatch, population: int = 1):
+    """A tiny campaign (1 s grace period) served to a worker whose heartbeats cannot beat
+    (it lost the database); its config, storage and first study's name."""
     path = write_tiny(tmp_path, epochs=1, trials=2, baselines=())
-    path.write_text(path.read_text().replace("[search]\n",
-                                             f"[search]\npopulation = {population}\n"))
-    config = load_campaign_config(path)
+    config = load_campaign_config(_with_population(path, population) if population > 1
+                                  else path)
     storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}", heartbeat_interval=1,
                            grace_period=1)
     create_campaign(config, storage)
-    study_name = settings_of(config)[0].study_name(config.campaign.name)
-    # this worker lost the database: its heartbeat threads cannot beat
     monkeypatch.setattr(_optuna, "heartbeat", lambda trial, on_failure=None:
                         contextlib.nullcontext())
+    return config, storage, settings_of(config)[0].study_name(config.campaign.name)
+
+
+def _finished_per_study(storage, config) -> list[list[optuna.trial.FrozenTrial]]:
+    """Each DM study's trials, after every budget was asserted exact."""
+    studies = []
+    for setting in settings_of(config):
+        trials = optuna.load_study(study_name=setting.study_name(config.campaign.name),
+                                   storage=storage).trials
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        assert len(finished) == config.search.trials  # the budget stays exact
+        studies.append(trials)
+    return studies
+
+
+@pytest.mark.parametrize("population", [1, 2])
+def test_a_trial_reaped_during_an_outage_is_dropped_and_retried(tmp_path, monkeypatch, caplog,
+                                                               population):
+    config, storage, study_name = _campaign(tmp_path, monkeypatch, population)
     reaped: list[int] = []
 
     def outage(claimed, epoch, metrics):  # before the epoch's report to the pruner
@@ -81,21 +98,11 @@ def test_a_trial_reaped_during_an_outage_is_dropped_and_retried(tmp_path, monkey
     assert retry.params == failed.params
 
     run_worker(storage, config, "cpu", name="w1", **train)
-    for setting in settings_of(config):
-        trials = optuna.load_study(study_name=setting.study_name(config.campaign.name),
-                                   storage=storage).trials
-        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        assert len(finished) == config.search.trials  # the budget stays exact
+    _finished_per_study(storage, config)
 
 
 def test_a_result_recorded_after_the_reap_is_dropped(tmp_path, monkeypatch, caplog):
-    config = load_campaign_config(write_tiny(tmp_path, epochs=1, trials=2, baselines=()))
-    storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}", heartbeat_interval=1,
-                           grace_period=1)
-    create_campaign(config, storage)
-    study_name = settings_of(config)[0].study_name(config.campaign.name)
-    monkeypatch.setattr(_optuna, "heartbeat", lambda trial, on_failure=None:
-                        contextlib.nullcontext())
+    config, storage, study_name = _campaign(tmp_path, monkeypatch)
     reaped: list[int] = []
 
     def train(data, spec, loss="dm", loss_params=None, on_epoch=None, progress=None):
@@ -165,13 +172,7 @@ def test_a_trial_reaped_before_its_params_are_suggested_is_dropped(tmp_path, mon
                                                                   population):
     from dm_tune.campaign import run_trial
 
-    path = write_tiny(tmp_path, epochs=1, trials=2, baselines=())
-    path.write_text(path.read_text().replace("[search]\n",
-                                             f"[search]\npopulation = {population}\n"))
-    config = load_campaign_config(path)
-    storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}", heartbeat_interval=1,
-                           grace_period=1)
-    create_campaign(config, storage)
+    config, storage, _ = _campaign(tmp_path, monkeypatch, population)
     reaped: list[int] = []
     suggest = run_trial.loss_of
 
@@ -186,9 +187,5 @@ def test_a_trial_reaped_before_its_params_are_suggested_is_dropped(tmp_path, mon
     summary = run_worker(storage, config, "cpu", name="w0", max_trials=population, **train)
     assert summary.states["FAIL"] == 1 and sum(summary.states.values()) == population
     run_worker(storage, config, "cpu", name="w1", **train)
-    for setting in settings_of(config):
-        trials = optuna.load_study(study_name=setting.study_name(config.campaign.name),
-                                   storage=storage).trials
-        assert len([t for t in trials if t.state in (TrialState.COMPLETE,
-                                                     TrialState.PRUNED)]) == config.search.trials
+    for trials in _finished_per_study(storage, config):
         assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

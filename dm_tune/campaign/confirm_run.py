@@ -272,8 +272,8 @@ def _fill_gaps(candidates: list[float], present: set[float], count: int) -> list
     left = list(candidates)
     while left and len(picked) < count:
         there = present | set(picked)
-        best = max(left, key=lambda q: round(min((abs(q - o) for o in there), default=1.0), 6)) \
-            if there else left[0]
+        # max keeps the first of equals: grid order on ties (and with nothing there yet)
+        best = max(left, key=lambda q: round(min((abs(q - o) for o in there), default=0.0), 6))
         picked.append(best)
         left.remove(best)
     return picked

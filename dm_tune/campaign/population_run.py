@@ -36,7 +36,7 @@ from dm_tune.campaign.run_trial import (
     end_stopped,
     report_and_prune,
     report_epochs,
-    suggest_or_taken_over,
+    suggest_job,
     taken_over,
 )
 from dm_tune.campaign.settings import load_setting_data, train_spec
@@ -134,11 +134,11 @@ def run_claimed_population(
     members, jobs = [], []
     for one in claimed:
         data = load_setting_data(config, one.setting)
-        job = suggest_or_taken_over(one, config)
-        if job is None:  # failed as stale before it began: no member slots
+        try:
+            loss, loss_params, seed = suggest_job(one, config)
+        except TrialTakenOver:  # failed as stale before it began: no member slots
             jobs.append(_Job(one, {}, [], data.num_classes, outcome=taken_over(one)))
             continue
-        loss, loss_params, seed = job
         seeds = replicate_seeds(seed, _replicates(one, config))
         slots = list(range(len(members), len(members) + len(seeds)))
         members.extend(Member(data, loss, loss_params, s) for s in seeds)

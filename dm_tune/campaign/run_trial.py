@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +54,7 @@ __all__ = [
     "end_stopped",
     "report_epochs",
     "run_claimed_trial",
-    "suggest_or_taken_over",
+    "suggest_job",
     "taken_over",
 ]
 
@@ -78,14 +79,20 @@ class TrialTakenOver(Exception):
     """
 
 
-def _taken_over(claimed: ClaimedTrial, intended: TrialState | None = None) -> bool:
-    """Whether the stored trial was failed by someone else (not by this worker's ``intended``
-    tell): the stale-trial reaper is the only other writer of a RUNNING trial's state."""
-    return _stored_state(claimed) == TrialState.FAIL and intended != TrialState.FAIL
-
-
 def _stored_state(claimed: ClaimedTrial) -> TrialState:
     return retrying(lambda: _optuna.frozen_trial(claimed.trial).state, "reading a trial")
+
+
+@contextmanager
+def _unless_taken_over(claimed: ClaimedTrial) -> Iterator[None]:
+    """A write this worker's RUNNING trial refuses as finished: TrialTakenOver when it is
+    FAIL (the stale-trial sweep is the only other writer of a RUNNING trial's state)."""
+    try:
+        yield
+    except optuna.exceptions.UpdateFinishedTrialError:
+        if _stored_state(claimed) == TrialState.FAIL:
+            raise TrialTakenOver from None
+        raise
 
 
 def taken_over(claimed: ClaimedTrial) -> TrialOutcome:
@@ -102,17 +109,11 @@ def taken_over(claimed: ClaimedTrial) -> TrialOutcome:
     return TrialOutcome(TrialState.FAIL)
 
 
-def suggest_or_taken_over(
-    claimed: ClaimedTrial, config: CampaignConfig
-) -> tuple[str, dict[str, Any], int] | None:
-    """:func:`loss_of` through outages; None when the trial was taken over before it began
-    (suggesting writes the params: a trial failed as stale refuses them)."""
-    try:
+def suggest_job(claimed: ClaimedTrial, config: CampaignConfig) -> tuple[str, dict[str, Any], int]:
+    """:func:`loss_of` through outages (suggesting writes the params, so a trial failed as
+    stale before it began raises TrialTakenOver here)."""
+    with _unless_taken_over(claimed):
         return retrying(lambda: loss_of(claimed, config), "suggesting parameters")
-    except optuna.exceptions.UpdateFinishedTrialError:
-        if _taken_over(claimed):
-            return None
-        raise
 
 
 @dataclass(frozen=True)
@@ -168,12 +169,8 @@ def loss_of(claimed: ClaimedTrial, config: CampaignConfig) -> tuple[str, dict[st
 
 def _record(claimed: ClaimedTrial, attrs: dict[str, Any]) -> None:
     clean = {k: finite_or_none(v) for k, v in attrs.items()}
-    try:
+    with _unless_taken_over(claimed):
         retrying(lambda: _optuna.set_trial_user_attrs(claimed.trial, clean), "recording a trial")
-    except optuna.exceptions.UpdateFinishedTrialError:
-        if _taken_over(claimed):
-            raise TrialTakenOver from None
-        raise
 
 
 #: what a write to a finished trial raises (tell says "Cannot tell a FAIL trial.")
@@ -207,11 +204,11 @@ def _tell(claimed: ClaimedTrial, value: float | None = None,
         retrying(lambda: claimed.study.tell(claimed.trial, value, state=state), "tell",
                  accept=_already_told(claimed, intended))
     except _FINISHED_ERRORS:
-        if _taken_over(claimed, intended):
+        if _stored_state(claimed) != TrialState.FAIL:
+            raise  # a real double tell
+        if intended != TrialState.FAIL:
             raise TrialTakenOver from None
-        if intended == TrialState.FAIL and _stored_state(claimed) == TrialState.FAIL:
-            return  # failed as stale first: FAIL all the same (re-queueing checks for a copy)
-        raise
+        # failed as stale first: FAIL all the same (re-queueing checks for a copy)
 
 
 def _requeue(claimed: ClaimedTrial) -> None:
@@ -229,12 +226,8 @@ def _requeue(claimed: ClaimedTrial) -> None:
 def report_and_prune(claimed: ClaimedTrial, value: float, epoch: int) -> bool:
     """Report ``value`` at ``epoch``; whether the study's pruner stops the trial (DM only)."""
     trial = claimed.trial
-    try:
+    with _unless_taken_over(claimed):
         retrying(lambda: trial.report(value, epoch), "trial.report")
-    except optuna.exceptions.UpdateFinishedTrialError:
-        if _taken_over(claimed):
-            raise TrialTakenOver from None
-        raise
     return claimed.role == ROLE_DM and retrying(trial.should_prune, "should_prune")
 
 
@@ -266,10 +259,10 @@ def run_claimed_trial(
     """
     trial = claimed.trial
     data = load_setting_data(config, claimed.setting)
-    job = suggest_or_taken_over(claimed, config)
-    if job is None:
+    try:
+        loss, loss_params, seed = suggest_job(claimed, config)
+    except TrialTakenOver:
         return taken_over(claimed)
-    loss, loss_params, seed = job
     # written once with the results: every user-attr write is a database transaction
     base = base_attrs(worker, device, data, loss, seed)
     curve: list[dict[str, float]] = []
