@@ -559,19 +559,6 @@ def figures_of(results: CampaignResults) -> tuple[tuple[str, str, Callable, Call
     return (*FIGURES[:2], SURFACE_FIGURE, *FIGURES[2:])
 
 
-_SURFACE_NAMES = frozenset({"SurfaceData", "SurfacePanel", "surface_data", "surface_figure"})
-
-
-def __getattr__(name: str):
-    """The surface figure lives in ``surface_plots`` (this module's size limit); it is
-    re-exported here lazily because that module imports this one's helpers."""
-    if name in _SURFACE_NAMES:
-        from dm_tune import surface_plots
-
-        return getattr(surface_plots, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def build_figures(results: CampaignResults) -> dict[str, go.Figure]:
     """Return every figure of the report, keyed by its stable name, in report order."""
     return {name: fig_fn(data_fn(results)) for name, _, data_fn, fig_fn in figures_of(results)}

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import pytest
 from fake_campaign import AGREED, CAMPAIGN, CONFIRMED, FakeTrial, add_setting, shared_campaign_url
 
-from dm_tune import plots
+from dm_tune import plots, surface_plots
 from dm_tune.guidelines import load_campaign
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -135,7 +135,7 @@ def test_surface_trend_is_drawn_on_the_rate_grid(surface_results):
     marked = [x for x, m in zip(sym.x, data.selected_mode["symmetric"], strict=True) if m]
     assert marked == [0.2, 0.4, 0.6]
     assert data.selected_mode["symmetric"][20] == CONFIRMED[0]  # rate 0.4: the confirmed one
-    panels = plots.surface_data(surface_results).panels
+    panels = surface_plots.surface_data(surface_results).panels
     assert [(p.noise_kind, p.optimum.noise_rate) for p in panels] == [
         ("pairflip", 0.4), ("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6)
     ]

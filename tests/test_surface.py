@@ -21,7 +21,7 @@ from fake_campaign import FakeTrial, add_setting, study_attrs
 from optuna.distributions import FloatDistribution
 
 from dm_tune import guidelines as g
-from dm_tune import plots, report
+from dm_tune import plots, report, surface_plots
 from dm_tune.guidelines.check import leave_one_rate_out
 from dm_tune.guidelines.surface import Observations, fit_surface
 
@@ -311,7 +311,7 @@ def test_top_k_method_still_writes_v1(storage):
 
 
 def test_surface_figure_and_report(results, tmp_path):
-    data = plots.surface_data(results)
+    data = surface_plots.surface_data(results)
     assert [p.optimum.noise_rate for p in data.panels] == list(RATES)
     panel = data.panels[1]
     # the panel's optimum is the surface's selection: the grid's argmax of mean - std

@@ -131,23 +131,19 @@ def run_recommend(export: Path, noise: str, rate: float, as_json: bool = False) 
 def _confirmed_at(data: dict, noise: str, rate: float) -> str | None:
     """'confirmed at symmetric 0.4: ...' when the export holds that searched rate's
     confirmed selection (mean ± std over its seeds), else None."""
+    from dm_tune.guidelines.compare import mean_std_text
     for setting in data.get("settings", []):
         sel = setting.get("selected") or {}
         if (setting.get("noise_kind") != noise or sel.get("source") != "confirm"
                 or abs(float(setting.get("noise_rate", -1.0)) - rate) > 1e-6):
             continue
-
         flag = "; a replicate collapsed" if sel.get("collapsed") else ""
+        val, test = (mean_std_text(sel[n], sel.get(f"{n}_std"))
+                     for n in ("val_accuracy", "test_accuracy"))
         return (f"confirmed at {noise} {rate:g}: mode {sel['emphasis_mode']:.3f}, variance "
-                f"{sel['emphasis_variance']:.3g}, clean-val {_spread(sel, 'val_accuracy')}, "
-                f"test {_spread(sel, 'test_accuracy')} over {sel.get('n_seeds', 1)} seeds{flag}")
+                f"{sel['emphasis_variance']:.3g}, clean-val {val}, test {test} over "
+                f"{sel.get('n_seeds', 1)} seeds{flag}")
     return None
-
-
-def _spread(selected: dict, name: str) -> str:
-    """'0.948 ± 0.012' (the std only when the export has one)."""
-    std = selected.get(f"{name}_std")
-    return f"{selected[name]:.3f}" + (f" ± {std:.3f}" if std is not None else "")
 
 
 @command("recommend")
@@ -220,8 +216,9 @@ def write_run_outputs(storage, config: CampaignConfig, directory: Path) -> None:
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        json_path = guidelines.write_json(results, directory / "recommendations.json")
-        csv_path = guidelines.write_csv(results, directory / "recommendations.csv")
+        exported = guidelines.to_export_dict(results)  # once for both files
+        json_path = guidelines.write_json(exported, directory / "recommendations.json")
+        csv_path = guidelines.write_csv(exported, directory / "recommendations.csv")
         say(f"export: {json_path} and {csv_path}")
         paths = write_report(results, directory)
     except OSError as exc:

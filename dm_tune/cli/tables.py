@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich import box
 from rich.table import Table
 
-from dm_tune.guidelines.compare import compare, sentence
+from dm_tune.guidelines.compare import compare, params_pairs, sentence
 from dm_tune.guidelines.results import BaselineResult, CampaignResults, Selection
 from dm_tune.guidelines.rows import baseline_text, fmt, percent_spread, source_text, value_of
 from dm_tune.guidelines.status import StatusRow
@@ -51,7 +51,7 @@ def _baselines_cell(baselines: dict[str, BaselineResult]) -> str:
     """One line per baseline: 'gce 79.0±1.4 q=0.4' (test accuracy, tuned params)."""
     lines = []
     for b in baselines.values():
-        params = " ".join(f"{k}={v:g}" for k, v in sorted(b.params.items()))
+        params = params_pairs(b.params)
         cell = f"{b.loss} {percent_spread(b.test_accuracy, b.test_accuracy_std)}"
         lines.append(f"{cell}{_flag(b.collapsed)}{' ' + params if params else ''}")
     return "\n".join(lines) or "-"

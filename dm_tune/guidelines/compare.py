@@ -33,6 +33,7 @@ __all__ = [
     "compare",
     "compare_setting",
     "mean_std_text",
+    "params_pairs",
     "params_text",
     "sentence",
     "setting_label",
@@ -115,11 +116,14 @@ def setting_label(kind: str, rate: float) -> str:
     return f"{kind} {rate:g}"
 
 
+def params_pairs(params: Mapping[str, float], sep: str = " ", spec: str = "g") -> str:
+    """A loss's parameters as 'q=0.4' pairs joined by ``sep`` ('' for none)."""
+    return sep.join(f"{k}={v:{spec}}" for k, v in sorted(params.items()))
+
+
 def params_text(params: Mapping[str, float]) -> str:
     """' (q=0.4)' for tuned parameters, '' for none."""
-    if not params:
-        return ""
-    return " (" + ", ".join(f"{k}={v:g}" for k, v in sorted(params.items())) + ")"
+    return f" ({params_pairs(params, ', ')})" if params else ""
 
 
 def mean_std_text(mean: float | None, std: float | None, spec: str = ".3f") -> str:

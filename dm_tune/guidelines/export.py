@@ -12,7 +12,7 @@ from typing import Any
 
 import dm_tune
 from dm_tune.errors import ExportError
-from dm_tune.guidelines.compare import compare_setting
+from dm_tune.guidelines.compare import compare_setting, params_pairs
 from dm_tune.guidelines.results import CampaignResults, RateCheck, SettingResult, TrendPoint
 
 __all__ = [
@@ -223,14 +223,10 @@ def to_csv_rows(results: CampaignResults | Mapping[str, Any]) -> tuple[list[str]
             for name in (*BASELINE_FIELDS, *BASELINE_SPREAD_FIELDS):
                 row[f"baseline_{loss}_{name}"] = baseline.get(name)
             params = baseline.get("params")
-            row[f"baseline_{loss}_params"] = _params_text(params) if params else None
+            # one CSV cell, full precision: 'q=0.4;...'
+            row[f"baseline_{loss}_params"] = params_pairs(params, ";", "") if params else None
         rows.append(row)
     return columns, rows
-
-
-def _params_text(params: Mapping[str, Any]) -> str:
-    """A baseline's tuned parameters in one CSV cell: 'q=0.4;...'."""
-    return ";".join(f"{k}={v}" for k, v in sorted(params.items()))
 
 
 def dumps_csv(results: CampaignResults | Mapping[str, Any]) -> str:

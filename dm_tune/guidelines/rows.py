@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dm_tune.guidelines.compare import params_pairs
 from dm_tune.guidelines.results import BaselineResult, Selection
 
 __all__ = ["baseline_text", "fmt", "percent_spread", "source_text", "value_of"]
@@ -34,7 +35,7 @@ def baseline_text(base: BaselineResult | None, spec: str = ".4f", missing: str =
     its tuned params) or ``missing``."""
     if base is None:
         return missing
-    params = "".join(f" {k}={v:g}" for k, v in sorted(base.params.items()))
+    params = f" {params_pairs(base.params)}" if base.params else ""
     return f"{base.loss}{params} {fmt(base.test_accuracy, spec, missing)}"
 
 

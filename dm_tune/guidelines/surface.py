@@ -190,6 +190,9 @@ class Surface:
         self._grid_modes = self.mode_bounds[0] + g * (self.mode_bounds[1] - self.mode_bounds[0])
         self._grid_variances = self._untv(tv.min() + g * np.ptp(tv))
         self._gp = self._fit(obs.floored(), random_state)
+        #: grid predictions per rate: an optimum between rates needs its neighbours' grids,
+        #: and a dense export asks for the searched rates' over and over
+        self._grids: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
     # ---------------------------------------------------------------- transforms
 
@@ -249,10 +252,16 @@ class Surface:
         return mean.reshape(modes.shape), std.reshape(modes.shape)
 
     def grid(self, rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(modes, variances, mean, std) over the grid at ``rate``; mean[i, j] at modes[i]."""
-        mm, vv = np.meshgrid(self._grid_modes, self._grid_variances, indexing="ij")
-        mean, std = self.predict(mm.ravel(), vv.ravel(), rate)
-        return self._grid_modes, self._grid_variances, mean.reshape(mm.shape), std.reshape(mm.shape)
+        """(modes, variances, mean, std) over the grid at ``rate``; mean[i, j] at modes[i].
+
+        Computed once per rate (callers must not modify the arrays)."""
+        key = round(float(rate), 6)
+        if key not in self._grids:
+            mm, vv = np.meshgrid(self._grid_modes, self._grid_variances, indexing="ij")
+            mean, std = self.predict(mm.ravel(), vv.ravel(), rate)
+            self._grids[key] = (self._grid_modes, self._grid_variances, mean.reshape(mm.shape),
+                                std.reshape(mm.shape))
+        return self._grids[key]
 
     def clamp(self, rate: float) -> float:
         """The rate itself inside the searched range, else the nearest searched rate."""
