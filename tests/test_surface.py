@@ -249,6 +249,19 @@ def test_few_trials_and_one_rate_still_work(tmp_path):
 # ---------------------------------------------------------------- the self-check
 
 
+def test_a_failed_fit_falls_back_to_top_k_and_says_why(storage, monkeypatch):
+    from dm_tune.guidelines import surface
+
+    def singular(*args, **kwargs):
+        raise np.linalg.LinAlgError("singular matrix")
+
+    monkeypatch.setattr(surface, "fit_surface", singular)
+    results = g.load_campaign(storage, CAMPAIGN)  # no crash: the kind uses top-k
+    assert results.surfaces == {}
+    assert "fit failed (singular matrix)" in results.fallbacks["symmetric"]
+    assert results.trends["symmetric"].points  # the top-k trend stands in
+
+
 def test_leave_one_rate_out_at_0_4_has_a_small_gap(results):
     (row,) = results.checks
     assert (row.noise_kind, row.noise_rate, row.selected_source) == ("symmetric", 0.4, "surface")

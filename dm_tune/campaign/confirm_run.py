@@ -163,13 +163,9 @@ def _surfaces(config: CampaignConfig, studies: dict[Setting, optuna.Study],
         )
         for setting, study in studies.items()
     ]
-    surfaces: dict[str, Any] = {}
-    for kind in sorted({r.noise_kind for r in results}):
-        mine = [r for r in results if r.noise_kind == kind and r.trials]
-        try:  # a kind with too few finished trials gets no surface: the best observed stand in
-            surfaces.update(fit_surfaces(mine))
-        except (ValueError, np.linalg.LinAlgError):
-            continue  # a fit that fails falls back to the best observed trials
+    # a kind without a surface (too few finished trials, a failed fit): the best observed
+    # trials stand in
+    surfaces, _ = fit_surfaces(results)
     return surfaces
 
 

@@ -90,10 +90,9 @@ def load_campaign(
     top_k_settings = settings
     if method == "surface":
         from dm_tune.guidelines.check import leave_one_rate_out  # lazy: scikit-learn
-        from dm_tune.guidelines.surface import fit_surfaces, surface_fallbacks, surface_trends
+        from dm_tune.guidelines.surface import fit_surfaces, surface_trends
 
-        results.surfaces = fit_surfaces(settings)
-        results.fallbacks = surface_fallbacks(settings)
+        results.surfaces, results.fallbacks = fit_surfaces(settings)
         results.checks = leave_one_rate_out(results)
         trends.update(surface_trends(results.surfaces))
         top_k_settings = [s for s in settings if s.noise_kind in results.fallbacks]

@@ -77,7 +77,6 @@ __all__ = [
     "fit_surfaces",
     "kind_observations",
     "rate_grid",
-    "surface_fallbacks",
     "surface_trends",
 ]
 
@@ -330,15 +329,28 @@ def _by_kind(settings: Sequence[SettingResult]) -> dict[str, list[SettingResult]
 
 def fit_surfaces(
     settings: Sequence[SettingResult], min_observations: int = MIN_OBSERVATIONS
-) -> dict[str, Surface]:
-    """One surface per noise kind with at least ``min_observations`` observations."""
-    out = {}
+) -> tuple[dict[str, Surface], dict[str, str]]:
+    """One surface per noise kind with at least ``min_observations`` observations, and
+    kind -> why not (one line) for the kinds that have some but get none: too few, or a
+    fit that failed. Those kinds use the top-k trend."""
+    surfaces, fallbacks = {}, {}
     for kind, mine in _by_kind(settings).items():
         obs = kind_observations(mine)
-        if len(obs) and len(obs) >= min_observations:
-            out[kind] = fit_surface(kind, obs, variance_log=any(s.variance_log for s in mine),
-                                    anchors=confirmed_anchors(mine))
-    return out
+        n = len(obs)
+        if n == 0:
+            continue
+        if n < min_observations:
+            fallbacks[kind] = (
+                f"{n} finished trial{'s' if n != 1 else ''} (fewer than {min_observations}): "
+                "too few for the Gaussian-process surface, top-k trend used"
+            )
+            continue
+        try:
+            surfaces[kind] = fit_surface(kind, obs, variance_log=any(s.variance_log for s in mine),
+                                         anchors=confirmed_anchors(mine))
+        except (ValueError, np.linalg.LinAlgError) as error:
+            fallbacks[kind] = f"the Gaussian-process fit failed ({error}); top-k trend used"
+    return surfaces, fallbacks
 
 
 def confirmed_anchors(settings: Sequence[SettingResult]) -> dict[float, tuple[float, float]]:
@@ -348,21 +360,6 @@ def confirmed_anchors(settings: Sequence[SettingResult]) -> dict[float, tuple[fl
         for s in settings
         if s.selected is not None and s.selected.source == "confirm"
     }
-
-
-def surface_fallbacks(
-    settings: Sequence[SettingResult], min_observations: int = MIN_OBSERVATIONS
-) -> dict[str, str]:
-    """Kind -> why it gets no surface (one line), for kinds with too few observations."""
-    out = {}
-    for kind, mine in _by_kind(settings).items():
-        n = len(kind_observations(mine))
-        if 0 < n < min_observations:
-            out[kind] = (
-                f"{n} finished trial{'s' if n != 1 else ''} (fewer than {min_observations}): "
-                "too few for the Gaussian-process surface, top-k trend used"
-            )
-    return out
 
 
 def surface_trends(surfaces: dict[str, Surface]) -> dict[str, Trend]:
