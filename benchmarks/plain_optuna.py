@@ -7,6 +7,7 @@ decay, the DM loss as a detached-weight surrogate, TPE + Hyperband over
 Prints one JSON line: the selected trial's parameters, its test accuracy, the CPU time.
 
     python benchmarks/plain_optuna.py --trials 30 --epochs 40 [--storage sqlite:///x.db]
+        [--study-name NAME]
 """
 
 from __future__ import annotations
@@ -100,11 +101,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--storage", default=None,
                         help="an Optuna storage URL (default: in memory, nothing kept)")
+    parser.add_argument("--study-name", default=None,
+                        help="the study's name (default: Optuna's random one); Hyperband "
+                        "picks each trial's bracket from a hash of it")
     args = parser.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=args.storage,
+        study_name=args.study_name,
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=args.seed, multivariate=True),
         pruner=optuna.pruners.HyperbandPruner(min_resource=10, max_resource=args.epochs,

@@ -291,18 +291,11 @@ def trial_model(data: TrialData, spec: TrainSpec, device: torch.device) -> nn.Mo
     return _build(data, spec, device)
 
 
-def trial_optimizer(
-    params: Iterable[torch.Tensor], spec: TrainSpec, fused: bool | None = None
-) -> torch.optim.SGD:
-    """train_trial's SGD (momentum, weight decay, nesterov) over `params`.
-
-    `fused=True` runs each tensor's update as one kernel: the same per-element update
-    (torch's fused SGD computes it like the for-loop one), fewer passes over memory.
-    """
+def trial_optimizer(params: Iterable[torch.Tensor], spec: TrainSpec) -> torch.optim.SGD:
+    """train_trial's SGD (momentum, weight decay, nesterov) over `params`."""
     return torch.optim.SGD(
         params, lr=spec.lr, momentum=spec.momentum,
         weight_decay=spec.weight_decay, nesterov=spec.nesterov and spec.momentum > 0,
-        fused=fused,
     )
 
 

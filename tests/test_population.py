@@ -16,6 +16,8 @@ from dm_tune.noise import label_digest
 from dm_tune.population import Member, MemberResult, stack_labels, train_population
 from dm_tune.training import TrainSpec, TrialResult, train_trial
 
+_POPULATION = engine._Population  # the spies below subclass it (not one another)
+
 # float64 models and inputs: differences are the code's, not rounding's
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -69,23 +71,42 @@ def run_trial(monkeypatch, member: Member, spec: TrainSpec) -> tuple[TrialResult
     return result, models[0]
 
 
-def run_population(monkeypatch, members, spec, on_epoch=None):
-    """train_population's results and its internal population (for the weights)."""
+def run_population(monkeypatch, members, spec, on_epoch=None, **kwargs):
+    """train_population's results and its internal population, which records each member's
+    weights as it leaves (`states`, by member index) and its width each epoch (`widths`)."""
     captured = []
 
-    class Spy(engine._Population):
+    class Spy(_POPULATION):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
+            self.states: dict[int, dict[str, torch.Tensor]] = {}
+            self.widths: list[int] = []
             captured.append(self)
 
+        def epoch(self):
+            self.widths.append(self.model.members)
+            return super().epoch()
+
+        def remove(self, positions):
+            for p in positions:
+                self.states[self.alive[p]] = {
+                    key: value.clone() for key, value in self.model.member_state(p).items()}
+            super().remove(positions)
+
     monkeypatch.setattr(engine, "_Population", Spy)
-    return train_population(members, spec, on_epoch), captured[0]
+    return train_population(members, spec, on_epoch, **kwargs), captured[0]
 
 
-def assert_replicates(result: MemberResult, state: dict, trial: TrialResult, model) -> None:
-    """Same weights, curves and end figures as train_trial (to 1e-6; seconds excepted)."""
+def assert_replicates(result: MemberResult, state: dict, trial: TrialResult, model,
+                      joined_late: bool = False) -> None:
+    """Same weights, curves and end figures as train_trial (to 1e-6; seconds excepted).
+
+    A member that joined late shows the population's batch-norm step counter, not its own
+    (`PopulationModel.member_state`; no layer reads it)."""
     assert result.status == "complete" and result.reason is None
     for key, value in model.state_dict().items():
+        if joined_late and key.endswith("num_batches_tracked"):
+            continue
         torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6, msg=key)
     for mine, theirs in ((result.val_accuracy_per_epoch, trial.val_accuracy_per_epoch),
                          (result.test_accuracy_per_epoch, trial.test_accuracy_per_epoch),
@@ -105,7 +126,7 @@ def test_mlp_members_replicate_train_trial(monkeypatch, digits):
     finals = set()
     for k, member in enumerate(members):
         trial, model = run_trial(monkeypatch, member, spec)
-        assert_replicates(results[k], population.model.member_state(k), trial, model)
+        assert_replicates(results[k], population.states[k], trial, model)
         finals.add(tuple(trial.val_accuracy_per_epoch))
     assert len(finals) == 4  # the members really differ
 
@@ -117,7 +138,7 @@ def test_cnn_members_replicate_train_trial_with_augmentation(monkeypatch, images
     results, population = run_population(monkeypatch, members, spec)
     for k, member in enumerate(members):
         trial, model = run_trial(monkeypatch, member, spec)
-        assert_replicates(results[k], population.model.member_state(k), trial, model)
+        assert_replicates(results[k], population.states[k], trial, model)
 
 
 @pytest.mark.parametrize(("model", "params"), [("resnet20", {}), ("fastnet", {"width": 2})])
@@ -127,7 +148,7 @@ def test_resnet_and_fastnet_members_replicate_train_trial(monkeypatch, images, m
     results, population = run_population(monkeypatch, members, spec)
     for k, member in enumerate(members):
         trial, trained = run_trial(monkeypatch, member, spec)
-        assert_replicates(results[k], population.model.member_state(k), trial, trained)
+        assert_replicates(results[k], population.states[k], trial, trained)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
@@ -150,16 +171,71 @@ def test_a_pruned_member_leaves_the_others_trajectories_unchanged(
     assert pruned[1].status == "pruned" and pruned[1].result is None
     assert pruned[1].epochs_run == 1 and "epoch 1" in pruned[1].reason
     assert pruned[1].val_accuracy_per_epoch == full[1].val_accuracy_per_epoch[:1]
-    assert population.model.members == 2  # compacted, not masked
-    for position, k in enumerate((0, 2)):
+    assert population.widths == [3, 2, 2]  # compacted, not masked
+    for k in (0, 2):
         assert pruned[k].status == "complete"
         assert pruned[k].val_accuracy_per_epoch == full[k].val_accuracy_per_epoch
         assert pruned[k].train_loss_per_epoch == pytest.approx(full[k].train_loss_per_epoch,
                                                                rel=1e-12)
-        state, reference = population.model.member_state(position), \
-            full_population.model.member_state(k)
+        state, reference = population.states[k], full_population.states[k]
         for key, value in reference.items():
             torch.testing.assert_close(state[key], value, rtol=1e-12, atol=1e-12, msg=key)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_a_member_that_joins_late_replicates_its_train_trial(monkeypatch, digits, images, kind):
+    """refill: a member joins in a pruned one's place at its own first epoch (its own
+    learning-rate schedule, fresh momentum) and is still its train_trial's replicate; the
+    members already there keep their trajectories."""
+    data = digits if kind == "mlp" else images
+    spec = TrainSpec(model=kind, model_params={"width": 4} if kind == "cnn" else {},
+                     epochs=3, batch_size=32, nesterov=kind == "cnn")
+    members = mixed_members(data)[:3]
+    late = Member(data, "dm", dm(0.25, 4.0), seed=7)
+    full, full_population = run_population(monkeypatch, members, spec)
+    asked: list[int] = []
+    seen: list[dict[int, int]] = []
+
+    def refill(free):
+        asked.append(free)
+        return [late] if len(asked) == 1 else []
+
+    def prune_member_1(epoch, metrics):
+        seen.append({k: m["epoch"] for k, m in metrics.items()})
+        return [1] if epoch == 1 else None
+
+    results, population = run_population(monkeypatch, members, spec, prune_member_1,
+                                         refill=refill, capacity=3)
+    assert [r.index for r in results] == [0, 1, 2, 3]
+    # asked when a place is free: after the prune, when 0 and 2 complete, at the end
+    assert asked == [1, 2, 3]
+    # the late member is one epoch behind: it runs on alone after the others complete
+    assert seen == [{0: 1, 1: 1, 2: 1}, {0: 2, 2: 2, 3: 1}, {0: 3, 2: 3, 3: 2}, {3: 3}]
+    assert population.widths == [3, 3, 3, 1]
+    for k in (0, 2):
+        assert results[k].val_accuracy_per_epoch == full[k].val_accuracy_per_epoch
+        for key, value in full_population.states[k].items():
+            torch.testing.assert_close(population.states[k][key], value, rtol=1e-12,
+                                       atol=1e-12, msg=key)
+    trial, model = run_trial(monkeypatch, late, spec)
+    assert_replicates(results[3], population.states[3], trial, model, joined_late=True)
+
+
+def test_refill_fills_to_capacity_and_the_run_ends_when_it_has_none(digits):
+    spec = TrainSpec(epochs=2)
+    queue = [Member(digits, "dm", dm(0.5, 8.0), seed=s) for s in range(10, 15)]
+    asked: list[int] = []
+
+    def refill(free):
+        asked.append(free)
+        given, queue[:] = queue[:free], queue[free:]
+        return given
+
+    results = train_population(mixed_members(digits)[:1], spec, refill=refill, capacity=3)
+    assert len(results) == 6 and all(r.status == "complete" for r in results)
+    # 1 member + 2 at once; when those complete (epoch 2) three places, two members left
+    assert asked[:2] == [2, 3] and queue == []
+    assert all(r.epochs_run == 2 for r in results)
 
 
 def test_a_population_spans_two_noise_settings(monkeypatch):
@@ -178,7 +254,7 @@ def test_a_population_spans_two_noise_settings(monkeypatch):
         assert realised == members[k].data.realised_noise_rate
         assert abs(realised - (0.2, 0.6)[k % 2]) < 0.05
     trial, model = run_trial(monkeypatch, members[1], spec)  # trained on the 0.6 labels
-    assert_replicates(results[1], population.model.member_state(1), trial, model)
+    assert_replicates(results[1], population.states[1], trial, model)
 
 
 def test_a_nonfinite_member_is_removed_and_the_others_continue(monkeypatch, digits):

@@ -7,7 +7,13 @@ import torch
 
 from dm_tune.losses import baseline_loss, dm_loss, get_loss
 from dm_tune.models import build_model
-from dm_tune.population import PopulationLoss, PopulationModel, batched_dm_loss
+from dm_tune.population import (
+    PopulationLoss,
+    PopulationModel,
+    StackedLinear,
+    StackedSGD,
+    batched_dm_loss,
+)
 from dm_tune.training import TrainSpec, trial_optimizer
 
 # float64 models and inputs: differences are the code's, not rounding's
@@ -108,6 +114,32 @@ def test_population_forward_is_each_models_forward_in_train_and_eval(name, param
             torch.testing.assert_close(state[key], value, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("width_out", [10, 7])
+def test_stacked_linear_backward_is_autograds_and_autocast_takes_torchs_ops(bias, width_out):
+    gen = torch.Generator().manual_seed(0)
+    linears = [torch.nn.Linear(6, width_out, bias=bias) for _ in range(3)]
+    layer = StackedLinear.from_linears(linears)
+    x = torch.randn(3, 5, 6, generator=gen, requires_grad=True)
+    upstream = torch.randn(3, 5, width_out, generator=gen)
+    (layer(x) * upstream).sum().backward()
+    mine = [x.grad, layer.weight.grad] + ([layer.bias.grad] if bias else [])
+    for k, linear in enumerate(linears):  # each member's own nn.Linear, by autograd
+        xk = x.detach()[k].clone().requires_grad_()
+        (linear(xk) * upstream[k]).sum().backward()
+        torch.testing.assert_close(mine[0][k], xk.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(mine[1][k], linear.weight.grad, rtol=1e-12, atol=1e-12)
+        if bias:
+            torch.testing.assert_close(mine[2][k, 0], linear.bias.grad, rtol=1e-12,
+                                       atol=1e-12)
+    single = StackedLinear.from_linears([linear.float() for linear in linears])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # CUDA's path, on the CPU
+        out = single(x.detach().float())
+    assert out.dtype == torch.bfloat16
+    (out.float() * upstream.float()).sum().backward()
+    torch.testing.assert_close(single.weight.grad.double(), mine[1], rtol=0.05, atol=0.05)
+
+
 def test_shared_inputs_give_every_member_the_same_batch():
     models = _cnns(range(2), width=4)
     population = PopulationModel.from_models(models).eval()
@@ -132,46 +164,73 @@ def test_unsupported_layers_are_refused():
         PopulationModel.from_models([cnn, cnn])
 
 
-def _step_all(population, optimizer, models, optimizers, x, lr):
-    """One SGD step of the population and of each model on its own (loss: sum of squares)."""
-    optimizer.param_groups[0]["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
+def _step_all(population, optimizer, models, optimizers, x, lrs):
+    """One SGD step of the population (member k at lrs[k]) and of each model on its own
+    (loss: sum of squares); the population's cohorts are runs of equal learning rates."""
+    cohorts = []
+    for k, lr in enumerate(lrs):
+        if cohorts and cohorts[-1][2] == lr:
+            cohorts[-1] = (cohorts[-1][0], k + 1, lr)
+        else:
+            cohorts.append((k, k + 1, lr))
+    optimizer.zero_grad()
     population(x).square().sum().backward()
-    optimizer.step()
+    optimizer.step(cohorts)
     for k, (model, opt) in enumerate(zip(models, optimizers, strict=True)):
-        opt.param_groups[0]["lr"] = lr
+        opt.param_groups[0]["lr"] = lrs[k]
         opt.zero_grad(set_to_none=True)
         model(x[k]).square().sum().backward()
         opt.step()
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_one_sgd_over_the_stack_equals_one_sgd_per_member_through_compaction(kind, nesterov):
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet20"])
+def test_one_sgd_over_the_stack_equals_one_sgd_per_member_through_compaction_and_joins(
+    kind, nesterov
+):
+    """StackedSGD is K torch SGD optimisers: members leave, join late (fresh momentum) and
+    step at their own learning rates."""
     spec = TrainSpec(lr=0.05, momentum=0.9, weight_decay=5e-3, nesterov=nesterov)
-    models = _mlps(range(4)) if kind == "mlp" else _cnns(range(4), width=4)
+    build = {"mlp": _mlps, "cnn": lambda seeds: _cnns(seeds, width=4),
+             "resnet20": lambda seeds: _cnns(seeds, "resnet20")}[kind]
     shape = (8,) if kind == "mlp" else (3, 8, 8)
+    models = build(range(4))
     population = PopulationModel.from_models(models)
-    optimizer = trial_optimizer(population.parameters(), spec, fused=True)
+    optimizer = StackedSGD(population.parameters(), 4, spec.momentum, spec.weight_decay,
+                           spec.nesterov)
     optimizers = [trial_optimizer(m.parameters(), spec) for m in models]  # train_trial's
     gen = torch.Generator().manual_seed(0)
-    for step in range(4):
-        _step_all(population, optimizer, models, optimizers,
-                  torch.randn(len(models), 5, *shape, generator=gen), 0.05 / (step + 1))
+
+    scale = 0.01 if kind == "resnet20" else 1.0  # a sum of squares diverges in a deep net
+
+    def steps(count, lrs):
+        for step in range(count):
+            _step_all(population, optimizer, models, optimizers,
+                      torch.randn(len(models), 5, *shape, generator=gen),
+                      [scale * lr / (step + 1) for lr in lrs])
+
+    steps(4, [0.05] * 4)
     keep = [0, 2, 3]  # member 1 leaves: tensors and momentum buffers shrink
-    population.select_members(keep, optimizer)
+    population.select_members(keep)
+    optimizer.select(keep)
     models, optimizers = [models[k] for k in keep], [optimizers[k] for k in keep]
     assert population.members == 3
-    for param in population.parameters():
-        buffer = optimizer.state[param]["momentum_buffer"]
-        assert buffer.shape == param.shape and param.shape[0] % 3 == 0
-    for step in range(3):
-        _step_all(population, optimizer, models, optimizers,
-                  torch.randn(len(models), 5, *shape, generator=gen), 0.01 * (step + 1))
+    steps(2, [0.01] * 3)
+    joining = build(range(10, 12))  # two members join with their own, fresh optimisers
+    population.extend(PopulationModel.from_models(joining))
+    optimizer.extend(2)
+    models += joining
+    optimizers += [trial_optimizer(m.parameters(), spec) for m in joining]
+    assert population.members == 5
+    for param, buffer in zip(population.parameters(), optimizer.buffers, strict=True):
+        assert buffer.shape == param.shape and param.shape[0] % 5 == 0
+    steps(3, [0.01, 0.01, 0.01, 0.07, 0.07])  # two cohorts, two learning rates
     for k, model in enumerate(models):
         state = population.member_state(k)
         for key, value in model.state_dict().items():
-            torch.testing.assert_close(state[key], value, rtol=1e-12, atol=1e-14)
+            if key.endswith("num_batches_tracked") and k >= 3:
+                continue  # the population's one counter (unused: batch norm has a momentum)
+            torch.testing.assert_close(state[key], value, rtol=1e-12, atol=1e-14, msg=key)
 
 
 def test_channels_last_models_stay_channels_last_through_compaction():

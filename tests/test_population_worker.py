@@ -114,6 +114,31 @@ def test_a_member_curve_equals_train_trial_of_the_same_params_and_seed(populatio
     assert trial.user_attrs["test_accuracy"] == pytest.approx(again.test_accuracy, abs=1e-5)
 
 
+def test_a_population_refills_its_free_places_and_stops_at_max_trials(tmp_path):
+    """Trials that end (pruned at the first rung, complete) make room for new ones in the
+    same population run, which stays K = 3 trials wide and ends at max_trials."""
+    config = load_campaign_config(_with_population(write_tiny(tmp_path, epochs=3), 3))
+    storage = open_storage(f"sqlite:///{tmp_path / 'refill.db'}")
+    create_campaign(config, storage)
+    widths: list[int] = []
+
+    def count_running(claimed, epoch, metrics):
+        studies = _studies(storage).values()
+        widths.append(sum(t.state == TrialState.RUNNING for ts in studies for t in ts))
+
+    summary = run_worker(storage, config, "cpu", max_trials=7, name="w", sampler_seed=0,
+                         on_epoch=count_running)
+    trials = [t for ts in _studies(storage).values() for t in ts]
+    ended = [t for t in trials if t.state in COUNTED]
+    assert summary.trials == len(ended) == 7
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert len(summary.claim_seconds) == 1  # one population run claimed all seven
+    assert max(widths) == 3 and min(widths) >= 1
+    first_end = min(t.datetime_complete for t in ended)
+    assert any(t.datetime_start > first_end for t in ended)  # joined in a freed place
+    assert {t.user_attrs["population_size"] for t in ended} <= {1, 2, 3}
+
+
 def test_a_stop_fails_and_requeues_every_unfinished_member(tmp_path):
     config = load_campaign_config(_with_population(write_tiny(tmp_path, baselines=()), 3))
     storage = open_storage(f"sqlite:///{tmp_path / 'stop.db'}")

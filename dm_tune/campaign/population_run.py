@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,14 +73,17 @@ def replicate_seeds(seed: int, replicates: int) -> list[int]:
 
 @dataclass
 class _Job:
-    """One claimed trial: its member slots (one per replicate seed) and its mean curve."""
+    """One claimed trial: its member slots (one per replicate seed), its mean curve, its
+    members' results as they end, and its heartbeat (stopped when the trial ends)."""
 
     claimed: ClaimedTrial
     base: dict[str, Any]
     slots: list[int]
     num_classes: int
     curve: list[dict[str, float]] = field(default_factory=list)
+    results: dict[int, Any] = field(default_factory=dict)
     outcome: TrialOutcome | None = None
+    beat: ExitStack = field(default_factory=ExitStack)
 
 
 def _replicates(one: ClaimedTrial, config: CampaignConfig) -> int:
@@ -115,6 +119,12 @@ def _mean_result(results: list[Any]) -> Any:
     return replace(results[0], **mean)
 
 
+#: claim_more(n) -> up to n more claimed trials (none: the population drains)
+ClaimMore = Callable[[int], list[ClaimedTrial]]
+#: on_outcome(claimed, outcome) as each trial ends
+OutcomeHook = Callable[[ClaimedTrial, TrialOutcome], None]
+
+
 def run_claimed_population(
     claimed: list[ClaimedTrial],
     config: CampaignConfig,
@@ -122,105 +132,174 @@ def run_claimed_population(
     worker: str,
     stop: threading.Event | None = None,
     on_epoch: EpochHook | None = None,
-) -> list[TrialOutcome]:
-    """Train the claimed trials (each with its replicate seeds) together; one outcome per
-    trial, in order. A search trial's objective is the mean over its replicates.
+    claim_more: ClaimMore | None = None,
+    on_outcome: OutcomeHook | None = None,
+) -> list[tuple[ClaimedTrial, TrialOutcome]]:
+    """Train the claimed trials (each with its replicate seeds) together; each trial and
+    its outcome, in the order they were claimed. A search trial's objective is the mean
+    over its replicates.
 
-    A stop request fails every unfinished trial and re-queues it; any other error fails
-    them all (recording the error) and propagates.
+    With ``claim_more``, the population stays ``[search] population`` trials wide: when
+    trials end (pruned, complete) it claims more, which join at their first epoch; it
+    drains when ``claim_more`` has none. Each trial is told (and ``on_outcome`` called)
+    as soon as it ends. A stop request fails every unfinished trial and re-queues it;
+    any other error fails them all (recording the error) and propagates.
     """
-    from dm_tune.population import Member, train_population
+    from dm_tune.population import train_population
 
-    members, jobs = [], []
-    for one in claimed:
-        data = load_setting_data(config, one.setting)
-        try:
-            loss, loss_params, seed = suggest_job(one, config)
-        except TrialTakenOver:  # failed as stale before it began: no member slots
-            jobs.append(_Job(one, {}, [], data.num_classes, outcome=taken_over(one)))
-            continue
-        seeds = replicate_seeds(seed, _replicates(one, config))
-        slots = list(range(len(members), len(members) + len(seeds)))
-        members.extend(Member(data, loss, loss_params, s) for s in seeds)
-        base = {**base_attrs(worker, device, data, loss, seed),
-                TrialKey.POPULATION_SIZE: len(claimed)}
-        if len(seeds) > 1:
-            base[TrialKey.REPLICATE_SEEDS] = seeds
-        jobs.append(_Job(one, base, slots, data.num_classes))
-    started = time.perf_counter()
-    reported = report_epochs(config)
-
-    def epoch_callback(epoch: int, metrics: dict[int, dict[str, float]]) -> list[int]:
-        removed = []
-        for job in jobs:
-            rows = [metrics[slot] for slot in job.slots if slot in metrics]
-            if job.outcome is not None or not rows:
-                continue
-            if len(rows) < len(job.slots):  # a replicate diverged: the trial is pruned
-                job.outcome = end_pruned(job.claimed, {
-                    **job.base, **partial_attrs(job.curve, started),
-                    TrialKey.PRUNED_REASON: f"a replicate's training loss became non-finite "
-                                            f"in epoch {epoch}"})
-                removed.extend(slot for slot in job.slots if slot in metrics)
-                continue
-            job.curve.append(_mean_metrics(rows))
-            if on_epoch is not None:
-                on_epoch(job.claimed, epoch, job.curve[-1])
-        if stop is not None and stop.is_set():
-            raise TrialStopped
-        if epoch not in reported:
-            return removed
-        for job in jobs:
-            if job.outcome is not None or not job.curve or len(job.curve) < epoch:
-                continue
-            try:
-                # the pruner sees the mean over the replicates
-                if report_and_prune(job.claimed, float(job.curve[-1]["val_accuracy"]), epoch):
-                    job.outcome = end_pruned(job.claimed,
-                                             {**job.base, **partial_attrs(job.curve, started)})
-            except TrialTakenOver:
-                job.outcome = taken_over(job.claimed)
-            if job.outcome is not None:
-                removed.extend(job.slots)
-        return removed
-
+    run = _PopulationRun(config, device, worker, on_epoch, on_outcome)
+    members = run.start(claimed)
     if not members:
-        return [job.outcome for job in jobs if job.outcome is not None]
+        return run.ended()
+    capacity = max(len(members), config.search.population * config.search.seeds)
+    refill = None if claim_more is None else run.refill(claim_more)
     spec = train_spec(config, device, members[0].seed)  # each member uses its own seed
-    with ExitStack() as beats:
-        for job in jobs:
+    try:
+        train_population(members, spec, on_epoch=run.epoch_callback(stop), refill=refill,
+                         capacity=capacity, on_ended=run.member_ended)
+    except TrialStopped:
+        for job in run.jobs:
             if job.outcome is None:
-                trial = job.claimed.trial
-                beats.enter_context(_optuna.heartbeat(trial, on_failure=beat_failed(trial)))
-        try:
-            results = train_population(members, spec, on_epoch=epoch_callback)
-        except TrialStopped:
-            for job in jobs:
-                if job.outcome is None:
-                    job.outcome = end_stopped(job.claimed,
-                                              {**job.base, **partial_attrs(job.curve, started)})
-            return [job.outcome for job in jobs if job.outcome is not None]
-        except BaseException as error:
-            for job in jobs:
-                if job.outcome is None:
-                    end_failed(job.claimed, job.base, error)
-            raise
-        for job in jobs:
-            if job.outcome is not None:
-                continue  # pruned by its study's pruner, or a replicate diverged (recorded)
-            mine = [results[slot] for slot in job.slots]
-            if all(r.status == "complete" and r.result is not None for r in mine):
-                finished = [r.result for r in mine]
-                extra = _replicate_attrs(finished) if len(finished) > 1 else {}
-                mean = _mean_result(finished)
-                extra.update(collapse_attrs(job.claimed.role, job.num_classes,
-                                            mean.val_accuracy))
-                job.outcome = end_complete(
-                    job.claimed, {**job.base, **curve_attrs(job.curve), **extra}, mean)
-            else:  # a non-finite loss in the last epoch: pruned with its reason
-                reason = next(str(r.reason) for r in mine if r.status != "complete")
-                job.outcome = end_pruned(job.claimed, {
-                    **job.base, **partial_attrs(job.curve, started),
-                    TrialKey.PRUNED_REASON: reason,
-                })
-    return [job.outcome for job in jobs if job.outcome is not None]
+                run.finish(job, end_stopped(job.claimed,
+                                            {**job.base, **partial_attrs(job.curve, run.started)}))
+    except BaseException as error:
+        for job in run.jobs:
+            if job.outcome is None:
+                end_failed(job.claimed, job.base, error)
+                job.beat.close()
+        raise
+    finally:
+        for job in run.jobs:
+            job.beat.close()
+    return run.ended()
+
+
+class _PopulationRun:
+    """The trials of one population run and what happens to them as members end."""
+
+    def __init__(self, config: CampaignConfig, device: str, worker: str,
+                 on_epoch: EpochHook | None, on_outcome: OutcomeHook | None) -> None:
+        self.config, self.device, self.worker = config, device, worker
+        self.on_epoch, self.on_outcome = on_epoch, on_outcome
+        self.jobs: list[_Job] = []
+        self.members: list[Any] = []  # every member so far: index = engine member index
+        self.job_of: dict[int, _Job] = {}
+        self.reported = report_epochs(config)
+        self.started = time.perf_counter()
+
+    def start(self, claimed: list[ClaimedTrial]) -> list[Any]:
+        """Members of the newly claimed trials (their jobs and heartbeats started)."""
+        from dm_tune.population import Member
+
+        new = []
+        for one in claimed:
+            data = load_setting_data(self.config, one.setting)
+            try:
+                loss, loss_params, seed = suggest_job(one, self.config)
+            except TrialTakenOver:  # failed as stale before it began: no member slots
+                job = _Job(one, {}, [], data.num_classes)
+                self.jobs.append(job)
+                self.finish(job, taken_over(one))
+                continue
+            seeds = replicate_seeds(seed, _replicates(one, self.config))
+            first = len(self.members) + len(new)
+            slots = list(range(first, first + len(seeds)))
+            new.extend(Member(data, loss, loss_params, s) for s in seeds)
+            base = base_attrs(self.worker, self.device, data, loss, seed)
+            if len(seeds) > 1:
+                base[TrialKey.REPLICATE_SEEDS] = seeds
+            job = _Job(one, base, slots, data.num_classes)
+            trial = one.trial
+            job.beat.enter_context(_optuna.heartbeat(trial, on_failure=beat_failed(trial)))
+            self.jobs.append(job)
+            self.job_of.update({slot: job for slot in slots})
+        # population_size: the trials training together when this one started
+        width = sum(job.outcome is None for job in self.jobs)
+        for job in self.jobs[len(self.jobs) - len(claimed):]:
+            if job.outcome is None:
+                job.base[TrialKey.POPULATION_SIZE] = width
+        self.members.extend(new)
+        return new
+
+    def refill(self, claim_more: ClaimMore) -> Callable[[int], list[Any]]:
+        """The engine's refill: claim trials for the free member places."""
+        seeds = self.config.search.seeds
+        exhausted = False
+
+        def more(free: int) -> list[Any]:
+            nonlocal exhausted
+            if exhausted or free < 1:
+                return []
+            claimed = claim_more(max(1, free // seeds))
+            if not claimed:
+                exhausted = True  # later re-queues are the worker loop's to pick up
+            return self.start(claimed)
+
+        return more
+
+    def finish(self, job: _Job, outcome: TrialOutcome) -> None:
+        """The trial has ended: stop its heartbeat, tell the hook."""
+        job.outcome = outcome
+        job.beat.close()
+        if self.on_outcome is not None:
+            self.on_outcome(job.claimed, outcome)
+
+    def ended(self) -> list[tuple[ClaimedTrial, TrialOutcome]]:
+        return [(job.claimed, job.outcome) for job in self.jobs if job.outcome is not None]
+
+    def epoch_callback(self, stop: threading.Event | None) -> Callable:
+        def callback(epoch: int, metrics: dict[int, dict[str, float]]) -> list[int]:
+            removed: list[int] = []
+            for job in self.jobs:
+                rows = [metrics[slot] for slot in job.slots if slot in metrics]
+                if job.outcome is not None or not rows:
+                    continue
+                own_epoch = int(rows[0]["epoch"])
+                if len(rows) < len(job.slots):  # a replicate diverged: the trial is pruned
+                    self.finish(job, end_pruned(job.claimed, {
+                        **job.base, **partial_attrs(job.curve, self.started),
+                        TrialKey.PRUNED_REASON: f"a replicate's training loss became "
+                                                f"non-finite in epoch {own_epoch}"}))
+                    removed.extend(slot for slot in job.slots if slot in metrics)
+                    continue
+                job.curve.append(_mean_metrics(rows))
+                if self.on_epoch is not None:
+                    self.on_epoch(job.claimed, own_epoch, job.curve[-1])
+                if own_epoch not in self.reported:
+                    continue
+                try:
+                    # the pruner sees the mean over the replicates
+                    value = float(job.curve[-1]["val_accuracy"])
+                    if report_and_prune(job.claimed, value, own_epoch):
+                        self.finish(job, end_pruned(
+                            job.claimed, {**job.base, **partial_attrs(job.curve, self.started)}))
+                except TrialTakenOver:
+                    self.finish(job, taken_over(job.claimed))
+                if job.outcome is not None:
+                    removed.extend(job.slots)
+            if stop is not None and stop.is_set():
+                raise TrialStopped
+            return removed
+
+        return callback
+
+    def member_ended(self, result: Any) -> None:
+        """A member completed or diverged: record its trial once all its replicates ended."""
+        job = self.job_of[result.index]
+        job.results[result.index] = result
+        if job.outcome is not None or len(job.results) < len(job.slots):
+            return  # pruned by its study's pruner (recorded), or replicates still training
+        mine = [job.results[slot] for slot in job.slots]
+        if all(r.status == "complete" and r.result is not None for r in mine):
+            finished = [r.result for r in mine]
+            extra = _replicate_attrs(finished) if len(finished) > 1 else {}
+            mean = _mean_result(finished)
+            extra.update(collapse_attrs(job.claimed.role, job.num_classes, mean.val_accuracy))
+            self.finish(job, end_complete(
+                job.claimed, {**job.base, **curve_attrs(job.curve), **extra}, mean))
+        else:  # every replicate's loss became non-finite in the same epoch
+            reason = next(str(r.reason) for r in mine if r.status != "complete")
+            self.finish(job, end_pruned(job.claimed, {
+                **job.base, **partial_attrs(job.curve, self.started),
+                TrialKey.PRUNED_REASON: reason,
+            }))

@@ -44,6 +44,7 @@ class WorkerSummary:
     claim_seconds: list[float] = field(default_factory=list)
     trial_seconds: list[float] = field(default_factory=list)
     idle_seconds: float = 0.0
+    in_flight: int = 0  # claimed by a population run and not ended yet
 
     @property
     def trials(self) -> int:
@@ -113,6 +114,21 @@ def run_worker(
     liveness.touch()  # joined ($DM_TUNE_HEARTBEAT_FILE, for a k8s probe); again each pass
     cache = StudyCache(storage, config, seed_of(name) if sampler_seed is None else sampler_seed)
     summary = WorkerSummary(name)
+
+    def ended(claimed: ClaimedTrial, outcome: TrialOutcome) -> None:
+        if _as_population(config):
+            summary.in_flight -= 1
+        summary.states[outcome.state.name] = summary.states.get(outcome.state.name, 0) + 1
+        if on_trial is not None:
+            on_trial(claimed, outcome)
+
+    def claim_more(k: int) -> list[ClaimedTrial]:
+        """More trials for a running population (none once a stop is asked for)."""
+        if stop.is_set():
+            return []
+        return retrying(lambda: _claim_population(storage, config, cache, max_trials,
+                                                  summary, k), "claiming trials")
+
     while not stop.is_set() and (max_trials is None or summary.trials < max_trials):
         liveness.touch()
         started = time.perf_counter()
@@ -137,16 +153,13 @@ def run_worker(
         if _as_population(config):
             from dm_tune.campaign.population_run import run_claimed_population
 
-            outcomes = run_claimed_population(batch, config, device, name, stop, on_epoch)
-            ended = list(zip(batch, outcomes, strict=True))
+            # trials are counted (and on_trial called) as each one ends
+            run_claimed_population(batch, config, device, name, stop, on_epoch,
+                                   claim_more=claim_more, on_outcome=ended)
         else:
-            ended = [(claimed, run_claimed_trial(claimed, config, device, name, stop, on_epoch,
-                                                 train))]
+            ended(claimed, run_claimed_trial(claimed, config, device, name, stop, on_epoch,
+                                             train))
         summary.trial_seconds.append(time.perf_counter() - started)
-        for claimed, outcome in ended:
-            summary.states[outcome.state.name] = summary.states.get(outcome.state.name, 0) + 1
-            if on_trial is not None:
-                on_trial(claimed, outcome)
     summary.stopped = stop.is_set()
     return summary
 
@@ -162,11 +175,17 @@ def _claim_population(
     cache: StudyCache,
     max_trials: int | None,
     summary: WorkerSummary,
+    k: int | None = None,
 ) -> list[ClaimedTrial]:
-    """Up to ``[search] population`` trials, never past ``max_trials``."""
+    """Up to ``k`` (default ``[search] population``) trials, never past ``max_trials``
+    (counting the trials this worker has claimed and not yet ended)."""
     from dm_tune.campaign.population_run import claim_trials
 
-    k = config.search.population
+    k = config.search.population if k is None else k
     if max_trials is not None:
-        k = min(k, max_trials - summary.trials)
-    return claim_trials(storage, config, cache, k)
+        k = min(k, max_trials - summary.trials - summary.in_flight)
+    if k < 1:
+        return []
+    claimed = claim_trials(storage, config, cache, k)
+    summary.in_flight += len(claimed)
+    return claimed

@@ -7,9 +7,12 @@ it draws its batch order (and augmentation) from its own generators seeded as a 
 its loss is its own (`PopulationLoss`) and one SGD optimiser over the stacked tensors
 updates every member exactly as K optimisers would (SGD acts elementwise).
 
-Members leave individually: after each epoch `on_epoch` may remove members (pruned), and
-a member whose epoch loss is NaN/inf is removed ("nonfinite"). Removal compacts the
-population's tensors and optimiser state, so the survivors train at K' members' cost.
+Members leave individually: after each epoch `on_epoch` may remove members (pruned), a
+member whose epoch loss is NaN/inf is removed ("nonfinite") and one that trained every
+epoch completes. Removal compacts the population's tensors and optimiser state, so the
+survivors train at K' members' cost. With `refill`, new members take the freed places at
+their own first epoch (`StackedSGD` steps each cohort at its own learning rate), so a
+worker's population stays K wide while its trials end at different epochs.
 
 Example:
     >>> from dm_tune.data import DataSpec, prepare_data
@@ -22,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,6 +38,7 @@ from dm_tune.data import TrialData, augment_batch
 from dm_tune.losses import get_loss
 from dm_tune.population.layers import PopulationModel
 from dm_tune.population.loss import PopulationLoss
+from dm_tune.population.optim import StackedSGD
 from dm_tune.training import (
     EVAL_BATCH,
     TrainSpec,
@@ -46,7 +51,6 @@ from dm_tune.training import (
     train_autocast,
     trial_generators,
     trial_model,
-    trial_optimizer,
     trial_result,
 )
 
@@ -55,6 +59,7 @@ __all__ = [
     "MemberResult",
     "MemberStatus",
     "PopulationCallback",
+    "RefillCallback",
     "check_shared_inputs",
     "stack_labels",
     "train_population",
@@ -63,6 +68,8 @@ __all__ = [
 MemberStatus = Literal["complete", "pruned", "nonfinite"]
 #: on_epoch(epoch, {member index: metrics}) -> member indices to remove (or None)
 PopulationCallback = Callable[[int, dict[int, dict[str, float]]], Iterable[int] | None]
+#: refill(free slots) -> up to that many new members (empty: none for now)
+RefillCallback = Callable[[int], Sequence["Member"]]
 
 # Everything the members must share: they differ only in their given train labels.
 _SHARED = ("x_train", "x_val", "x_test", "y_val", "y_test")
@@ -127,32 +134,66 @@ def stack_labels(members: Sequence[Member], device: torch.device | str = "cpu") 
 
 
 class _Population:
-    """The state of the members still training (kept together to keep functions short)."""
+    """The state of the members still training (kept together to keep functions short).
 
-    def __init__(
-        self, members: Sequence[Member], spec: TrainSpec, data: TrialData, device: torch.device
-    ) -> None:
-        specs = [replace(spec, seed=m.seed) for m in members]
-        # train_trial's own builder per member: the same RNG calls, so the same weights
-        self.model = PopulationModel.from_models([trial_model(data, s, device) for s in specs])
-        # fused: one kernel per stacked tensor; the for-loop SGD's separate passes over
-        # K members' parameters cost as much as the matmuls on a digits MLP
-        self.optimizer = trial_optimizer(self.model.parameters(), spec, fused=True)
-        self.loss = PopulationLoss([get_loss(m.loss, **dict(m.loss_params)) for m in members])
-        generators = [trial_generators(data, s, device) for s in specs]
-        self.order_gens = [order for order, _ in generators]
-        self.aug_gens = [aug for _, aug in generators if aug is not None]
-        self.labels = stack_labels(members, device)
-        self.alive = list(range(len(members)))  # member indices, in population order
+    Positions run in the order members joined; members joined together sit side by side
+    at the same epoch (a *cohort*), and a removal keeps the order, so every cohort stays
+    one run of positions with its own place in the learning-rate schedule.
+    """
+
+    def __init__(self, spec: TrainSpec, data: TrialData, device: torch.device) -> None:
+        self.spec = spec
+        self.data = data
+        self.device = device
         self.x = data.x_train
         self.batch_size = spec.batch_size
-        self.lrs = lr_per_step(spec, math.ceil(len(data.y_train) / spec.batch_size))
+        self.steps_per_epoch = math.ceil(len(data.y_train) / spec.batch_size)
+        self.lrs = lr_per_step(spec, self.steps_per_epoch)
         self.amp = device.type == "cuda"
-        self.step = 0
-        # torch.compile wraps the training forward only (as train_trial); compaction
-        # changes shapes, which recompiles
-        forward = self.model.forward_packed
-        self.step_forward = torch.compile(forward) if spec.compile else forward
+        self._clear()
+
+    def _clear(self) -> None:
+        """No member: the next `add` builds the model and optimiser afresh."""
+        self.model: PopulationModel | None = None
+        self.optimizer: StackedSGD | None = None
+        self.loss: PopulationLoss | None = None
+        self.order_gens: list[torch.Generator] = []
+        self.aug_gens: list[torch.Generator] = []
+        self.labels = torch.empty(0, len(self.data.y_train), dtype=torch.long,
+                                  device=self.device)
+        self.alive: list[int] = []  # member indices, in population order
+        self.epochs_done: list[int] = []  # per position
+        self.joined: list[float] = []  # per position: perf_counter when it joined
+        self.step_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def add(self, members: Sequence[Member], indices: Sequence[int]) -> None:
+        """Members join at their first epoch, after the others (their cohort)."""
+        specs = [replace(self.spec, seed=m.seed) for m in members]
+        # train_trial's own builder per member: the same RNG calls, so the same weights
+        joining = PopulationModel.from_models([trial_model(self.data, s, self.device)
+                                               for s in specs])
+        if self.model is None:
+            self.model = joining
+            spec = self.spec
+            self.optimizer = StackedSGD(self.model.parameters(), len(members), spec.momentum,
+                                        spec.weight_decay, spec.nesterov)
+            # torch.compile wraps the training forward only (as train_trial); compaction
+            # and joins change shapes, which recompiles
+            forward = self.model.forward_packed
+            self.step_forward = torch.compile(forward) if spec.compile else forward
+        else:
+            self.model.extend(joining)
+            self.optimizer.extend(len(members))
+        self.model.train()
+        losses = [get_loss(m.loss, **dict(m.loss_params)) for m in members]
+        self.loss = PopulationLoss([*(self.loss.losses if self.loss else []), *losses])
+        generators = [trial_generators(self.data, s, self.device) for s in specs]
+        self.order_gens.extend(order for order, _ in generators)
+        self.aug_gens.extend(aug for _, aug in generators if aug is not None)
+        self.labels = torch.cat([self.labels, stack_labels(members, self.device)])
+        self.alive.extend(indices)
+        self.epochs_done.extend([0] * len(members))
+        self.joined.extend([time.perf_counter()] * len(members))
 
     def _batch_inputs(self, idx: torch.Tensor) -> torch.Tensor:
         """Member k's batch x[idx[k]] (augmented with its own generator), packed."""
@@ -163,8 +204,18 @@ class _Population:
         batches = [augment_batch(self.x[i], g) for i, g in zip(idx, self.aug_gens, strict=True)]
         return self.model.pack_inputs(torch.stack(batches))
 
+    def cohorts(self) -> list[tuple[int, int, int]]:
+        """(first, end, epochs done) of each run of positions at the same epoch."""
+        runs: list[tuple[int, int, int]] = []
+        for p, done in enumerate(self.epochs_done):
+            if runs and runs[-1][2] == done:
+                runs[-1] = (runs[-1][0], p + 1, done)
+            else:
+                runs.append((p, p + 1, done))
+        return runs
+
     def epoch(self) -> torch.Tensor:
-        """Train one epoch; each member's mean batch loss (K',) as a device tensor."""
+        """Train each member's next epoch; their mean batch losses (K',) as a device tensor."""
         self.model.train()
         device = self.labels.device
         perms = torch.stack([
@@ -172,57 +223,78 @@ class _Population:
             for g in self.order_gens
         ])
         total = torch.zeros(len(self.alive), device=device)
-        group = self.optimizer.param_groups[0]
+        runs = self.cohorts()
         batches = torch.split(perms, self.batch_size, dim=1)
-        for idx in batches:
+        for j, idx in enumerate(batches):
             targets = self.labels.gather(1, idx)
             packed = self._batch_inputs(idx)
-            group["lr"] = self.lrs[self.step]
             with train_autocast(device, self.amp):
                 logits = self.step_forward(packed)
             losses = self.loss(logits.float(), targets)
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
             # members share no parameters: each gets the gradient of its own loss
             losses.sum().backward()
-            self.optimizer.step()
+            self.optimizer.step([(first, end, self.lrs[done * self.steps_per_epoch + j])
+                                 for first, end, done in runs])
             total += losses.detach()
-            self.step += 1
+        self.epochs_done = [done + 1 for done in self.epochs_done]
         return total / len(batches)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Every member's predicted classes of x (K', N), in eval mode."""
-        self.model.eval()
+    def last_lr(self, position: int) -> float:
+        """The learning rate of the member's last step."""
+        return self.lrs[self.epochs_done[position] * self.steps_per_epoch - 1]
+
+    def predict(self, x: torch.Tensor, positions: Sequence[int] | None = None) -> torch.Tensor:
+        """The predicted classes of x (K', N) of every member (or those at `positions`)."""
+        model = self.model
+        if positions is not None and list(positions) != list(range(len(self.alive))):
+            model = copy.deepcopy(self.model)  # a few members: don't run everyone's forward
+            model.select_members(positions)
+        model.eval()
         preds = []
         # K members' activations per example: shrink the chunks to keep memory as a trial's
-        chunk = max(1, EVAL_BATCH // len(self.alive))
+        chunk = max(1, EVAL_BATCH // model.members)
         with torch.inference_mode(), train_autocast(x.device, self.amp):
             for part in torch.split(x, chunk):
-                logits = self.model.forward_packed(self.model.shared_inputs(part))
+                logits = model.forward_packed(model.shared_inputs(part))
                 preds.append(logits.argmax(dim=-1))
         self.model.train()
         if not preds:
-            return torch.empty(len(self.alive), 0, dtype=torch.long, device=x.device)
+            return torch.empty(model.members, 0, dtype=torch.long, device=x.device)
         return torch.cat(preds, dim=1)
 
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
-        """Each member's accuracy on (x, y), as train_trial's evaluate (0.0 when empty)."""
-        if len(y) == 0:
-            return [0.0] * len(self.alive)
-        return (self.predict(x) == y).float().mean(dim=1).tolist()
+    def accuracies(self, *splits: tuple[torch.Tensor, torch.Tensor]) -> list[list[float]]:
+        """Each member's accuracy on every (x, y) split (0.0 on an empty one), one forward.
+
+        Evaluation is per example (eval-mode batch norm), so the splits run as one input.
+        """
+        pred = self.predict(torch.cat([x for x, _ in splits]))
+        out, start = [], 0
+        for _, y in splits:
+            if len(y) == 0:
+                out.append([0.0] * len(self.alive))
+                continue
+            mine = pred[:, start:start + len(y)]
+            out.append((mine == y).float().mean(dim=1).tolist())
+            start += len(y)
+        return out
 
     def remove(self, positions: Iterable[int]) -> None:
         """Drop the members at `positions` from every tensor, the optimiser and the loss."""
         gone = set(positions)
         keep = [p for p in range(len(self.alive)) if p not in gone]
         if not keep:
-            self.alive = []
+            self._clear()
             return
-        self.model.select_members(keep, self.optimizer)
+        self.model.select_members(keep)
+        self.optimizer.select(keep)
         self.loss = self.loss.select(keep)
         self.labels = self.labels[keep]
         self.order_gens = [self.order_gens[p] for p in keep]
         self.aug_gens = [self.aug_gens[p] for p in keep] if self.aug_gens else []
         self.alive = [self.alive[p] for p in keep]
+        self.epochs_done = [self.epochs_done[p] for p in keep]
+        self.joined = [self.joined[p] for p in keep]
 
 
 def _removal_positions(population: _Population, indices: Iterable[int] | None) -> list[int]:
@@ -240,35 +312,76 @@ def _removal_positions(population: _Population, indices: Iterable[int] | None) -
 
 
 def train_population(
-    members: Sequence[Member], spec: TrainSpec, on_epoch: PopulationCallback | None = None
+    members: Sequence[Member],
+    spec: TrainSpec,
+    on_epoch: PopulationCallback | None = None,
+    refill: RefillCallback | None = None,
+    capacity: int | None = None,
+    on_ended: Callable[[MemberResult], None] | None = None,
 ) -> list[MemberResult]:
     """Train `members` as one model; one MemberResult per member, in member order.
 
     `spec` is shared (its seed is ignored: each member uses its own). After each epoch,
     `on_epoch(epoch, {index: metrics})` sees the living members' metrics (train_trial's
-    keys) and returns the indices to remove (status "pruned"), or None; what it raises
-    propagates. A member with a NaN/inf epoch loss is removed with status "nonfinite".
+    keys, plus "epoch": the member's own epoch) and returns the indices to remove (status
+    "pruned"), or None; what it raises propagates. A member with a NaN/inf epoch loss is
+    removed with status "nonfinite"; a member that trained `spec.epochs` epochs completes.
+
+    `refill(free)`, when given, is asked for up to `free` new members whenever fewer than
+    `capacity` (default: len(members)) are training; the members it returns join at their
+    first epoch and take the next indices (len(members), len(members) + 1, ...). A member
+    that joins late is still a replicate of its own train_trial. The run ends when no
+    member is training and refill has none to give. `on_ended(result)` hears of each
+    member as it ends (complete, pruned or nonfinite), before the run goes on.
     """
     check_train_spec(spec)
+    _check_members(members)
+    capacity = len(members) if capacity is None else capacity
+    device = torch.device(spec.device)
+    data = device_layout(members[0].data.to(device), device)
+    bench = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda" or bench
+    everyone = list(members)
+
+    def join(new: Sequence[Member]) -> None:
+        _check_members([everyone[0], *new])
+        indices = range(len(everyone), len(everyone) + len(new))
+        everyone.extend(new)
+        population.add(new, list(indices))
+        curves.update({k: {"val": [], "test": [], "loss": []} for k in indices})
+
+    curves: dict[int, dict[str, list[float]]] = {}
+    try:
+        population = _Population(spec, data, device)
+        population.add(members, list(range(len(members))))
+        curves.update({k: {"val": [], "test": [], "loss": []} for k in range(len(members))})
+        ended = _Ended(on_ended)
+        _run_epochs(population, everyone, data, spec, on_epoch, curves, ended,
+                    None if refill is None else (refill, capacity, join))
+    finally:
+        torch.backends.cudnn.benchmark = bench
+    return [ended[k] for k in range(len(everyone))]
+
+
+class _Ended(dict):
+    """Results by member index, passed on to `on_ended` as they arrive."""
+
+    def __init__(self, on_ended: Callable[[MemberResult], None] | None) -> None:
+        super().__init__()
+        self.on_ended = on_ended
+
+    def __setitem__(self, index: int, result: MemberResult) -> None:
+        super().__setitem__(index, result)
+        if self.on_ended is not None:
+            self.on_ended(result)
+
+
+def _check_members(members: Sequence[Member]) -> None:
     check_shared_inputs(members)
     for k, member in enumerate(members):
         if not isinstance(member.loss, str):
             raise ValueError(f"members[{k}].loss: a registry loss name is needed, got "
                              f"{member.loss!r}")
-    start = time.perf_counter()
-    device = torch.device(spec.device)
-    data = device_layout(members[0].data.to(device), device)
-    bench = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = device.type == "cuda" or bench
-    try:
-        population = _Population(members, spec, data, device)
-        curves = {k: {"val": [], "test": [], "loss": []} for k in range(len(members))}
-        ended = _run_epochs(population, data, spec, on_epoch, curves, start)
-        if population.alive:
-            ended.update(_complete(population, members, data, spec, curves, start))
-    finally:
-        torch.backends.cudnn.benchmark = bench
-    return [ended[k] for k in range(len(members))]
 
 
 def _ended(index: int, status: MemberStatus, curves: dict, reason: str | None) -> MemberResult:
@@ -279,69 +392,82 @@ def _ended(index: int, status: MemberStatus, curves: dict, reason: str | None) -
 
 def _run_epochs(
     population: _Population,
+    members: list[Member],
     data: TrialData,
     spec: TrainSpec,
     on_epoch: PopulationCallback | None,
     curves: dict[int, dict[str, list[float]]],
-    start: float,
-) -> dict[int, MemberResult]:
-    """Train all epochs (or until no member is left); the members that left early."""
-    ended: dict[int, MemberResult] = {}
-    for epoch in range(1, spec.epochs + 1):
+    ended: dict[int, MemberResult],
+    refill: tuple[RefillCallback, int, Callable[[Sequence[Member]], None]] | None,
+) -> None:
+    """Train until no member is left (and refill has none); `ended` gets each member."""
+    epoch = 0
+    while True:
+        if refill is not None and len(population.alive) < refill[1]:
+            joining = list(refill[0](refill[1] - len(population.alive)))
+            if joining:
+                refill[2](joining)
+        if not population.alive:
+            return
+        epoch += 1
         train_loss = population.epoch().tolist()  # the one host sync of the epoch
         broken = [p for p, value in enumerate(train_loss) if not math.isfinite(value)]
         for p in broken:
             index = population.alive[p]
-            ended[index] = _ended(index, "nonfinite", curves[index],
-                                  nonfinite_loss_message(train_loss[p], epoch, spec))
+            ended[index] = _ended(index, "nonfinite", curves[index], nonfinite_loss_message(
+                train_loss[p], population.epochs_done[p], spec))
         if broken:
             train_loss = [v for p, v in enumerate(train_loss) if p not in broken]
             population.remove(broken)
         if not population.alive:
-            break
-        val = population.accuracy(data.x_val, data.y_val)
-        test = population.accuracy(data.x_test, data.y_test)
+            continue
+        val, test = population.accuracies((data.x_val, data.y_val), (data.x_test, data.y_test))
         metrics = {}
+        now = time.perf_counter()
         for p, index in enumerate(population.alive):
             for key, value in (("val", val[p]), ("test", test[p]), ("loss", train_loss[p])):
                 curves[index][key].append(value)
             metrics[index] = {
                 "val_accuracy": val[p], "test_accuracy": test[p], "train_loss": train_loss[p],
-                "lr": population.lrs[population.step - 1],
-                "seconds": time.perf_counter() - start,
+                "lr": population.last_lr(p), "seconds": now - population.joined[p],
+                "epoch": population.epochs_done[p],
             }
-        if on_epoch is None:
-            continue
-        positions = _removal_positions(population, on_epoch(epoch, metrics))
-        for p in positions:
-            index = population.alive[p]
-            ended[index] = _ended(index, "pruned", curves[index],
-                                  f"removed by on_epoch after epoch {epoch}")
-        if positions:
-            population.remove(positions)
-        if not population.alive:
-            break
-    return ended
+        if on_epoch is not None:
+            positions = _removal_positions(population, on_epoch(epoch, metrics))
+            for p in positions:
+                index = population.alive[p]
+                ended[index] = _ended(index, "pruned", curves[index],
+                                      f"removed by on_epoch after epoch "
+                                      f"{population.epochs_done[p]}")
+            if positions:
+                population.remove(positions)
+        done = [p for p, e in enumerate(population.epochs_done) if e >= spec.epochs]
+        if done:
+            for index, result in _complete(population, done, members, data, spec,
+                                           curves).items():
+                ended[index] = result
+            population.remove(done)
 
 
 def _complete(
     population: _Population,
+    positions: list[int],
     members: Sequence[Member],
     data: TrialData,
     spec: TrainSpec,
     curves: dict[int, dict[str, list[float]]],
-    start: float,
 ) -> dict[int, MemberResult]:
-    """Results of the members that trained every epoch, with train_trial's end figures."""
-    pred = population.predict(data.x_train)
+    """Results of the members at `positions` (every epoch trained), train_trial's figures."""
+    pred = population.predict(data.x_train, positions)
     device = pred.device
-    seconds = time.perf_counter() - start  # the population's wall time, shared
+    now = time.perf_counter()
     done = {}
-    for p, index in enumerate(population.alive):
+    for row, p in enumerate(positions):
+        index = population.alive[p]
         own = members[index].data
-        fit = noise_fit_fractions(pred[p], own.y_train.to(device), own.y_train_true.to(device))
+        fit = noise_fit_fractions(pred[row], own.y_train.to(device), own.y_train_true.to(device))
         result = trial_result(curves[index], fit, own, replace(spec, seed=members[index].seed),
-                              seconds)
+                              now - population.joined[p])
         done[index] = _ended(index, "complete", curves[index], None)
         done[index].result = result
     return done

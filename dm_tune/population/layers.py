@@ -12,8 +12,8 @@ Two layouts, chosen by the architecture:
 
 A `PopulationModel` is built from K models initialised exactly as `train_trial` builds
 them (their tensors are copied in), exports member k's state dict under the original
-names, and drops members in place (`select_members`), optimiser state included, so the
-survivors run at the cost of K' members.
+names, drops members in place (`select_members`), so the survivors run at the cost of K'
+members, and takes new ones in (`extend`).
 
 Example:
     >>> from dm_tune.models import build_model
@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -53,21 +53,44 @@ def select_members(tensor: Tensor, keep: Tensor, members: int) -> Tensor:
     return selected
 
 
+class _StackedLinearFunction(torch.autograd.Function):
+    """x (K, B, in) @ weight (K, out, in)^T + bias (K, 1, out), with the weight gradient
+    formed as grad^T @ x: (K, out, in), contiguous, in the GEMM shape that is fast when
+    `out` is small. Autograd's own backward of the transposed view forms x^T @ grad,
+    (K, in, out) then transposed, which for a 10-class head on a CPU is 4-5x slower, and
+    leaves a strided gradient to copy."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        if bias is None:
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(bias, x, weight.transpose(1, 2))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(1, keepdim=True) if ctx.has_bias and ctx.needs_input_grad[2] \
+            else None
+        return grad_x, grad_weight, grad_bias
+
+
 class StackedLinear(nn.Module):
     """K linear layers: (K, B, in) -> (K, B, out) by one batched matmul."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__()
-        # (K, in, out): nn.Linear's weight transposed, so the forward multiplies without a
-        # transposed operand and the weight gradient comes out contiguous (no copy when
-        # autograd accumulates it)
-        self.weight = nn.Parameter(weight)
+        self.weight = nn.Parameter(weight)  # (K, out, in): nn.Linear's layout per member
         self.bias = None if bias is None else nn.Parameter(bias)  # (K, 1, out)
 
     @classmethod
     def from_linears(cls, linears: Sequence[nn.Linear]) -> StackedLinear:
         """Stack the members' nn.Linear layers (their tensors are copied)."""
-        weight = torch.stack([m.weight.detach().t() for m in linears]).contiguous()
+        weight = torch.stack([m.weight.detach() for m in linears]).contiguous()
         bias = None
         if linears[0].bias is not None:
             bias = torch.stack([m.bias.detach() for m in linears]).unsqueeze(1).contiguous()
@@ -75,19 +98,23 @@ class StackedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(K, B, in) -> (K, B, out)."""
-        if self.bias is None:
-            return torch.bmm(x, self.weight)
-        return torch.baddbmm(self.bias, x, self.weight)
+        if torch.is_autocast_enabled(x.device.type):
+            # autocast (CUDA's bf16) casts the ops' inputs: torch's own ops and backward
+            weight = self.weight.transpose(1, 2)
+            if self.bias is None:
+                return torch.bmm(x, weight)
+            return torch.baddbmm(self.bias, x, weight)
+        return _StackedLinearFunction.apply(x, self.weight, self.bias)
 
     def member_state(self, k: int) -> dict[str, Tensor]:
         """Member k's tensors under nn.Linear's names."""
-        state = {"weight": self.weight.detach()[k].t()}
+        state = {"weight": self.weight.detach()[k]}
         if self.bias is not None:
             state["bias"] = self.bias.detach()[k, 0]
         return state
 
     def extra_repr(self) -> str:
-        members, width_in, width_out = self.weight.shape
+        members, width_out, width_in = self.weight.shape
         return f"members={members}, in_features={width_in}, out_features={width_out}"
 
 
@@ -247,7 +274,12 @@ class PopulationModel(nn.Module):
         return self.forward_packed(self.pack_inputs(x))
 
     def member_state(self, k: int) -> dict[str, Tensor]:
-        """Member k's parameters and buffers under the original model's state-dict names."""
+        """Member k's parameters and buffers under the original model's state-dict names.
+
+        Scalar buffers (batch norm's num_batches_tracked) are the population's own: a
+        member that joined late shows the population's count (batch norm with a momentum,
+        as every model here, does not read it).
+        """
         state: dict[str, Tensor] = {}
         packed = set(self._paths)
         for path, module in self.body.named_modules():
@@ -265,14 +297,11 @@ class PopulationModel(nn.Module):
             state.update({f"{path}.{name}": t for name, t in tensors.items()})
         return state
 
-    def select_members(
-        self, keep: Sequence[int], optimizer: torch.optim.Optimizer | None = None
-    ) -> None:
-        """Keep only members `keep` (positions, in order): tensors and optimiser state shrink.
+    def select_members(self, keep: Sequence[int]) -> None:
+        """Keep only members `keep` (positions, in order): every per-member tensor shrinks.
 
-        Parameters keep their identity (their .data is replaced), so the optimiser's
-        parameter groups stay valid; its per-parameter state (momentum buffers) is cut
-        the same way and gradients are dropped.
+        Parameters keep their identity (their .data is replaced) and lose their gradients;
+        an optimiser's per-member state is cut by its own `select` (`StackedSGD`).
         """
         device = next(self.parameters()).device
         index = torch.as_tensor(list(keep), dtype=torch.long, device=device)
@@ -280,31 +309,60 @@ class PopulationModel(nn.Module):
             raise ValueError("keep: a population needs at least one member")
         old = self.members
         for module in self.body.modules():
-            self._select_module(module, index, old, optimizer)
+            _resize_module(module, lambda t, _: select_members(t, index, old), old,
+                           index.numel())
         self.members = index.numel()
 
-    def _select_module(
-        self, module: nn.Module, index: Tensor, old: int, optimizer: torch.optim.Optimizer | None
-    ) -> None:
-        """Cut one module's per-member tensors and fix its channel counts."""
-        new = index.numel()
-        if isinstance(module, _BasicBlock):
-            module.packed_members = new
-        if not isinstance(module, StackedLinear | nn.Conv2d | nn.BatchNorm2d):
-            return
-        for param in module.parameters(recurse=False):
-            param.data = select_members(param.data, index, old)
-            param.grad = None
-            state = optimizer.state.get(param) if optimizer is not None else None
-            for key, value in (state or {}).items():
-                if isinstance(value, Tensor) and value.dim() > 0:  # momentum_buffer
-                    state[key] = select_members(value, index, old)
-        for name, buffer in module.named_buffers(recurse=False):
-            if buffer is not None and buffer.dim() > 0:
-                setattr(module, name, select_members(buffer, index, old))
-        if isinstance(module, nn.Conv2d):
-            module.in_channels = module.in_channels // old * new
-            module.out_channels = module.out_channels // old * new
-            module.groups = module.groups // old * new
-        elif isinstance(module, nn.BatchNorm2d):
-            module.num_features = module.num_features // old * new
+    def extend(self, other: PopulationModel) -> None:
+        """Append `other`'s members (same architecture) after this model's own."""
+        if type(other.body) is not type(self.body) or other.layout != self.layout:
+            raise ValueError("other: a population extends only with the same architecture")
+        theirs = list(other.body.modules())
+        mine = list(self.body.modules())
+        if len(theirs) != len(mine):
+            raise ValueError("other: a population extends only with the same architecture")
+        new = self.members + other.members
+        for module, same in zip(mine, theirs, strict=True):
+            _resize_module(module, _concat_members, self.members, new, same)
+        self.members = new
+
+
+def _concat_members(mine: Tensor, theirs: Tensor | None) -> Tensor:
+    """Member-major `mine` with `theirs`' members after its own (memory format kept)."""
+    joined = torch.cat([mine, theirs.to(mine.device)])
+    if mine.dim() == 4 and not mine.is_contiguous() and mine.is_contiguous(
+        memory_format=torch.channels_last
+    ):
+        joined = joined.contiguous(memory_format=torch.channels_last)
+    return joined
+
+
+def _resize_module(
+    module: nn.Module,
+    resize: Callable[[Tensor, Tensor | None], Tensor],
+    old: int,
+    new: int,
+    other: nn.Module | None = None,
+) -> None:
+    """Give one module's per-member tensors `new` members and fix its channel counts.
+
+    `resize(tensor, other's same tensor or None)` makes each new tensor from the old one.
+    """
+    if isinstance(module, _BasicBlock):
+        module.packed_members = new
+    if not isinstance(module, StackedLinear | nn.Conv2d | nn.BatchNorm2d):
+        return
+    theirs = dict(other.named_parameters(recurse=False)) if other is not None else {}
+    for name, param in module.named_parameters(recurse=False):
+        param.data = resize(param.data, theirs[name].data if theirs else None)
+        param.grad = None
+    their_buffers = dict(other.named_buffers(recurse=False)) if other is not None else {}
+    for name, buffer in module.named_buffers(recurse=False):
+        if buffer is not None and buffer.dim() > 0:
+            setattr(module, name, resize(buffer, their_buffers.get(name)))
+    if isinstance(module, nn.Conv2d):
+        module.in_channels = module.in_channels // old * new
+        module.out_channels = module.out_channels // old * new
+        module.groups = module.groups // old * new
+    elif isinstance(module, nn.BatchNorm2d):
+        module.num_features = module.num_features // old * new
