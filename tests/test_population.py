@@ -221,6 +221,27 @@ def test_a_member_that_joins_late_replicates_its_train_trial(monkeypatch, digits
     assert_replicates(results[3], population.states[3], trial, model, joined_late=True)
 
 
+def test_a_member_joining_an_emptied_population_replicates_its_train_trial(monkeypatch,
+                                                                         digits):
+    spec = TrainSpec(epochs=2)
+    late = Member(digits, "dm", dm(0.25, 4.0), seed=7)
+    given: list[Member] = []
+
+    def refill(free):
+        if given:
+            return []
+        given.append(late)
+        return [late]
+
+    results, population = run_population(monkeypatch, mixed_members(digits)[:2], spec,
+                                         lambda epoch, metrics: [0, 1] if epoch == 1 else None,
+                                         refill=refill)
+    assert [r.status for r in results] == ["pruned", "pruned", "complete"]
+    assert population.widths == [2, 1, 1]  # rebuilt from nothing for the newcomer
+    trial, model = run_trial(monkeypatch, late, spec)
+    assert_replicates(results[2], population.states[2], trial, model)
+
+
 def test_refill_fills_to_capacity_and_the_run_ends_when_it_has_none(digits):
     spec = TrainSpec(epochs=2)
     queue = [Member(digits, "dm", dm(0.5, 8.0), seed=s) for s in range(10, 15)]

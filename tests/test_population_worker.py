@@ -137,6 +137,76 @@ def test_a_population_refills_its_free_places_and_stops_at_max_trials(tmp_path):
     first_end = min(t.datetime_complete for t in ended)
     assert any(t.datetime_start > first_end for t in ended)  # joined in a freed place
     assert {t.user_attrs["population_size"] for t in ended} <= {1, 2, 3}
+    for t in ended:  # each trial's own time, not the population run's
+        window = (t.datetime_complete - t.datetime_start).total_seconds()
+        assert 0 < t.user_attrs["seconds"] <= window + 0.5, t.number
+
+
+def test_replicate_trials_and_single_seed_jobs_share_a_population_k_trials_wide(tmp_path):
+    """S = 2 replicate members per search trial, 1 per baseline: the population is
+    counted in trials (at most K = 2 RUNNING), and a search trial's retry (it carries the
+    search's seed, as a re-queued trial does) still trains its S replicates."""
+    path = _with_population(write_tiny(tmp_path, epochs=2, trials=6), 2)
+    path.write_text(path.read_text().replace("[search]\n", "[search]\nseeds = 2\n"))
+    config = load_campaign_config(path)
+    storage = open_storage(f"sqlite:///{tmp_path / 'mixed.db'}")
+    create_campaign(config, storage)
+    search = config.search
+    dm_study = optuna.load_study(study_name=settings_of(config)[0].study_name("tiny"),
+                                 storage=storage)
+    retry_params = {"emphasis_mode": 0.5, "emphasis_variance": 8.0}
+    dm_study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=retry_params, user_attrs={"seed": 0},
+        distributions={
+            "emphasis_mode": optuna.distributions.FloatDistribution(
+                search.emphasis_mode.low, search.emphasis_mode.high),
+            "emphasis_variance": optuna.distributions.FloatDistribution(
+                search.emphasis_variance.low, search.emphasis_variance.high)},
+        system_attrs={"failed_trial": 0}))
+    widths: list[int] = []
+
+    def count_running(claimed, epoch, metrics):
+        studies = _studies(storage).values()
+        widths.append(sum(t.state == TrialState.RUNNING for ts in studies for t in ts))
+
+    run_worker(storage, config, "cpu", name="w", sampler_seed=0, on_epoch=count_running)
+    studies = _studies(storage)
+    assert max(widths) == 2
+    everything = [t for ts in studies.values() for t in ts]
+    assert not [t for t in everything if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for name, trials in studies.items():
+        for t in (t for t in trials if t.state == TrialState.COMPLETE):
+            replicates = t.user_attrs.get("replicate_seeds")
+            assert (len(replicates) == 2) if not name.endswith("baselines") else \
+                replicates is None, (name, t.number)
+    (retried,) = [t for t in dm_study.get_trials() if t.system_attrs.get("failed_trial") == 0]
+    assert retried.state in COUNTED and len(retried.user_attrs["replicate_seeds"]) == 2
+
+
+def test_an_error_while_starting_fails_every_claimed_trial_and_stops_their_beats(
+    tmp_path, monkeypatch
+):
+    import dm_tune.campaign.population_run as population_run
+
+    config = load_campaign_config(_with_population(write_tiny(tmp_path, baselines=()), 3))
+    storage = open_storage(f"sqlite:///{tmp_path / 'boom.db'}")
+    create_campaign(config, storage)
+    real, calls = population_run.suggest_job, []
+
+    def second_fails(claimed, config):
+        calls.append(claimed.trial.number)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(claimed, config)
+
+    monkeypatch.setattr(population_run, "suggest_job", second_fails)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_worker(storage, config, "cpu", name="w", sampler_seed=0)
+    trials = [t for ts in _studies(storage).values() for t in ts]
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 3 and all("boom" in t.user_attrs["error"] for t in failed)
+    assert not [t for t in threading.enumerate() if t.name.startswith("heartbeat-")]
 
 
 def test_a_stop_fails_and_requeues_every_unfinished_member(tmp_path):

@@ -84,12 +84,15 @@ class _Job:
     results: dict[int, Any] = field(default_factory=dict)
     outcome: TrialOutcome | None = None
     beat: ExitStack = field(default_factory=ExitStack)
+    started: float = field(default_factory=time.perf_counter)
 
 
 def _replicates(one: ClaimedTrial, config: CampaignConfig) -> int:
-    # DM search trials only: baselines and confirmations carry their own seeds
-    explicit_seed = TrialKey.SEED in one.trial.user_attrs
-    return config.search.seeds if one.role == ROLE_DM and not explicit_seed else 1
+    """S for a DM search trial (a retry of one included: it carries the search's seed),
+    1 for a re-training of a chosen setting with a seed of its own and other roles."""
+    attrs = one.trial.user_attrs
+    retraining = TrialKey.SOURCE_TRIAL in attrs or TrialKey.CONFIRMATION in attrs
+    return config.search.seeds if one.role == ROLE_DM and not retraining else 1
 
 
 def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -139,34 +142,35 @@ def run_claimed_population(
     its outcome, in the order they were claimed. A search trial's objective is the mean
     over its replicates.
 
-    With ``claim_more``, the population stays ``[search] population`` trials wide: when
-    trials end (pruned, complete) it claims more, which join at their first epoch; it
-    drains when ``claim_more`` has none. Each trial is told (and ``on_outcome`` called)
+    With ``claim_more``, the population keeps up to ``[search] population`` trials
+    training: when trials end (pruned, complete) it claims more, which join at their first
+    epoch; once ``claim_more`` has none, it drains. Each trial is told (and ``on_outcome`` called)
     as soon as it ends. A stop request fails every unfinished trial and re-queues it;
     any other error fails them all (recording the error) and propagates.
     """
     from dm_tune.population import train_population
 
     run = _PopulationRun(config, device, worker, on_epoch, on_outcome)
-    members = run.start(claimed)
-    if not members:
-        return run.ended()
-    capacity = max(len(members), config.search.population * config.search.seeds)
-    refill = None if claim_more is None else run.refill(claim_more)
-    spec = train_spec(config, device, members[0].seed)  # each member uses its own seed
     try:
-        train_population(members, spec, on_epoch=run.epoch_callback(stop), refill=refill,
-                         capacity=capacity, on_ended=run.member_ended)
+        members = run.start(claimed)
+        if members:
+            # the engine's places are members (S per search trial, 1 per other job); the
+            # limit that matters is in trials, which `_PopulationRun.refill` keeps
+            capacity = max(len(members), config.search.population * config.search.seeds)
+            spec = train_spec(config, device, members[0].seed)  # members use their own
+            train_population(members, spec, on_epoch=run.epoch_callback(stop),
+                             refill=None if claim_more is None else run.refill(claim_more),
+                             capacity=capacity, on_ended=run.member_ended)
     except TrialStopped:
         for job in run.jobs:
             if job.outcome is None:
                 run.finish(job, end_stopped(job.claimed,
-                                            {**job.base, **partial_attrs(job.curve, run.started)}))
+                                            {**job.base, **partial_attrs(job.curve, job.started)}))
     except BaseException as error:
-        for job in run.jobs:
+        for job in run.jobs:  # every claimed trial is a job: none is left RUNNING
             if job.outcome is None:
-                end_failed(job.claimed, job.base, error)
                 job.beat.close()
+                end_failed(job.claimed, job.base, error)
         raise
     finally:
         for job in run.jobs:
@@ -185,54 +189,68 @@ class _PopulationRun:
         self.members: list[Any] = []  # every member so far: index = engine member index
         self.job_of: dict[int, _Job] = {}
         self.reported = report_epochs(config)
-        self.started = time.perf_counter()
 
     def start(self, claimed: list[ClaimedTrial]) -> list[Any]:
-        """Members of the newly claimed trials (their jobs and heartbeats started)."""
+        """Members of the newly claimed trials (their jobs and heartbeats started).
+
+        Every claimed trial becomes a job before anything that can fail, so that an error
+        part-way fails all of them (`run_claimed_population`) instead of leaving some
+        RUNNING.
+        """
         from dm_tune.population import Member
 
+        pending = [_Job(one, {}, [], 0) for one in claimed]
+        self.jobs.extend(pending)
         new = []
-        for one in claimed:
+        for job in pending:
+            one = job.claimed
             data = load_setting_data(self.config, one.setting)
+            job.num_classes = data.num_classes
             try:
                 loss, loss_params, seed = suggest_job(one, self.config)
             except TrialTakenOver:  # failed as stale before it began: no member slots
-                job = _Job(one, {}, [], data.num_classes)
-                self.jobs.append(job)
                 self.finish(job, taken_over(one))
                 continue
             seeds = replicate_seeds(seed, _replicates(one, self.config))
             first = len(self.members) + len(new)
-            slots = list(range(first, first + len(seeds)))
+            job.slots = list(range(first, first + len(seeds)))
             new.extend(Member(data, loss, loss_params, s) for s in seeds)
-            base = base_attrs(self.worker, self.device, data, loss, seed)
+            job.base = base_attrs(self.worker, self.device, data, loss, seed)
             if len(seeds) > 1:
-                base[TrialKey.REPLICATE_SEEDS] = seeds
-            job = _Job(one, base, slots, data.num_classes)
+                job.base[TrialKey.REPLICATE_SEEDS] = seeds
             trial = one.trial
             job.beat.enter_context(_optuna.heartbeat(trial, on_failure=beat_failed(trial)))
-            self.jobs.append(job)
-            self.job_of.update({slot: job for slot in slots})
+            job.started = time.perf_counter()
+            self.job_of.update({slot: job for slot in job.slots})
         # population_size: the trials training together when this one started
-        width = sum(job.outcome is None for job in self.jobs)
-        for job in self.jobs[len(self.jobs) - len(claimed):]:
+        width = self.running()
+        for job in pending:
             if job.outcome is None:
                 job.base[TrialKey.POPULATION_SIZE] = width
         self.members.extend(new)
         return new
 
+    def running(self) -> int:
+        """Trials claimed and not ended."""
+        return sum(job.outcome is None for job in self.jobs)
+
     def refill(self, claim_more: ClaimMore) -> Callable[[int], list[Any]]:
-        """The engine's refill: claim trials for the free member places."""
-        seeds = self.config.search.seeds
+        """The engine's refill: trials for the free places, never more than K running.
+
+        The engine counts members; a search trial brings S, another job 1, so the room
+        is counted here in trials. After a claim finds nothing the population drains:
+        trials that become claimable later (re-queued elsewhere) are the worker loop's.
+        """
         exhausted = False
 
-        def more(free: int) -> list[Any]:
+        def more(free_members: int) -> list[Any]:
             nonlocal exhausted
-            if exhausted or free < 1:
+            room = self.config.search.population - self.running()
+            if exhausted or free_members < 1 or room < 1:
                 return []
-            claimed = claim_more(max(1, free // seeds))
+            claimed = claim_more(room)
             if not claimed:
-                exhausted = True  # later re-queues are the worker loop's to pick up
+                exhausted = True
             return self.start(claimed)
 
         return more
@@ -257,7 +275,7 @@ class _PopulationRun:
                 own_epoch = int(rows[0]["epoch"])
                 if len(rows) < len(job.slots):  # a replicate diverged: the trial is pruned
                     self.finish(job, end_pruned(job.claimed, {
-                        **job.base, **partial_attrs(job.curve, self.started),
+                        **job.base, **partial_attrs(job.curve, job.started),
                         TrialKey.PRUNED_REASON: f"a replicate's training loss became "
                                                 f"non-finite in epoch {own_epoch}"}))
                     removed.extend(slot for slot in job.slots if slot in metrics)
@@ -272,7 +290,7 @@ class _PopulationRun:
                     value = float(job.curve[-1]["val_accuracy"])
                     if report_and_prune(job.claimed, value, own_epoch):
                         self.finish(job, end_pruned(
-                            job.claimed, {**job.base, **partial_attrs(job.curve, self.started)}))
+                            job.claimed, {**job.base, **partial_attrs(job.curve, job.started)}))
                 except TrialTakenOver:
                     self.finish(job, taken_over(job.claimed))
                 if job.outcome is not None:
@@ -300,6 +318,6 @@ class _PopulationRun:
         else:  # every replicate's loss became non-finite in the same epoch
             reason = next(str(r.reason) for r in mine if r.status != "complete")
             self.finish(job, end_pruned(job.claimed, {
-                **job.base, **partial_attrs(job.curve, self.started),
+                **job.base, **partial_attrs(job.curve, job.started),
                 TrialKey.PRUNED_REASON: reason,
             }))

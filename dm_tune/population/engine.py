@@ -307,7 +307,8 @@ def _removal_positions(population: _Population, indices: Iterable[int] | None) -
         if index not in where:
             raise ValueError(f"on_epoch: member {index!r} is not training (training: "
                              f"{population.alive})")
-        positions.append(where[index])
+        if where[index] not in positions:  # a member named twice leaves once
+            positions.append(where[index])
     return positions
 
 
