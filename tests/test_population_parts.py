@@ -233,7 +233,7 @@ def test_one_sgd_over_the_stack_equals_one_sgd_per_member_through_compaction_and
             torch.testing.assert_close(state[key], value, rtol=1e-12, atol=1e-14, msg=key)
 
 
-def test_channels_last_models_stay_channels_last_through_compaction():
+def test_channels_last_models_stay_channels_last_through_compaction_and_joins():
     # CUDA image models run channels_last (train_trial's layout); checked here on CPU
     models = [m.to(memory_format=torch.channels_last) for m in _cnns(range(3), width=4)]
     population = PopulationModel.from_models(models)
@@ -245,3 +245,13 @@ def test_channels_last_models_stay_channels_last_through_compaction():
     out = population(x[[2, 0]])
     for k, model in enumerate((models[2], models[0])):
         torch.testing.assert_close(out[k], model(x[[2, 0]][k]), rtol=1e-12, atol=1e-12)
+    late = _cnns([9], width=4)[0].to(memory_format=torch.channels_last)
+    population.extend(PopulationModel.from_models([late]))  # a member joins
+    assert population.channels_last and population.members == 3
+    for module in population.body.modules():
+        if isinstance(module, torch.nn.Conv2d):  # the joined weights kept the layout
+            assert module.weight.is_contiguous(memory_format=torch.channels_last)
+            assert not module.weight.is_contiguous()
+    out = population(x)
+    for k, model in enumerate((models[2], models[0], late)):
+        torch.testing.assert_close(out[k], model(x[k]), rtol=1e-12, atol=1e-12)
