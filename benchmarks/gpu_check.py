@@ -13,9 +13,10 @@ cudnn.benchmark; ``--compile`` adds torch.compile):
 4. the population engine (``[search] population = K``): ResNet-20 and fastnet trained as
    K = 16 members of one packed model vs K = 1, trial-epochs per second ratio (target 8);
 5. the population engine's agreement with ``train_trial`` on the device: 4 members (MLP
-   and CNN, learnable synthetic data, no augmentation) against the same seeds trained
-   one by one; the largest validation-accuracy difference (rounding and cuDNN's
-   non-determinism only, so a few examples at most).
+   and CNN, learnable synthetic data, no augmentation; one leaves after epoch 1 and a
+   fifth joins in its place) against the same seeds trained one by one; the largest
+   validation-accuracy difference (rounding and cuDNN's non-determinism only, so a few
+   examples at most).
 
 Sections run in the order of ``--sections`` (default: population, agreement, epoch,
 throughput: the population figures first, since they are the newest code).
@@ -209,6 +210,19 @@ def worker_throughput(args: argparse.Namespace) -> None:
     result(f"worker_throughput_{args.workers}v1", many / one, 2.0)
 
 
+def _once(member):
+    """A refill that gives `member` the first time it is asked, then nothing."""
+    given = []
+
+    def refill(free: int) -> list:
+        if given:
+            return []
+        given.append(member)
+        return [member]
+
+    return refill
+
+
 def population_agreement(args: argparse.Namespace, device: torch.device) -> None:
     """Largest |val accuracy| gap between a population member and its own train_trial."""
     from dm_tune.population import Member, train_population
@@ -222,13 +236,20 @@ def population_agreement(args: argparse.Namespace, device: torch.device) -> None
                          device=str(device), augment=False)
         members = [Member(model_data, "dm", DM_PARAMS, seed) for seed in range(3)]
         members.append(Member(model_data, "cce", {}, 7))
-        together = train_population(members, spec)
+        # member 0 leaves after epoch 1 and a late one joins in its place: compaction,
+        # a join and two cohorts at two learning rates (the fused SGD through views)
+        late = Member(model_data, "dm", DM_PARAMS, 11)
+        together = train_population(members, spec, refill=_once(late),
+                                    on_epoch=lambda epoch, metrics: [0] if epoch == 1 else None)
         gaps = []
-        for member, res in zip(members, together, strict=True):
+        for member, res in zip([*members, late], together, strict=True):
+            if res.status != "complete":
+                continue  # the pruned member 0
             alone = train_trial(model_data, replace(spec, seed=member.seed), member.loss,
                                 member.loss_params or None, progress=False)
             gaps.append(abs(alone.val_accuracy - res.val_accuracy_per_epoch[-1]))
-            print(f"# agreement {model} seed {member.seed} {member.loss}: alone "
+            print(f"# agreement {model} seed {member.seed} {member.loss}"
+                  f"{' (joined late)' if member is late else ''}: alone "
                   f"{alone.val_accuracy:.4f}, in population {res.val_accuracy_per_epoch[-1]:.4f}",
                   flush=True)
         result(f"population_vs_train_trial_max_val_gap_{model}", max(gaps), 0.02)
