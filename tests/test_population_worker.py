@@ -35,6 +35,16 @@ def _studies(storage) -> dict[str, list[optuna.trial.FrozenTrial]]:
             for s in storage.get_all_studies()}
 
 
+def _running_counter(storage, widths: list[int]):
+    """An on_epoch hook appending the number of RUNNING trials in the storage to `widths`."""
+
+    def count_running(claimed, epoch, metrics):
+        studies = _studies(storage).values()
+        widths.append(sum(t.state == TrialState.RUNNING for ts in studies for t in ts))
+
+    return count_running
+
+
 def _keys_by_state(studies) -> dict[TrialState, set[str]]:
     keys: dict[TrialState, set[str]] = {}
     for trials in studies.values():
@@ -121,10 +131,7 @@ def test_a_population_refills_its_free_places_and_stops_at_max_trials(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 'refill.db'}")
     create_campaign(config, storage)
     widths: list[int] = []
-
-    def count_running(claimed, epoch, metrics):
-        studies = _studies(storage).values()
-        widths.append(sum(t.state == TrialState.RUNNING for ts in studies for t in ts))
+    count_running = _running_counter(storage, widths)
 
     summary = run_worker(storage, config, "cpu", max_trials=7, name="w", sampler_seed=0,
                          on_epoch=count_running)
@@ -164,10 +171,7 @@ def test_replicate_trials_and_single_seed_jobs_share_a_population_k_trials_wide(
                 search.emphasis_variance.low, search.emphasis_variance.high)},
         system_attrs={"failed_trial": 0}))
     widths: list[int] = []
-
-    def count_running(claimed, epoch, metrics):
-        studies = _studies(storage).values()
-        widths.append(sum(t.state == TrialState.RUNNING for ts in studies for t in ts))
+    count_running = _running_counter(storage, widths)
 
     run_worker(storage, config, "cpu", name="w", sampler_seed=0, on_epoch=count_running)
     studies = _studies(storage)

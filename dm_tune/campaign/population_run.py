@@ -169,7 +169,6 @@ def run_claimed_population(
     except BaseException as error:
         for job in run.jobs:  # every claimed trial is a job: none is left RUNNING
             if job.outcome is None:
-                job.beat.close()
                 end_failed(job.claimed, job.base, error)
         raise
     finally:

@@ -337,44 +337,17 @@ def train_population(
     """
     check_train_spec(spec)
     _check_members(members)
-    capacity = len(members) if capacity is None else capacity
     device = torch.device(spec.device)
     data = device_layout(members[0].data.to(device), device)
     bench = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = device.type == "cuda" or bench
-    everyone = list(members)
-
-    def join(new: Sequence[Member]) -> None:
-        _check_members([everyone[0], *new])
-        indices = range(len(everyone), len(everyone) + len(new))
-        everyone.extend(new)
-        population.add(new, list(indices))
-        curves.update({k: {"val": [], "test": [], "loss": []} for k in indices})
-
-    curves: dict[int, dict[str, list[float]]] = {}
     try:
-        population = _Population(spec, data, device)
-        population.add(members, list(range(len(members))))
-        curves.update({k: {"val": [], "test": [], "loss": []} for k in range(len(members))})
-        ended = _Ended(on_ended)
-        _run_epochs(population, everyone, data, spec, on_epoch, curves, ended,
-                    None if refill is None else (refill, capacity, join))
+        run = _Run(_Population(spec, data, device), data, spec, on_epoch, on_ended)
+        run.join(members)
+        run.train(refill, len(members) if capacity is None else capacity)
     finally:
         torch.backends.cudnn.benchmark = bench
-    return [ended[k] for k in range(len(everyone))]
-
-
-class _Ended(dict):
-    """Results by member index, passed on to `on_ended` as they arrive."""
-
-    def __init__(self, on_ended: Callable[[MemberResult], None] | None) -> None:
-        super().__init__()
-        self.on_ended = on_ended
-
-    def __setitem__(self, index: int, result: MemberResult) -> None:
-        super().__setitem__(index, result)
-        if self.on_ended is not None:
-            self.on_ended(result)
+    return [run.ended[k] for k in range(len(run.members))]
 
 
 def _check_members(members: Sequence[Member]) -> None:
@@ -385,90 +358,97 @@ def _check_members(members: Sequence[Member]) -> None:
                              f"{member.loss!r}")
 
 
-def _ended(index: int, status: MemberStatus, curves: dict, reason: str | None) -> MemberResult:
-    """A MemberResult with copies of the member's curves."""
-    return MemberResult(index, status, list(curves["val"]), list(curves["test"]),
-                        list(curves["loss"]), reason)
+class _Run:
+    """One `train_population` call: every member so far (index = position in `members`),
+    their curves, and how each ended."""
 
+    def __init__(self, population: _Population, data: TrialData, spec: TrainSpec,
+                 on_epoch: PopulationCallback | None,
+                 on_ended: Callable[[MemberResult], None] | None) -> None:
+        self.population, self.data, self.spec = population, data, spec
+        self.on_epoch, self.on_ended = on_epoch, on_ended
+        self.members: list[Member] = []
+        self.curves: dict[int, dict[str, list[float]]] = {}
+        self.ended: dict[int, MemberResult] = {}
 
-def _run_epochs(
-    population: _Population,
-    members: list[Member],
-    data: TrialData,
-    spec: TrainSpec,
-    on_epoch: PopulationCallback | None,
-    curves: dict[int, dict[str, list[float]]],
-    ended: dict[int, MemberResult],
-    refill: tuple[RefillCallback, int, Callable[[Sequence[Member]], None]] | None,
-) -> None:
-    """Train until no member is left (and refill has none); `ended` gets each member."""
-    epoch = 0
-    while True:
-        if refill is not None and len(population.alive) < refill[1]:
-            joining = list(refill[0](refill[1] - len(population.alive)))
-            if joining:
-                refill[2](joining)
-        if not population.alive:
+    def join(self, new: Sequence[Member]) -> None:
+        """New members take the next indices and start their first epoch."""
+        if self.members:
+            _check_members([self.members[0], *new])
+        indices = list(range(len(self.members), len(self.members) + len(new)))
+        self.members.extend(new)
+        self.population.add(new, indices)
+        self.curves.update({k: {"val": [], "test": [], "loss": []} for k in indices})
+
+    def leave(self, positions: list[int], status: MemberStatus,
+              reasons: Sequence[str] | None = None) -> None:
+        """The members at `positions` end with `status` (and `reasons`) and leave."""
+        if not positions:
             return
-        epoch += 1
-        train_loss = population.epoch().tolist()  # the one host sync of the epoch
-        broken = [p for p, value in enumerate(train_loss) if not math.isfinite(value)]
-        for p in broken:
-            index = population.alive[p]
-            ended[index] = _ended(index, "nonfinite", curves[index], nonfinite_loss_message(
-                train_loss[p], population.epochs_done[p], spec))
-        if broken:
+        results = self._results(positions) if status == "complete" else [None] * len(positions)
+        for row, p in enumerate(positions):
+            index = self.population.alive[p]
+            curves = self.curves[index]
+            ended = MemberResult(index, status, list(curves["val"]), list(curves["test"]),
+                                 list(curves["loss"]), None if reasons is None else reasons[row],
+                                 results[row])
+            self.ended[index] = ended
+            if self.on_ended is not None:
+                self.on_ended(ended)
+        self.population.remove(positions)
+
+    def train(self, refill: RefillCallback | None, capacity: int) -> None:
+        """Train until no member is left and `refill` has none to give."""
+        population, spec, data = self.population, self.spec, self.data
+        epoch = 0
+        while True:
+            free = capacity - len(population.alive)
+            if refill is not None and free > 0:
+                joining = list(refill(free))
+                if joining:
+                    self.join(joining)
+            if not population.alive:
+                return
+            epoch += 1
+            train_loss = population.epoch().tolist()  # the one host sync of the epoch
+            broken = [p for p, value in enumerate(train_loss) if not math.isfinite(value)]
+            self.leave(broken, "nonfinite", [nonfinite_loss_message(
+                train_loss[p], population.epochs_done[p], spec) for p in broken])
             train_loss = [v for p, v in enumerate(train_loss) if p not in broken]
-            population.remove(broken)
-        if not population.alive:
-            continue
-        val, test = population.accuracies((data.x_val, data.y_val), (data.x_test, data.y_test))
-        metrics = {}
+            if not population.alive:
+                continue
+            val, test = population.accuracies((data.x_val, data.y_val),
+                                              (data.x_test, data.y_test))
+            metrics = {}
+            now = time.perf_counter()
+            for p, index in enumerate(population.alive):
+                for key, value in (("val", val[p]), ("test", test[p]), ("loss", train_loss[p])):
+                    self.curves[index][key].append(value)
+                metrics[index] = {
+                    "val_accuracy": val[p], "test_accuracy": test[p],
+                    "train_loss": train_loss[p], "lr": population.last_lr(p),
+                    "seconds": now - population.joined[p], "epoch": population.epochs_done[p],
+                }
+            if self.on_epoch is not None:
+                pruned = _removal_positions(population, self.on_epoch(epoch, metrics))
+                self.leave(pruned, "pruned", [f"removed by on_epoch after epoch "
+                                              f"{population.epochs_done[p]}" for p in pruned])
+            self.leave([p for p, e in enumerate(population.epochs_done) if e >= spec.epochs],
+                       "complete")
+
+    def _results(self, positions: list[int]) -> list[TrialResult]:
+        """train_trial's results of the members at `positions` (every epoch trained)."""
+        population = self.population
+        pred = population.predict(self.data.x_train, positions)
+        device = pred.device
         now = time.perf_counter()
-        for p, index in enumerate(population.alive):
-            for key, value in (("val", val[p]), ("test", test[p]), ("loss", train_loss[p])):
-                curves[index][key].append(value)
-            metrics[index] = {
-                "val_accuracy": val[p], "test_accuracy": test[p], "train_loss": train_loss[p],
-                "lr": population.last_lr(p), "seconds": now - population.joined[p],
-                "epoch": population.epochs_done[p],
-            }
-        if on_epoch is not None:
-            positions = _removal_positions(population, on_epoch(epoch, metrics))
-            for p in positions:
-                index = population.alive[p]
-                ended[index] = _ended(index, "pruned", curves[index],
-                                      f"removed by on_epoch after epoch "
-                                      f"{population.epochs_done[p]}")
-            if positions:
-                population.remove(positions)
-        done = [p for p, e in enumerate(population.epochs_done) if e >= spec.epochs]
-        if done:
-            for index, result in _complete(population, done, members, data, spec,
-                                           curves).items():
-                ended[index] = result
-            population.remove(done)
-
-
-def _complete(
-    population: _Population,
-    positions: list[int],
-    members: Sequence[Member],
-    data: TrialData,
-    spec: TrainSpec,
-    curves: dict[int, dict[str, list[float]]],
-) -> dict[int, MemberResult]:
-    """Results of the members at `positions` (every epoch trained), train_trial's figures."""
-    pred = population.predict(data.x_train, positions)
-    device = pred.device
-    now = time.perf_counter()
-    done = {}
-    for row, p in enumerate(positions):
-        index = population.alive[p]
-        own = members[index].data
-        fit = noise_fit_fractions(pred[row], own.y_train.to(device), own.y_train_true.to(device))
-        result = trial_result(curves[index], fit, own, replace(spec, seed=members[index].seed),
-                              now - population.joined[p])
-        done[index] = _ended(index, "complete", curves[index], None)
-        done[index].result = result
-    return done
+        results = []
+        for row, p in enumerate(positions):
+            index = population.alive[p]
+            own = self.members[index].data
+            fit = noise_fit_fractions(pred[row], own.y_train.to(device),
+                                      own.y_train_true.to(device))
+            results.append(trial_result(self.curves[index], fit, own,
+                                        replace(self.spec, seed=self.members[index].seed),
+                                        now - population.joined[p]))
+        return results

@@ -45,12 +45,17 @@ _ELEMENTWISE = (nn.Sequential, nn.ReLU, nn.Identity, MLP)
 
 def select_members(tensor: Tensor, keep: Tensor, members: int) -> Tensor:
     """The rows of members `keep` of a member-major tensor (leading dim K * per-member)."""
-    selected = tensor.unflatten(0, (members, -1))[keep].flatten(0, 1)
-    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(
+    return _layout_of(tensor, tensor.unflatten(0, (members, -1))[keep].flatten(0, 1))
+
+
+def _layout_of(like: Tensor, tensor: Tensor) -> Tensor:
+    """`tensor` in `like`'s memory format (CUDA image models keep conv weights
+    channels_last; indexing and concatenation return contiguous tensors)."""
+    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(
         memory_format=torch.channels_last
-    ):  # CUDA image models keep conv weights channels_last
-        selected = selected.contiguous(memory_format=torch.channels_last)
-    return selected
+    ):
+        return tensor.contiguous(memory_format=torch.channels_last)
+    return tensor
 
 
 class _StackedLinearFunction(torch.autograd.Function):
@@ -329,12 +334,7 @@ class PopulationModel(nn.Module):
 
 def _concat_members(mine: Tensor, theirs: Tensor | None) -> Tensor:
     """Member-major `mine` with `theirs`' members after its own (memory format kept)."""
-    joined = torch.cat([mine, theirs.to(mine.device)])
-    if mine.dim() == 4 and not mine.is_contiguous() and mine.is_contiguous(
-        memory_format=torch.channels_last
-    ):
-        joined = joined.contiguous(memory_format=torch.channels_last)
-    return joined
+    return _layout_of(mine, torch.cat([mine, theirs.to(mine.device)]))
 
 
 def _resize_module(

@@ -48,14 +48,12 @@ class StackedSGD:
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
-        fused: bool = True,
     ) -> None:
         self.params = list(params)
         self.members = members
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.nesterov = nesterov and momentum > 0
-        self.fused = fused
         for param in self.params:
             member_rows(param, members)
         # zeros: the first step's buffer is then the gradient, as torch SGD's clone
@@ -76,7 +74,7 @@ class StackedSGD:
                 views = (params, [p.grad for p in params], buffers)
             else:
                 views = self._views(params, buffers, first, end)
-            sgd(views[0], views[1], list(views[2]), fused=self.fused, lr=lr,
+            sgd(views[0], views[1], list(views[2]), fused=True, lr=lr,
                 momentum=self.momentum, weight_decay=self.weight_decay, dampening=0.0,
                 nesterov=self.nesterov, maximize=False)
 
