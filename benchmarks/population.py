@@ -10,8 +10,9 @@ Prints `RESULT <name> <value> target <target>` lines:
   process's resident memory before it, / K (each measured in a fresh process; `--quick`:
   the first size only), and `population_peak_mib_train_trial` for one trial.
 
-Every run uses one torch thread (the workers' setting); members are DM with mixed emphasis
-modes and variances and their own seeds, 40% symmetric noise, batch 64, cosine schedule.
+Every run uses one torch thread and fixed glibc malloc thresholds (the workers' settings);
+members are DM with mixed emphasis modes and variances and their own seeds, 40% symmetric
+noise, batch 64, cosine schedule.
 
     python benchmarks/population.py            # full run (~2 min on 2 busy cores)
     python benchmarks/population.py --quick    # smoke test: 2 epochs, one round
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from dm_tune.allocator import keep_freed_memory
 from dm_tune.data import DataSpec, TrialData, prepare_data
 from dm_tune.population import Member, train_population
 from dm_tune.training import TrainSpec, train_trial
@@ -140,6 +142,7 @@ def main() -> None:
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     epochs = args.epochs or (2 if args.quick else 20)
+    keep_freed_memory()  # glibc's thresholds, as `dm-tune run` and `worker` set them
     if args.memory_child is not None:
         memory_child(args.memory_child, epochs)
         return

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from dm_tune import noise
 from dm_tune.datasets import (
@@ -41,6 +40,7 @@ from dm_tune.datasets import (
     row_chunks,
     rows_per_chunk,
 )
+from dm_tune.stratified import stratified_holdout
 
 __all__ = [
     "DATASETS",
@@ -127,10 +127,9 @@ def _stratified_split(
             f"{arg}={fraction} gives {n_out} of {len(idx)} examples to the split; a "
             f"stratified split needs at least {len(classes)} (one per class) on each side"
         )
-    rest, out = train_test_split(
-        idx, test_size=fraction, stratify=labels, random_state=_split_seed(seed, arg)
-    )
-    return np.sort(rest), np.sort(out)
+    held = np.zeros(len(idx), dtype=bool)
+    held[stratified_holdout(labels, n_out, _split_seed(seed, arg))] = True
+    return np.sort(idx[~held]), np.sort(idx[held])
 
 
 def _check_spec(spec: DataSpec) -> None:

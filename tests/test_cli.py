@@ -99,6 +99,23 @@ def test_status_of_a_missing_database_is_refused_and_not_created(tmp_path):
     assert not db.exists()
 
 
+def test_status_imports_neither_torch_nor_sklearn(tmp_path):
+    # status is a read of the database: torch and scikit-learn were 2 s of its 3
+    config = write_tiny(tmp_path)
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    assert dm_tune("create", str(config), "--storage", db).returncode == 0
+    code = ("import sys\nfrom dm_tune.cli import main\n"
+            f"sys.argv = ['dm-tune', 'status', {str(config)!r}, '--storage', {db!r}]\n"
+            "try:\n    main()\nexcept SystemExit as stop:\n    assert not stop.code, stop.code\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'sklearn', "
+            "'scipy'}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "DM_TUNE_STORAGE": ""}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "tiny/symmetric-0.20" in result.stdout or "symmetric-0.20" in result.stdout
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
 def test_worker_without_created_campaign_is_refused(tmp_path):
     config = write_tiny(tmp_path)
     db = f"sqlite:///{tmp_path / 'empty.db'}"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dm_tune.campaign.records import ROLE_DM
 from dm_tune.config import CampaignConfig
-from dm_tune.data import DataSpec, TrialData, prepare_data
 from dm_tune.errors import CampaignError
-from dm_tune.training import TrainSpec
+
+if TYPE_CHECKING:  # they import torch: `status` and `export` need neither
+    from dm_tune.data import DataSpec, TrialData
+    from dm_tune.training import TrainSpec
 
 __all__ = ["Setting", "data_spec", "load_setting_data", "settings_of", "train_spec"]
 
@@ -49,6 +52,8 @@ def settings_of(config: CampaignConfig) -> list[Setting]:
 
 def data_spec(config: CampaignConfig, setting: Setting) -> DataSpec:
     """The data of a setting: the split and the noise are seeded by the campaign seed."""
+    from dm_tune.data import DataSpec
+
     data = config.data
     return DataSpec(
         dataset=data.dataset, root=data.root, download=data.download,
@@ -60,6 +65,8 @@ def data_spec(config: CampaignConfig, setting: Setting) -> DataSpec:
 
 def train_spec(config: CampaignConfig, device: str, seed: int) -> TrainSpec:
     """How a trial trains on ``device`` with ``seed``."""
+    from dm_tune.training import TrainSpec
+
     training = config.training
     return TrainSpec(
         model=config.model.name, model_params=dict(config.model.params),
@@ -73,6 +80,8 @@ def train_spec(config: CampaignConfig, device: str, seed: int) -> TrainSpec:
 def load_setting_data(config: CampaignConfig, setting: Setting) -> TrialData:
     """The setting's tensors; the features are shared by every setting (dm_tune.data caches
     them), so a call costs only the setting's noisy labels (~2 ms for 14,400)."""
+    from dm_tune.data import prepare_data
+
     try:
         return prepare_data(data_spec(config, setting))
     except ValueError as error:
