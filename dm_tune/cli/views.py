@@ -30,6 +30,11 @@ class _CampaignBars:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
             transient=False,
+            # rich re-renders the whole table from a thread at every tick, terminal or not
+            # (where only the last render is printed), competing with training for the
+            # GIL: twice a second for a terminal (elapsed time moves by seconds), never
+            # for a pipe or a file
+            auto_refresh=console.is_terminal, refresh_per_second=2,
         )
         self.tasks: dict[str, int] = {}
         self.overall = self.progress.add_task("all studies", total=1, note="")
