@@ -5,18 +5,18 @@ by `zero_grad`; activations; the loss's temporaries). glibc serves every allocat
 its mmap threshold (128 KiB at start, raised adaptively only up to the largest freed
 chunk) with a fresh `mmap`, and trims the heap's free top back to the kernel past its
 trim threshold, so each step pays page faults to get the same memory back: on the
-digits MLP population (8 members, a 2 MiB weight gradient per layer) about 170,000 minor
-faults and 1-2 s of a 16-second search (`benchmarks/vs_optuna.py`). PyTorch's CPU tuning
+digits MLP population (8 members, a 2 MiB weight gradient per layer) 150,000-270,000
+minor faults and 1-2 s of a 16-second search (`benchmarks/vs_optuna.py`). PyTorch's CPU tuning
 guide suggests jemalloc or tcmalloc for this; fixed glibc thresholds get most of it
 without a preload. Tensors over `MMAP_THRESHOLD` (a dataset) are still mapped and given
-back when freed, so a worker's peak memory is its live memory plus at most
-`TRIM_THRESHOLD` of free heap.
+back when freed; below it, freed memory stays in the process for reuse (up to
+`TRIM_THRESHOLD` free at the top of each malloc arena's heap, plus whatever
+fragmentation leaves in the middle, which glibc never returns either way).
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory"]
@@ -30,7 +30,7 @@ MMAP_THRESHOLD = 32 * 2**20
 #: free memory at the heap's top kept for reuse rather than returned to the kernel
 TRIM_THRESHOLD = 256 * 2**20
 
-_applied = False
+_applied: bool | None = None  # None: not tried yet
 
 
 def keep_freed_memory() -> bool:
@@ -40,19 +40,19 @@ def keep_freed_memory() -> bool:
     behaviour).
     """
     global _applied
-    if _applied:
-        return True
+    if _applied is not None:
+        return _applied
+    _applied = False
     if not sys.platform.startswith("linux"):
         return False
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
+    except (OSError, AttributeError):  # a C library without mallopt
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success; fixed values also turn off glibc's adaptive ones
-    _applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    mmap_set = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    trim_set = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    _applied = mmap_set and trim_set
     return _applied

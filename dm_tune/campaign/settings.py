@@ -9,7 +9,7 @@ from dm_tune.campaign.records import ROLE_DM
 from dm_tune.config import CampaignConfig
 from dm_tune.errors import CampaignError
 
-if TYPE_CHECKING:  # they import torch: `status` and `export` need neither
+if TYPE_CHECKING:  # they import torch, which `status` does not need
     from dm_tune.data import DataSpec, TrialData
     from dm_tune.training import TrainSpec
 
