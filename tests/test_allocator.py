@@ -65,5 +65,5 @@ def test_the_cli_applies_it_to_a_training_process(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv(options.THREADS_ENV, raising=False)  # leave pytest's threads alone
     calls = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
-    options.set_threads(None)
+    options.prepare_training_process(None)
     assert calls == [1]

@@ -17,9 +17,9 @@ from dm_tune.cli.options import (
     StorageOpt,
     database_location,
     open_campaign,
+    prepare_training_process,
     refuse_in_memory,
     resolve_device,
-    set_threads,
 )
 from dm_tune.config import MAX_POPULATION
 from dm_tune.errors import DMTuneError
@@ -90,7 +90,7 @@ def run(
 
     create_campaign(config, store)
     if jobs == 1:
-        set_threads(None, config)
+        prepare_training_process(None, config)
 
     def work(phase_config) -> bool:
         """One pass of the worker(s) until every budget is met; True if stopped."""
@@ -183,7 +183,7 @@ def worker(
     config, store = open_campaign(config_path, storage, create=False, heartbeat=heartbeat)
     if population is not None:
         config = with_population(config, population)
-    set_threads(threads, config)
+    prepare_training_process(threads, config)
     name = os.environ.get(LABEL_ENV, "") or worker_name()
 
     def on_trial(claimed, outcome) -> None:
@@ -293,7 +293,7 @@ def confirm(
     config, store = open_campaign(config_path, storage, create=False)
     names = create_confirmations(store, config, top_k, seeds)
     say(f"queued confirmation trials in {len(names)} studies")
-    set_threads(None, config)
+    prepare_training_process(None, config)
     run_with_progress(store, config, resolved, console)
     _print_status(store, config)
 

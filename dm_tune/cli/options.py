@@ -36,9 +36,9 @@ __all__ = [
     "default_report_dir",
     "in_memory_storage",
     "open_campaign",
+    "prepare_training_process",
     "refuse_in_memory",
     "resolve_device",
-    "set_threads",
 ]
 
 ConfigArg = Annotated[
@@ -196,7 +196,7 @@ def refuse_in_memory(storage_url: str, why: str) -> None:
                           f"(e.g. {DEFAULT_STORAGE}) or PostgreSQL")
 
 
-def set_threads(threads: int | None, config: CampaignConfig | None = None) -> None:
+def prepare_training_process(threads: int | None, config: CampaignConfig | None = None) -> None:
     """A training process's CPU settings: torch threads (--threads, else
     $DM_TUNE_TORCH_THREADS, else by model size) and glibc malloc's thresholds.
 
