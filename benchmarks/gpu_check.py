@@ -12,6 +12,11 @@ cudnn.benchmark; ``--compile`` adds torch.compile):
    alone: aggregate epochs per second ratio (what ``dm-tune launch --per-gpu P`` buys);
 4. the population engine (``[search] population = K``): ResNet-20 and fastnet trained as
    K = 16 members of one packed model vs K = 1, trial-epochs per second ratio (target 8);
+   with each model's training FLOPs per image (``FlopCounterMode`` on meta tensors), the
+   TFLOP/s each K reaches, the device's dense matmul rate (bf16 8192^3 on a GPU, the dtype
+   autocast trains in) and their quotient for K = 1: ``population_speedup_bound_<model>``,
+   the most any layout of K members could gain over one (no convolution outruns the
+   device's matmul rate by much);
 5. the population engine's agreement with ``train_trial`` on the device: 4 members (MLP
    and CNN, learnable synthetic data, no augmentation; one leaves after epoch 1 and a
    fifth joins in its place) against the same seeds trained one by one; the largest
@@ -48,7 +53,7 @@ from pathlib import Path
 import torch
 
 from dm_tune.data import TrialData
-from dm_tune.models import MODELS
+from dm_tune.models import MODELS, build_model
 from dm_tune.training import NonFiniteLossError, TrainSpec, train_trial
 
 DM_PARAMS = {"emphasis_mode": 1 / 3, "emphasis_variance": 8.0}
@@ -256,6 +261,35 @@ def population_agreement(args: argparse.Namespace, device: torch.device) -> None
     del data, flat
 
 
+def training_gflop_per_image(spec: TrainSpec, data: TrialData) -> float:
+    """Forward + backward GFLOP of one training image through the spec's model, counted by
+    torch's FlopCounterMode on meta tensors (no arithmetic runs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(spec.model, data.input_shape, data.num_classes,
+                        **spec.model_params).to("meta")
+    batch = 2  # batch norm in train mode needs more than one value per channel
+    with FlopCounterMode(display=False) as counter:
+        model(torch.empty(batch, *data.input_shape, device="meta")).sum().backward()
+    return counter.get_total_flops() / batch / 1e9
+
+
+def matmul_tflops(device: torch.device) -> float:
+    """The device's dense matmul rate in TFLOP/s: bf16 8192^3 on CUDA, fp32 512^3 on CPU."""
+    size, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (512, torch.float32)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    repeats = 20 if device.type == "cuda" else 5
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e12
+
+
 def population_figures(args: argparse.Namespace, device: torch.device) -> None:
     """Trial-epochs/s of K packed members vs one member and vs train_trial alone.
 
@@ -266,6 +300,8 @@ def population_figures(args: argparse.Namespace, device: torch.device) -> None:
 
     data = synthetic_cifar(args.images, device)
     target = 8.0 if not args.cpu_smoke else "-"
+    peak = matmul_tflops(device)
+    result("device_matmul_tflops", peak)
     for model in args.population_models.split(","):
         spec = replace(model_spec(model, args, device), compile=False)
         alone = [b - a for a, b in pairwise(timed_trial(data, spec, "dm"))]
@@ -289,6 +325,15 @@ def population_figures(args: argparse.Namespace, device: torch.device) -> None:
         for k in args.population_ks:
             result(f"population_speedup_{model}_k{k}", rates[k] / rates[1], target)
             result(f"population_vs_train_trial_{model}_k{k}", rates[k] / alone_rate, target)
+        # training FLOPs only (the epoch's evaluation adds ~10%): the rates are a little low
+        # and the bound a little generous
+        gflop = training_gflop_per_image(spec, data)
+        result(f"training_gflop_per_image_{model}", gflop)
+        images = len(data.y_train)
+        tflops = {k: rate * images * gflop / 1e3 for k, rate in rates.items()}
+        for k, value in tflops.items():
+            result(f"population_tflops_{model}_k{k}", value)
+        result(f"population_speedup_bound_{model}", peak / tflops[1])
     del data
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import subprocess
@@ -28,6 +29,14 @@ def parse_results(output: str) -> dict[str, tuple[float, str]]:
     return results
 
 
+def _module(name: str):
+    """benchmarks/<name>.py imported as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _run(command: list[str], timeout: int, **env: str) -> str:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **env})
@@ -51,7 +60,13 @@ def test_gpu_check_cpu_smoke_prints_results(tmp_path):
             "epoch_s_fastnet_cce", "epoch_s_fastnet_dm", "worker_throughput_2v1",
             "population_speedup_resnet20_k2", "population_vs_train_trial_fastnet_k2",
             "population_vs_train_trial_max_val_gap_mlp",
-            "population_vs_train_trial_max_val_gap_cnn"} <= names
+            "population_vs_train_trial_max_val_gap_cnn", "device_matmul_tflops",
+            "training_gflop_per_image_fastnet", "population_tflops_fastnet_k2",
+            "population_speedup_bound_resnet20", "population_speedup_bound_fastnet"} <= names
+    # the bound is the device's matmul rate over one member's: the printed figures agree
+    for model in ("resnet20", "fastnet"):
+        bound = results["device_matmul_tflops"][0] / results[f"population_tflops_{model}_k1"][0]
+        assert results[f"population_speedup_bound_{model}"][0] == pytest.approx(bound, rel=2e-3)
     gaps = {name: value for name, (value, _) in results.items() if "_gap_" in name}
     # on CPU in float32 a population member and its own train_trial agree to rounding
     assert all(0.0 <= gap <= 0.02 for gap in gaps.values()), gaps
@@ -60,6 +75,22 @@ def test_gpu_check_cpu_smoke_prints_results(tmp_path):
     # OUT receives the log and the JSON
     assert "RESULT" in (tmp_path / "gpu_check.txt").read_text()
     assert (tmp_path / "gpu_check.json").exists()
+
+
+def test_gpu_check_counts_training_flops_of_the_mlp_by_hand():
+    """2 m n k per matmul: forward and weight gradients of all three layers, input
+    gradients of the last two (the images need none); ReLU and the loss add no matmuls."""
+    import torch
+
+    from dm_tune.training import TrainSpec
+
+    bench = _module("gpu_check")
+    data = bench.synthetic_cifar(32, torch.device("cpu"))
+    flat = 3 * 32 * 32
+    layers = [(flat, 256), (256, 256), (256, 10)]
+    per_image = sum(2 * i * o for i, o in layers) * 2 + sum(2 * i * o for i, o in layers[1:])
+    gflop = bench.training_gflop_per_image(TrainSpec(model="mlp"), data)
+    assert gflop * 1e9 == pytest.approx(per_image, rel=1e-9)
 
 
 def test_gpu_check_refuses_clearly_without_cuda():

@@ -6,21 +6,13 @@ lie in their ranges; no figure's target is asserted (they measure, they do not g
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 
 import pytest
-from test_benchmarks import ROOT, _run, parse_results
+from test_benchmarks import ROOT, _module, _run, parse_results
 
 DESIGNS = ("split180_s1", "split180_s3", "split360_s1", "cv2_s1")
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_stability_campaign_file_changes_only_seed_and_rates(tmp_path):
