@@ -15,8 +15,8 @@ cudnn.benchmark; ``--compile`` adds torch.compile):
    with each model's training FLOPs per image (``FlopCounterMode`` on meta tensors), the
    TFLOP/s each K reaches, the device's dense matmul rate (bf16 8192^3 on a GPU, the dtype
    autocast trains in) and their quotient for K = 1: ``population_speedup_bound_<model>``,
-   the most any layout of K members could gain over one (no convolution outruns the
-   device's matmul rate by much);
+   an estimate of the most any layout of K members could gain over one (convolutions
+   done as dense matrix products do not outrun the device's matmul rate by much);
 5. the population engine's agreement with ``train_trial`` on the device: 4 members (MLP
    and CNN, learnable synthetic data, no augmentation; one leaves after epoch 1 and a
    fifth joins in its place) against the same seeds trained one by one; the largest
@@ -282,7 +282,7 @@ def matmul_tflops(device: torch.device) -> float:
     for _ in range(3):
         a @ b
     sync(device)
-    repeats = 20 if device.type == "cuda" else 5
+    repeats = 100 if device.type == "cuda" else 5  # ~0.1 s of a GPU's time: steady clocks
     started = time.perf_counter()
     for _ in range(repeats):
         a @ b

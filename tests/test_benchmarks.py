@@ -93,6 +93,30 @@ def test_gpu_check_counts_training_flops_of_the_mlp_by_hand():
     assert gflop * 1e9 == pytest.approx(per_image, rel=1e-9)
 
 
+def test_gpu_check_counts_training_flops_of_fastnet_by_hand():
+    """2 Cin Cout 9 H W per 3x3 convolution pass (at the resolution before its pool), three
+    passes per layer (forward, input and weight gradients) but two for the stem (the
+    images need no gradient): the 4.42 GFLOP an image that bounds fastnet's population."""
+    import torch
+
+    from dm_tune.training import TrainSpec
+
+    bench = _module("gpu_check")
+    data = bench.synthetic_cifar(32, torch.device("cpu"))
+
+    def conv(c_in: int, c_out: int, side: int) -> int:
+        return 2 * c_in * c_out * 9 * side * side
+
+    # stem; three blocks: the down conv, then the residual pair after the pool
+    forward = conv(3, 64, 32) + conv(64, 256, 32) + 2 * conv(256, 256, 16) \
+        + conv(256, 256, 16) + 2 * conv(256, 256, 8) + conv(256, 256, 8) \
+        + 2 * conv(256, 256, 4) + 2 * 256 * 10
+    per_image = 3 * forward - conv(3, 64, 32)
+    gflop = bench.training_gflop_per_image(TrainSpec(model="fastnet"), data)
+    assert gflop * 1e9 == pytest.approx(per_image, rel=1e-9)
+    assert round(gflop, 2) == 4.42
+
+
 def test_gpu_check_refuses_clearly_without_cuda():
     import torch
 
