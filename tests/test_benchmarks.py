@@ -77,33 +77,30 @@ def test_gpu_check_cpu_smoke_prints_results(tmp_path):
     assert (tmp_path / "gpu_check.json").exists()
 
 
-def test_gpu_check_counts_training_flops_of_the_mlp_by_hand():
-    """2 m n k per matmul: forward and weight gradients of all three layers, input
-    gradients of the last two (the images need none); ReLU and the loss add no matmuls."""
+def _counted_gflop(model: str) -> float:
+    """gpu_check's training GFLOP per image of `model` on CIFAR-shaped inputs."""
     import torch
 
     from dm_tune.training import TrainSpec
 
     bench = _module("gpu_check")
     data = bench.synthetic_cifar(32, torch.device("cpu"))
+    return bench.training_gflop_per_image(TrainSpec(model=model), data)
+
+
+def test_gpu_check_counts_training_flops_of_the_mlp_by_hand():
+    """2 m n k per matmul: forward and weight gradients of all three layers, input
+    gradients of the last two (the images need none); ReLU and the loss add no matmuls."""
     flat = 3 * 32 * 32
     layers = [(flat, 256), (256, 256), (256, 10)]
     per_image = sum(2 * i * o for i, o in layers) * 2 + sum(2 * i * o for i, o in layers[1:])
-    gflop = bench.training_gflop_per_image(TrainSpec(model="mlp"), data)
-    assert gflop * 1e9 == pytest.approx(per_image, rel=1e-9)
+    assert _counted_gflop("mlp") * 1e9 == pytest.approx(per_image, rel=1e-9)
 
 
 def test_gpu_check_counts_training_flops_of_fastnet_by_hand():
     """2 Cin Cout 9 H W per 3x3 convolution pass (at the resolution before its pool), three
     passes per layer (forward, input and weight gradients) but two for the stem (the
     images need no gradient): the 4.42 GFLOP an image that bounds fastnet's population."""
-    import torch
-
-    from dm_tune.training import TrainSpec
-
-    bench = _module("gpu_check")
-    data = bench.synthetic_cifar(32, torch.device("cpu"))
-
     def conv(c_in: int, c_out: int, side: int) -> int:
         return 2 * c_in * c_out * 9 * side * side
 
@@ -112,7 +109,7 @@ def test_gpu_check_counts_training_flops_of_fastnet_by_hand():
         + conv(256, 256, 16) + 2 * conv(256, 256, 8) + conv(256, 256, 8) \
         + 2 * conv(256, 256, 4) + 2 * 256 * 10
     per_image = 3 * forward - conv(3, 64, 32)
-    gflop = bench.training_gflop_per_image(TrainSpec(model="fastnet"), data)
+    gflop = _counted_gflop("fastnet")
     assert gflop * 1e9 == pytest.approx(per_image, rel=1e-9)
     assert round(gflop, 2) == 4.42
 
