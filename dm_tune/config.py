@@ -95,10 +95,48 @@ class TrainingSection(_Strict):
     compile: bool = False
 
 
+#: the most rates one ``rate_range`` may expand to (each is a study with its own budget)
+MAX_RANGE_RATES = 41
+
+
 class NoiseSection(_Strict):
     kind: NoiseKind
     rates: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(default_factory=list)
     labels: list[str] = Field(default_factory=list)
+    #: ``rate_range = [low, high]``: the search covers every ``rate_step`` from low to high
+    #: (one study per rate, sharing the workers' populations); instead of ``rates``
+    rate_range: tuple[float, float] | None = None
+    rate_step: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_range(cls, data: Any) -> Any:
+        """A ``rate_range`` becomes its ``rates`` grid; the range stays for display."""
+        if not isinstance(data, dict) or data.get("rate_range") is None:
+            if isinstance(data, dict) and data.get("rate_step") is not None:
+                raise ValueError("`rate_step` goes with `rate_range`")
+            return data
+        bounds, step = data["rate_range"], data.get("rate_step", 0.05)
+        if not (isinstance(bounds, list | tuple) and len(bounds) == 2
+                and all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)):
+            raise ValueError("`rate_range` is [low, high]")
+        low, high = (float(b) for b in bounds)
+        if not (isinstance(step, int | float) and not isinstance(step, bool)
+                and math.isfinite(step) and step >= 0.01 and abs(step - round(step, 2)) < 1e-9):
+            raise ValueError("`rate_step` must be a number >= 0.01 with at most 2 decimals")
+        if not (0.0 <= low < high < 1.0) or any(abs(b - round(b, 2)) > 1e-9 for b in (low, high)):
+            raise ValueError("`rate_range` needs 0 <= low < high < 1, each with at most 2 "
+                             "decimals")
+        count = int(math.floor((high - low) / step + 1e-9)) + 1
+        rates = sorted({round(low + i * step, 2) for i in range(count)} | {round(high, 2)})
+        if len(rates) > MAX_RANGE_RATES:
+            raise ValueError(f"`rate_range` with `rate_step` {step:g} makes {len(rates)} rates "
+                             f"(at most {MAX_RANGE_RATES}): take a larger step")
+        given = data.get("rates")
+        # a dumped config holds both (the expansion): taken back as it is
+        if given and [round(float(r), 2) for r in given] != rates:
+            raise ValueError("give `rates` or `rate_range`, not both")
+        return {**data, "rates": rates, "rate_range": (low, high), "rate_step": float(step)}
 
     @model_validator(mode="after")
     def _rates_or_labels(self) -> NoiseSection:

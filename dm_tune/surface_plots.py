@@ -28,6 +28,7 @@ class SurfacePanel:
     variances: list[float]
     mean: list[list[float]]  # mean[i][j] at (modes[i], variances[j])
     optimum: TrendPoint  # Surface.optimum: the recommendation there and its credible set
+    collapse: list[list[float]]  # P(one run collapses) at each grid point (risk model)
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,16 @@ def surface_data(results: CampaignResults) -> SurfaceData:
     panels = []
     for kind, s in sorted(results.surfaces.items()):
         for r in s.searched_rates:
-            panels.append(SurfacePanel(kind, *(a.tolist() for a in s.grid(r)[:3]), s.optimum(r)))
+            modes, variances, mean, _ = s.grid(r)
+            mm, vv = np.meshgrid(modes, variances, indexing="ij")
+            collapse = s.risk.collapse_probability(mm.ravel(), vv.ravel(), r).reshape(mm.shape)
+            panels.append(SurfacePanel(kind, modes.tolist(), variances.tolist(), mean.tolist(),
+                                       s.optimum(r), collapse.tolist()))
     return SurfaceData(panels)
+
+
+#: the collapse region drawn on the surface: where one run collapses this often or more
+AVOID_PROBABILITY = 0.1
 
 
 def surface_figure(data: SurfaceData) -> go.Figure:
@@ -55,6 +64,13 @@ def surface_figure(data: SurfaceData) -> go.Figure:
         # contour z is indexed [y][x]: variances down, modes across
         contour = go.Contour(x=p.modes, y=p.variances, z=np.asarray(p.mean).T)
         fig.add_trace(contour.update(coloraxis="coloraxis"), **at)
+        if np.max(p.collapse) >= AVOID_PROBABILITY:
+            avoid = go.Contour(
+                x=p.modes, y=p.variances, z=np.asarray(p.collapse).T, showscale=False,
+                name="collapse region", hoverinfo="skip",
+                contours={"type": "constraint", "operation": ">=", "value": AVOID_PROBABILITY},
+                fillcolor="rgba(200, 0, 0, 0.35)", line={"color": "red", "width": 2})
+            fig.add_trace(avoid, **at)
         o = p.optimum
         m0, m1 = o.emphasis_mode_low, o.emphasis_mode_high
         v0, v1 = o.emphasis_variance_low, o.emphasis_variance_high
@@ -73,8 +89,8 @@ def surface_figure(data: SurfaceData) -> go.Figure:
     )
     fig.update_xaxes(title_text="emphasis_mode")
     fig.update_yaxes(title_text="emphasis_variance")
-    return _finish(fig, "GP posterior mean of clean-val accuracy "
-                        "(star: recommendation; box: credible set)")
+    return _finish(fig, "GP posterior mean of clean-val accuracy (star: recommendation; box: "
+                        f"credible set; red: avoid, P(collapse) >= {AVOID_PROBABILITY:g})")
 
 
 #: (stable name, title, data function, figure function), as in ``plots.FIGURES``

@@ -161,15 +161,18 @@ def test_bootstrap_is_deterministic(url):
 # -------------------------------------------------------------------- recommend
 
 
-def test_recommend_interpolates_between_searched_rates(results):
+def test_recommend_never_blends_two_rates_settings(results):
+    # top-k trend: 0.2 -> (0.25, 8), 0.4 -> (0.40, 12). A blend, (0.325, 10), was never
+    # trained; the advice between the rates is the nearer rate's point (ties: the lower)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         rec = g.recommend(results, "symmetric", 0.3)
-    assert rec.emphasis_mode == pytest.approx(0.325)
-    assert rec.emphasis_variance == pytest.approx(10.0)
+        nearer = g.recommend(results, "symmetric", 0.35)
+    assert (rec.emphasis_mode, rec.emphasis_variance) == pytest.approx(AGREED[0.2])
+    assert (nearer.emphasis_mode, nearer.emphasis_variance) == pytest.approx(AGREED[0.4])
     assert rec.nearest_rates == (0.2, 0.4)
     assert not rec.extrapolated
-    assert rec.emphasis_lambda == pytest.approx(0.325 / 0.675)
+    assert rec.emphasis_lambda == pytest.approx(0.25 / 0.75)
 
 
 def test_recommend_at_a_searched_rate(results):
@@ -271,7 +274,8 @@ def test_cli_export_then_recommend(app, url, tmp_path):
         app, ["recommend", "--from", str(out), "--noise", "symmetric", "--rate", "0.3"]
     )
     assert res.exit_code == 0, res.output
-    assert "emphasis_mode 0.325" in res.stdout and "0.2, 0.4" in res.stdout
+    # the nearer searched rate's point (a tie: the lower), never the blend 0.325
+    assert "emphasis_mode 0.250" in res.stdout and "0.2, 0.4" in res.stdout
     res = runner.invoke(
         app, ["recommend", "--from", str(out), "--noise", "symmetric", "--rate", "0.9", "--json"]
     )

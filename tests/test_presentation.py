@@ -199,7 +199,7 @@ def test_report_has_a_leave_one_rate_out_row_per_interior_rate(loro):
 def test_export_round_trips_the_checks_spreads_and_comparisons(loro, tmp_path):
     _, results = loro
     data = g.load_export(g.write_json(results, tmp_path / "e.json"))
-    assert data["schema_version"] == 3
+    assert data["schema_version"] == 4
     assert data["checks"]["leave_one_rate_out"] == [vars(c) for c in results.checks]
     s = data["settings"][0]
     for name in ("val_accuracy_std", "test_accuracy_std", "collapsed", "n_seeds"):
@@ -238,19 +238,24 @@ def test_cli_export_method_option(loro, tmp_path):
     url, _ = loro
     config = tmp_path / "c.toml"
     config.write_text(campaign_file("loro"))
-    for method, version in (("top-k", 1), ("surface", 3)):
+    for method, version in (("top-k", 1), ("surface", 4)):
         res = CliRunner().invoke(app, ["export", str(config), "--storage", url,
                                        "--method", method])
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout)["schema_version"] == version
     res = CliRunner().invoke(app, ["export", str(config), "--storage", url])
-    assert json.loads(res.stdout)["schema_version"] == 3  # the default is the surface
+    assert json.loads(res.stdout)["schema_version"] == 4  # the default is the surface
     path = tmp_path / "e.json"
     path.write_text(res.stdout)
     res = CliRunner().invoke(app, ["recommend", "--from", str(path), "--noise", "symmetric",
                                    "--rate", "0.35"])
     assert res.exit_code == 0, res.output
-    assert "(from searched rates 0.3, 0.4); predicted clean-val accuracy 0." in res.stdout
+    first = res.stdout.splitlines()[0]
+    assert "(searched rates 0.3, 0.4; from " in first
+    # the risk figures of one run, in order: expected >= its 10th percentile
+    found = re.search(r"expected (0\.\d+), 10th percentile (0\.\d+), P\(collapse\) (\d\.\d+)",
+                      first)
+    assert found and float(found[1]) >= float(found[2]) and 0 <= float(found[3]) <= 1
 
 
 # ---------------------------------------------------------------------- the status

@@ -117,10 +117,13 @@ def test_recommend_at_a_confirmed_rate_prints_the_confirmed_mean_and_std(tmp_pat
                     if s["setting"] == "symmetric-0.40")
     run_recommend(path, "symmetric", 0.4)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1] == (
+    assert lines[0].startswith(f"symmetric 0.4: emphasis_mode {CONFIRMED[0]:.3f} ")
+    assert [line for line in lines if line.startswith("confirmed at")][0] == (
         f"confirmed at symmetric 0.4: mode {CONFIRMED[0]:.3f}, variance {CONFIRMED[1]:.3g}, "
         f"clean-val {selected['val_accuracy']:.3f} ± {selected['val_accuracy_std']:.3f}, "
         f"test {selected['test_accuracy']:.3f} ± {selected['test_accuracy_std']:.3f} "
         "over 2 seeds")
     run_recommend(path, "symmetric", 0.3)  # not searched: no confirmed line
-    assert len(capsys.readouterr().out.splitlines()) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("symmetric 0.3: ")
+    assert not [line for line in out if line.startswith("confirmed at")]

@@ -238,7 +238,7 @@ def test_few_trials_and_one_rate_still_work(tmp_path):
     assert 0.2 <= best.emphasis_mode <= 0.8
     # the v3 export names the fallbacks, its null predictions validate, recommend reads it
     data = g.load_export(g.write_json(results, tmp_path / "few.json"))
-    assert data["schema_version"] == 3
+    assert data["schema_version"] == 4
     assert data["provenance"]["method"]["fallbacks"] == results.fallbacks
     assert data["surface"]["pairflip"] == data["trends"]["pairflip"]
     assert g.recommend(data, "pairflip", 0.3).emphasis_mode == pytest.approx(p.emphasis_mode)
@@ -275,10 +275,10 @@ def test_leave_one_rate_out_at_0_4_has_a_small_gap(results):
 # -------------------------------------------------------------------- the export
 
 
-def test_export_v3_round_trips_and_recommends_like_the_gp(results, tmp_path):
+def test_export_v4_round_trips_and_recommends_like_the_results(results, tmp_path):
     path = g.write_json(results, tmp_path / "e.json")
     data = g.load_export(path)
-    assert data["schema_version"] == 3 and data["provenance"]["method"]["fallbacks"] == {}
+    assert data["schema_version"] == 4 and data["provenance"]["method"]["fallbacks"] == {}
     assert data["provenance"]["method"]["trend"] == "gaussian-process surface"
     grid = [p["noise_rate"] for p in data["surface"]["symmetric"]]
     assert grid[0] == 0.2 and grid[-1] == 0.6 and len(grid) == 41 and 0.5 in grid
@@ -290,16 +290,22 @@ def test_export_v3_round_trips_and_recommends_like_the_gp(results, tmp_path):
         )
         assert from_file.emphasis_mode == pytest.approx(from_gp.emphasis_mode, abs=0.01)
         assert from_file.emphasis_variance == pytest.approx(from_gp.emphasis_variance, abs=0.01)
-    assert g.recommend(data, "symmetric", 0.5) == g.recommend(results, "symmetric", 0.5)
+    for rate in (0.5, 0.33, 0.4):  # on the 0.01 grid the file holds the advice itself
+        assert g.recommend(data, "symmetric", rate) == g.recommend(results, "symmetric", rate)
     header = g.dumps_csv(data).splitlines()[0]
     assert "trend_predicted_accuracy" in header
-    # a version-2 file (0.1.0's surface export: no fallbacks) is still read
+    # a version-2 file (0.1.0's surface export: no fallbacks, no advice) is still read: its
+    # surface grid's nearest point, as written (never blended with a neighbour)
     method = {k: v for k, v in data["provenance"]["method"].items()
               if k not in ("fallbacks", "fallback_method", "min_observations")}
-    v2 = {**data, "schema_version": 2, "provenance": {**data["provenance"], "method": method}}
+    v2 = {**{k: v for k, v in data.items() if k != "advice"}, "schema_version": 2,
+          "provenance": {**data["provenance"], "method": method}}
     path.write_text(g.dumps_json(v2))
-    assert g.recommend(g.load_export(path), "symmetric", 0.5) == g.recommend(
-        results, "symmetric", 0.5)
+    old = g.recommend(g.load_export(path), "symmetric", 0.333)
+    written = next(p for p in v2["surface"]["symmetric"] if p["noise_rate"] == 0.33)
+    assert (old.emphasis_mode, old.emphasis_variance) == (
+        written["emphasis_mode"], written["emphasis_variance"])
+    assert old.expected_accuracy is None  # a v2 file has no risk figures
 
 
 def test_v2_export_without_its_parts_is_refused(results, tmp_path):
@@ -310,7 +316,7 @@ def test_v2_export_without_its_parts_is_refused(results, tmp_path):
     ):
         path = tmp_path / "b.json"
         path.write_text(g.dumps_json(broken))
-        with pytest.raises(ValueError, match="schema_version 3"):
+        with pytest.raises(ValueError, match="schema_version 4"):
             g.load_export(path)
 
 

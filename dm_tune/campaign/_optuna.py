@@ -309,4 +309,13 @@ def fail_and_requeue(study: optuna.Study, trial_id: int, keep: tuple[str, ...]) 
     ))
 
 
-__all__ += ["fail_and_requeue", "orphan_trial_ids"]
+def requeue_running(study: optuna.Study, keep: tuple[str, ...]) -> int:
+    """:func:`fail_and_requeue` every RUNNING trial of ``study`` (its caller knows they are
+    abandoned); the number re-queued."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
+        fail_and_requeue(study, trial._trial_id, keep)
+    return len(running)
+
+
+__all__ += ["fail_and_requeue", "orphan_trial_ids", "requeue_running"]

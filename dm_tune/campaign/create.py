@@ -57,6 +57,7 @@ def study_attrs(
         StudyKey.REALISED_NOISE_RATE: data.realised_noise_rate,
         StudyKey.EPOCHS: config.training.epochs,
         StudyKey.LABEL_SET: setting.label_set,
+        StudyKey.NUM_CLASSES: data.num_classes,
     }
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "PARAM_Q",
     "PARAM_VARIANCE",
     "ROLES",
+    "ROLE_VERIFY",
     "ROLE_BASELINES",
     "ROLE_CONFIRM",
     "ROLE_DM",
@@ -47,6 +48,7 @@ ROLE_DM = "dm"
 ROLE_BASELINES = "baselines"
 ROLE_CONFIRM = "confirm"
 ROLE_GCE_Q = "gce_q"  # GCE's own 1-D search of q (the baselines are tuned too)
+ROLE_VERIFY = "verify"  # `recommend --verify`: candidates re-trained at a user's own rate
 ROLES = (ROLE_DM, ROLE_BASELINES, ROLE_CONFIRM, ROLE_GCE_Q)
 
 PARAM_MODE = "emphasis_mode"
@@ -72,10 +74,14 @@ class StudyKey:
     REALISED_NOISE_RATE = "realised_noise_rate"
     EPOCHS = "epochs"
     LABEL_SET = "label_set"
+    NUM_CLASSES = "num_classes"  # chance is 1 / num_classes (a collapse: below it + 10 points)
     #: a confirm study: the DM candidates `run` planned, [[mode, variance, source trial
     #: number or null], ...], written
     #: before their jobs are queued so that a re-run queues exactly the same ones
     CONFIRM_PLAN = "confirm_plan"
+    #: a verify study: the candidates `recommend --verify` re-trains at the user's rate,
+    #: [[mode, variance, origin], ...], written before their jobs are queued
+    VERIFY_PLAN = "verify_plan"
 
 
 class TrialKey:

@@ -29,6 +29,7 @@ from dm_tune.campaign.records import (
     ROLE_CONFIRM,
     ROLE_DM,
     ROLE_GCE_Q,
+    ROLE_VERIFY,
     TrialKey,
     curve_attrs,
     finite_or_none,
@@ -313,7 +314,7 @@ def collapse_attrs(role: str, num_classes: int, val_accuracy: float) -> dict[str
     Search trials are left out: a collapse there is the search's business (the surface and
     the pruner see it); a confirmation reports it because its mean is what users read.
     """
-    if role not in (ROLE_CONFIRM, ROLE_BASELINES):
+    if role not in (ROLE_CONFIRM, ROLE_BASELINES, ROLE_VERIFY):
         return {}
     return {TrialKey.COLLAPSED: bool(val_accuracy < 1.0 / num_classes + COLLAPSE_MARGIN)}
 

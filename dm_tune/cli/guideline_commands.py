@@ -15,6 +15,7 @@ from dm_tune.cli.app import command, console, one_line, refuse, say, warn
 from dm_tune.cli.options import (
     DEFAULT_STORAGE,
     ConfigArg,
+    DeviceOpt,
     Method,
     MethodOpt,
     OutOpt,
@@ -98,34 +99,88 @@ def export(
     run_export(_campaign_name(config), storage, format, out, method)
 
 
-def run_recommend(export: Path, noise: str, rate: float, as_json: bool = False) -> None:
-    """Print the recommendation for (noise, rate) from an export file (no database)."""
+def run_recommend(
+    export: Path | None, noise: str, rate: float, as_json: bool = False,
+    results: CampaignResults | None = None,
+) -> None:
+    """Print the recommendation for (noise, rate) from campaign results or an export file."""
     from dm_tune import guidelines
 
-    data = guidelines.load_export(export)
+    if results is not None:
+        from dm_tune.guidelines.export import settings_export
+
+        source, data = results, {"settings": settings_export(results)}
+    else:
+        assert export is not None
+        _refuse_csv(export)
+        source = data = guidelines.load_export(export)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        rec = guidelines.recommend(data, noise, rate)
+        rec = guidelines.recommend(source, noise, rate)
     for w in caught:
         warn(f"warning: {w.message}")
     if as_json:
-        payload = {**vars(rec), "nearest_rates": list(rec.nearest_rates)}
+        payload = {**vars(rec), "nearest_rates": list(rec.nearest_rates), "notes": list(rec.notes)}
         typer.echo(json.dumps(payload, indent=2))
         return
-    typer.echo(
-        f"{noise} {rate:g}: emphasis_mode {rec.emphasis_mode:.3f} "
-        f"[{rec.emphasis_mode_low:.3f}, {rec.emphasis_mode_high:.3f}], "
-        f"emphasis_variance {rec.emphasis_variance:.3g} "
-        f"[{rec.emphasis_variance_low:.3g}, {rec.emphasis_variance_high:.3g}] "
-        f"(from searched rates {', '.join(f'{r:g}' for r in rec.nearest_rates)}"
-        f"{'; extrapolated' if rec.extrapolated else ''})"
-        + (f"; predicted clean-val accuracy {rec.predicted_accuracy:.3f} "
-           f"± {rec.predicted_std:.3f}"
-           if rec.predicted_accuracy is not None and rec.predicted_std is not None else "")
-    )
+    typer.echo(recommendation_text(rec))
+    for note in rec.notes:
+        typer.echo(f"note: {note}")
     confirmed = _confirmed_at(data, noise, rate)
     if confirmed:
         typer.echo(confirmed)
+    configuration = _configuration_at(data, noise, rate)
+    if configuration:
+        typer.echo(configuration)
+
+
+def recommendation_text(rec) -> str:
+    """One line: the pick, its band, where it comes from and what one run may score."""
+    text = (
+        f"{rec.noise_kind} {rec.noise_rate:g}: emphasis_mode {rec.emphasis_mode:.3f} "
+        f"[{rec.emphasis_mode_low:.3f}, {rec.emphasis_mode_high:.3f}], "
+        f"emphasis_variance {rec.emphasis_variance:.3g} "
+        f"[{rec.emphasis_variance_low:.3g}, {rec.emphasis_variance_high:.3g}] "
+        f"(searched rates {', '.join(f'{r:g}' for r in rec.nearest_rates)}"
+        f"{'; extrapolated' if rec.extrapolated else ''}"
+        f"{f'; from {rec.origin}' if rec.origin else ''})"
+    )
+    if rec.expected_accuracy is not None:
+        return text + (
+            f"; one run's clean-val accuracy: expected {rec.expected_accuracy:.3f}, "
+            f"10th percentile {rec.low_accuracy:.3f}, "
+            f"P(collapse) {rec.collapse_probability:.2f}")
+    if rec.predicted_accuracy is not None and rec.predicted_std is not None:
+        return text + (f"; predicted clean-val accuracy {rec.predicted_accuracy:.3f} "
+                       f"± {rec.predicted_std:.3f}")
+    return text
+
+
+def _refuse_csv(path: Path) -> None:
+    """The CSV export has no trends or advice: say what to pass instead."""
+    try:
+        head = path.open("rb").read(64).lstrip()
+    except OSError:
+        return  # load_export says why, in one line
+    if path.suffix.lower() == ".csv" or (head and not head.startswith(b"{")):
+        raise refuse(f"{path} is not the JSON export (the CSV holds one row per searched "
+                     "setting, no advice between rates): pass `dm-tune export CONFIG -f json` "
+                     "output to --from, or give the campaign file to read the database")
+
+
+def _configuration_at(data: dict, noise: str, rate: float) -> str | None:
+    """'use GCE (q=0.7) at symmetric 0.6: ...' when a baseline beats DM at that searched rate."""
+    from dm_tune.guidelines.compare import params_text
+
+    for setting in data.get("settings", []):
+        best = setting.get("configuration")
+        if (not best or setting.get("noise_kind") != noise or best.get("loss") == "dm"
+                or abs(float(setting.get("noise_rate", -1.0)) - rate) > 1e-6):
+            continue
+        return (f"use {best['loss'].upper()}{params_text(best.get('params') or {})} at {noise} "
+                f"{rate:g}: {best['reason']}; DM's selection beside it: clean-val "
+                f"{best['dm_val_accuracy']:.3f}")
+    return None
 
 
 def _confirmed_at(data: dict, noise: str, rate: float) -> str | None:
@@ -148,15 +203,103 @@ def _confirmed_at(data: dict, noise: str, rate: float) -> str | None:
 
 @command("recommend")
 def recommend(
+    config: Annotated[
+        Path | None, typer.Argument(help="Campaign file: read its results from --storage.")
+    ] = None,
+    noise: Annotated[str, typer.Option("--noise", help="Noise kind, e.g. symmetric.")] = "",
+    rate: Annotated[float, typer.Option("--rate", help="Noise rate in [0, 1).")] = -1.0,
     from_file: Annotated[
-        Path, typer.Option("--from", help="Export file written by `dm-tune export` (JSON).")
-    ],
-    noise: Annotated[str, typer.Option("--noise", help="Noise kind, e.g. symmetric.")],
-    rate: Annotated[float, typer.Option("--rate", help="Noise rate in [0, 1).")],
+        Path | None,
+        typer.Option("--from", help="Export file written by `dm-tune export` (JSON), "
+                     "instead of a campaign file and its database."),
+    ] = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Re-train the top candidates at exactly this "
+                           "rate with new seeds (stored, resumable) and answer with the "
+                           "verified pick. Needs the campaign file.")
+    ] = False,
+    candidates: Annotated[int, typer.Option(help="--verify: candidates to re-train.")] = 3,
+    seeds: Annotated[int, typer.Option(help="--verify: new seeds per candidate.")] = 3,
+    device: DeviceOpt = "cpu",
 ) -> None:
-    """Recommend DM parameters for a noise kind and rate from an export file."""
-    run_recommend(from_file, noise, rate, as_json)
+    """Recommend DM parameters for a noise kind and rate (risk-aware; --verify to check)."""
+    if not noise:
+        raise refuse("--noise is required (e.g. --noise symmetric)")
+    if not 0.0 <= rate < 1.0:
+        raise refuse(f"--rate must be in [0, 1), got {rate:g}" if rate != -1.0
+                     else "--rate is required (e.g. --rate 0.45)")
+    if (config is None) == (from_file is None):
+        raise refuse("give a campaign file (reads its database) or --from EXPORT.json, "
+                     "not both" if config else "give a campaign file (reads its database) "
+                     "or --from EXPORT.json")
+    if verify and config is None:
+        raise refuse("--verify trains: it needs the campaign file (and --storage), not --from")
+    if config is None:
+        run_recommend(from_file, noise, rate, as_json)
+        return
+    if verify:
+        run_verify(config, storage, noise, rate, candidates, seeds, device)
+    run_recommend(None, noise, rate, as_json,
+                  results=_load(_campaign_name(config), storage))
+
+
+def run_verify(config_path: Path, storage_url: str, noise: str, rate: float,
+               candidates: int, seeds: int, device: str) -> None:
+    """Plan, announce the cost of, train and answer a verification at (noise, rate)."""
+    from dm_tune.campaign.verify import plan_verification, run_verification, verified_pick
+    from dm_tune.cli.options import open_campaign, resolve_device
+
+    config, storage = open_campaign(config_path, storage_url, create=False)
+    plan = plan_verification(storage, config, noise, rate, candidates, seeds)
+    say(f"verify {noise} {plan.setting.rate:g}: {len(plan.candidates)} candidates x "
+        f"{len(plan.seeds)} seeds = {plan.runs} runs of {plan.epochs} epochs as one "
+        f"population; {plan.remaining} to train ({plan.done} stored)"
+        + _pace(storage, config, plan.remaining))
+    for mode, variance, origin in plan.candidates:
+        say(f"  candidate mode {mode:.3f}, variance {variance:.3g} ({origin})")
+    if plan.remaining:
+        run_verification(storage, config, plan, resolve_device(device))
+    results = _load(config.campaign.name, storage)
+    pick = verified_pick(results.verified.get(noise, []), plan)
+    if pick is None:
+        raise refuse("no verify run finished; rerun the same command to resume", code=1)
+    std = f" ± {pick.val_accuracy_std:.3f}" if pick.val_accuracy_std is not None else ""
+    test = f", test {pick.test_accuracy:.3f}" if pick.test_accuracy is not None else ""
+    say(f"verified at {noise} {plan.setting.rate:g}: emphasis_mode {pick.emphasis_mode:.3f}, "
+        f"emphasis_variance {pick.emphasis_variance:.3g} ({pick.origin}): clean-val "
+        f"{pick.val_accuracy:.3f}{std}{test} over {pick.n_seeds} seeds")
+
+
+def _pace(storage, config: CampaignConfig, runs: int) -> str:
+    """'; about N s at this campaign's recorded pace' (nothing when it has no record)."""
+    import statistics
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from dm_tune.campaign.records import TrialKey
+    from dm_tune.campaign.settings import settings_of
+
+    per_epoch, sizes = [], []
+    for setting in settings_of(config):
+        try:
+            study = optuna.load_study(study_name=setting.study_name(config.name),
+                                      storage=storage)
+        except KeyError:
+            continue
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            seconds, epochs = t.user_attrs.get(TrialKey.SECONDS), t.user_attrs.get(
+                TrialKey.EPOCHS_RUN)
+            if isinstance(seconds, int | float) and isinstance(epochs, int) and epochs > 0:
+                per_epoch.append(seconds / epochs)
+                sizes.append(int(t.user_attrs.get(TrialKey.POPULATION_SIZE, 1)))
+    if not runs or not per_epoch:
+        return ""
+    batches = max(1.0, runs / statistics.median(sizes))
+    estimate = statistics.median(per_epoch) * config.training.epochs * batches
+    return f"; about {estimate:.0f} s of training at this campaign's recorded pace"
 
 
 def run_report(
@@ -200,9 +343,15 @@ def write_run_outputs(storage, config: CampaignConfig, directory: Path) -> None:
     warning line (the trials are safe in the database and ``report`` can be rerun).
     """
     from dm_tune import guidelines
-    from dm_tune.cli.tables import recommendation_table
+    from dm_tune.cli.tables import advice_table, recommendation_table
     from dm_tune.errors import NoResultsError
-    from dm_tune.guidelines.compare import compare_setting, sentence, setting_label
+    from dm_tune.guidelines.compare import (
+        best_configuration,
+        compare_setting,
+        sentence,
+        setting_label,
+    )
+    from dm_tune.guidelines.recommend import advice_rows
     from dm_tune.report import write_report
 
     try:
@@ -213,6 +362,14 @@ def write_run_outputs(storage, config: CampaignConfig, directory: Path) -> None:
     console.print(recommendation_table(results))
     for s in results.settings:  # DM against the baselines, in words (compare.py's rule)
         say(sentence(setting_label(s.noise_kind, s.noise_rate), compare_setting(s)))
+        best = best_configuration(s)
+        if best is not None and best.loss != "dm":
+            say(f"  use {best.reason}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        rows = advice_rows(results)
+    if rows:
+        console.print(advice_table(rows))
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -8,11 +8,17 @@ from rich import box
 from rich.table import Table
 
 from dm_tune.guidelines.compare import compare, params_pairs, sentence
-from dm_tune.guidelines.results import BaselineResult, CampaignResults, Selection
+from dm_tune.guidelines.results import (
+    BaselineResult,
+    CampaignResults,
+    Recommendation,
+    Selection,
+)
 from dm_tune.guidelines.rows import baseline_text, fmt, percent_spread, source_text, value_of
 from dm_tune.guidelines.status import StatusRow
 
-__all__ = ["STATUS_KEY", "recommendation_table", "status_sentences", "status_table"]
+__all__ = ["STATUS_KEY", "advice_table", "recommendation_table", "status_sentences",
+           "status_table"]
 
 _TEXT_COLUMNS = {"setting", "noise", "from", "best baseline", "baselines test %"}
 #: the status table's key, printed under it
@@ -116,3 +122,29 @@ def recommendation_table(results: CampaignResults) -> Table:
             source_text(sel), baseline_text(s.best_baseline()),
         ))
     return _table(f"DM recommendations: {results.campaign}", headers, cells)
+
+
+def advice_table(rows: Sequence[Recommendation]) -> Table:
+    """The advice between searched rates: one pick per rate with one run's risk figures."""
+    headers = ("noise", "rate", "mode", "variance", "from", "expected %", "10th pct %",
+               "P(collapse)")
+    cells = [
+        (r.noise_kind, f"{r.noise_rate:.2f}", f"{r.emphasis_mode:.3f}",
+         f"{r.emphasis_variance:.3g}", r.origin or "-",
+         fmt(None if r.expected_accuracy is None else 100 * r.expected_accuracy, ".1f"),
+         fmt(None if r.low_accuracy is None else 100 * r.low_accuracy, ".1f"),
+         fmt(r.collapse_probability, ".2f"))
+        for r in rows
+    ]
+    table = _table("advice at any rate (risk-aware; one run's clean-val accuracy)", headers,
+                   cells)
+    notes = sorted({f"{r.noise_kind} {r.noise_rate:g}: {n}" for r in rows for n in r.notes
+                    if r.noise_rate in _searched(rows, r.noise_kind)})
+    table.caption = "\n".join(notes) if notes else None
+    return table
+
+
+def _searched(rows: Sequence[Recommendation], kind: str) -> set[float]:
+    """The rates whose row came from one searched rate (notes shown there only: the
+    table stays short)."""
+    return {r.noise_rate for r in rows if r.noise_kind == kind and len(r.nearest_rates) == 1}

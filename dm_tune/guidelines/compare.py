@@ -28,8 +28,11 @@ from dataclasses import dataclass, field
 from dm_tune.guidelines.results import BaselineResult, Selection, SettingResult
 
 __all__ = [
+    "LOSS_RULE",
     "RULE",
     "Comparison",
+    "LossAdvice",
+    "best_configuration",
     "compare",
     "compare_setting",
     "mean_std_text",
@@ -183,4 +186,52 @@ def sentence(label: str, comparisons: list[Comparison]) -> str:
         f"{', the best baseline' if len(comparisons) > 1 else ''} "
         f"({_seeds(c, name)}{f'; standard error {c.margin:.3f}' if c.margin > 0 else ''})."
         + _collapse_note(c, name)
+    )
+
+
+@dataclass(frozen=True)
+class LossAdvice:
+    """The configuration to use at one setting: DM's selection or a (tuned) baseline."""
+
+    loss: str  # "dm" or a baseline loss
+    params: dict[str, float]
+    val_accuracy: float | None  # mean over its seeds (clean validation: how it was chosen)
+    test_accuracy: float | None
+    dm_val_accuracy: float | None  # DM's selection beside it
+    dm_test_accuracy: float | None
+    margin: float  # one pooled standard error of the validation difference
+    reason: str
+
+
+#: the loss rule in one line, as the export and the report state it
+LOSS_RULE = (
+    "A baseline is named as the configuration to use when its mean clean-validation accuracy "
+    "beats DM's confirmed selection by more than one pooled standard error "
+    "sqrt(s_DM^2/n_DM + s_b^2/n_b) over seeds; otherwise DM. Chosen on validation, never test."
+)
+
+
+def best_configuration(s: SettingResult) -> LossAdvice | None:
+    """DM's selection, or the best baseline when it wins on validation by more than its SE."""
+    sel = s.selected
+    if sel is None:
+        return None
+    dm_params = {"emphasis_mode": sel.emphasis_mode, "emphasis_variance": sel.emphasis_variance}
+    dm = LossAdvice("dm", dm_params, sel.val_accuracy, sel.test_accuracy, sel.val_accuracy,
+                    sel.test_accuracy, 0.0, "DM's selection; no baseline beats it by more "
+                    "than its standard error")
+    scored = [b for b in s.baselines.values() if b.val_accuracy is not None and not b.collapsed]
+    if not scored:
+        return dm
+    best = max(scored, key=lambda b: (b.val_accuracy, b.loss))
+    margin = math.sqrt(_se_term(sel.val_accuracy_std, max(sel.n_seeds, 1))
+                       + _se_term(best.val_accuracy_std, best.n))
+    if best.val_accuracy - sel.val_accuracy <= margin:
+        return dm
+    return LossAdvice(
+        best.loss, dict(best.params), best.val_accuracy, best.test_accuracy, sel.val_accuracy,
+        sel.test_accuracy, margin,
+        f"{best.loss.upper()}{params_text(best.params)} beats DM on clean validation by "
+        f"{100 * (best.val_accuracy - sel.val_accuracy):.1f} points (standard error "
+        f"{100 * margin:.1f})",
     )

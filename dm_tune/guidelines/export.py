@@ -12,7 +12,7 @@ from typing import Any
 
 import dm_tune
 from dm_tune.errors import ExportError
-from dm_tune.guidelines.compare import compare_setting, params_pairs
+from dm_tune.guidelines.compare import best_configuration, compare_setting, params_pairs
 from dm_tune.guidelines.results import CampaignResults, RateCheck, SettingResult, TrendPoint
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "dumps_csv",
     "dumps_json",
     "load_export",
+    "settings_export",
     "to_csv_rows",
     "to_export_dict",
     "validate_export",
@@ -29,9 +30,14 @@ __all__ = [
 ]
 
 SCHEMA = "dm-tune/recommendations"
-SCHEMA_VERSION = 3  # the newest version written and read; the top-k method still writes 1
+SCHEMA_VERSION = 4  # the newest version written and read; the top-k method still writes 1
 _PREDICTIONS = ("predicted_accuracy", "predicted_std")  # trend point fields new in v2
-SURFACE_VERSION = 3  # what the surface method writes (v3: per-kind top-k fallbacks)
+#: what the surface method writes (v3: per-kind top-k fallbacks; v4: the risk-aware
+#: advice per rate and each setting's configuration to use)
+SURFACE_VERSION = 4
+#: the fields of one v4 advice point (numbers, but for ``origin`` and ``notes``)
+ADVICE_FIELDS = (*TrendPoint.__dataclass_fields__, "expected_accuracy", "low_accuracy",
+                 "collapse_probability", "origin", "notes")
 
 
 def to_export_dict(results: CampaignResults) -> dict[str, Any]:
@@ -52,7 +58,7 @@ def to_export_dict(results: CampaignResults) -> dict[str, Any]:
             "created": prov.created,
             "method": _surface_method(results) if surface else _top_k_method(results),
         },
-        "settings": [_setting_dict(s) for s in results.settings],
+        "settings": settings_export(results),
         "trends": {
             kind: [_point_dict(p, surface) for p in trend.points]
             for kind, trend in results.trends.items()
@@ -71,7 +77,32 @@ def to_export_dict(results: CampaignResults) -> dict[str, Any]:
             kind: dense.get(kind) or data["trends"][kind] for kind in sorted(data["trends"])
         }
         data["checks"] = {"leave_one_rate_out": [_clean(vars(c)) for c in results.checks]}
+        data["advice"] = {kind: advice_grid(results, kind) for kind in sorted(results.surfaces)}
     return data
+
+
+def settings_export(results: CampaignResults) -> list[dict[str, Any]]:
+    """The export's settings; v4 (the surface method) adds each one's configuration."""
+    out = [_setting_dict(s) for s in results.settings]
+    if results.method == "surface":
+        for entry, s in zip(out, results.settings, strict=True):
+            best = best_configuration(s)
+            entry["configuration"] = _clean(vars(best)) if best else None
+    return out
+
+
+def advice_grid(results: CampaignResults, kind: str) -> list[dict[str, Any]]:
+    """The risk-aware advice at every rate of the kind's rate grid (0.01 steps)."""
+    from dm_tune.guidelines.recommend import advice_at
+    from dm_tune.guidelines.surface import rate_grid
+
+    points = []
+    for rate in rate_grid(results.surfaces[kind]):
+        values = advice_at(results, kind, rate)
+        count = results.surfaces[kind]._counts.get(round(rate, 6), 0)
+        points.append(_clean({"noise_rate": rate, **values, "notes": list(values["notes"]),
+                              "n_trials": count, "k": count}))
+    return points
 
 
 def _top_k_method(results: CampaignResults) -> dict[str, Any]:
@@ -251,12 +282,16 @@ def load_export(path: Path | str) -> dict[str, Any]:
     """Read and validate a JSON export.
 
     Raises:
-        ExportError: unreadable, not JSON, another schema, a newer version, or malformed
-            (the message is one line).
+        ExportError: unreadable, not JSON, a NaN or infinity anywhere, another schema, a
+            newer version, or malformed (the message is one line).
     """
     path = Path(path)
+
+    def non_finite(name: str) -> None:  # json.loads takes NaN and Infinity; exports never hold them
+        raise ExportError(f"{path} holds a non-finite number ({name}): not a dm-tune export")
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=non_finite)
     except OSError as exc:
         raise ExportError(f"cannot read export {path}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -288,6 +323,7 @@ def validate_export(data: Any, origin: str = "export") -> None:
 
 
 _POINT_KEYS = {
+    4: frozenset(TrendPoint.__dataclass_fields__),
     3: frozenset(TrendPoint.__dataclass_fields__),
     2: frozenset(TrendPoint.__dataclass_fields__),
     1: frozenset(TrendPoint.__dataclass_fields__) - frozenset(_PREDICTIONS),
@@ -317,6 +353,26 @@ def _check_shape(data: Mapping[str, Any], version: int = 1) -> None:
         for row in data["checks"]["leave_one_rate_out"]:
             if not isinstance(row, dict) or set(row) != _CHECK_KEYS:
                 raise ValueError("a leave_one_rate_out row without the fields of version 2")
+    if version >= 4:
+        _check_advice(data["advice"])
+
+
+def _check_advice(by_kind: Any) -> None:
+    """v4's advice: per kind, points with every field, finite numbers, sorted by rate."""
+    if not isinstance(by_kind, dict):
+        raise TypeError("advice must be an object")
+    for kind, points in by_kind.items():
+        if not isinstance(points, list) or not points:
+            raise ExportError(f"advice {kind!r} has no points")
+        for p in points:
+            if not isinstance(p, dict) or set(p) != set(ADVICE_FIELDS):
+                raise ExportError(f"advice {kind!r} has a point without the fields of version 4")
+            if not isinstance(p["notes"], list) or not all(isinstance(n, str) for n in p["notes"]):
+                raise ExportError(f"advice {kind!r} notes must be a list of strings")
+            _check_numbers(kind, {k: v for k, v in p.items() if k not in ("origin", "notes")})
+        rates = [p["noise_rate"] for p in points]
+        if rates != sorted(rates):
+            raise ExportError(f"advice {kind!r} is not sorted by noise_rate")
 
 
 def _check_points(
@@ -330,7 +386,7 @@ def _check_points(
         if not isinstance(points, list) or not points:
             raise ExportError(f"{what} {kind!r} has no points")
         for p in points:
-            if not isinstance(p, dict) or set(p) != _POINT_KEYS[min(version, 3)]:
+            if not isinstance(p, dict) or set(p) != _POINT_KEYS[min(version, 4)]:
                 raise ExportError(
                     f"{what} {kind!r} has a point without the fields of version {version}"
                 )

@@ -11,7 +11,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from dm_tune.campaign.records import PARAM_VARIANCE, ROLE_BASELINES, ROLE_CONFIRM, ROLE_DM, StudyKey
+from dm_tune.campaign.records import (
+    PARAM_VARIANCE,
+    ROLE_BASELINES,
+    ROLE_CONFIRM,
+    ROLE_DM,
+    ROLE_VERIFY,
+    StudyKey,
+)
 from dm_tune.errors import NoResultsError
 from dm_tune.guidelines.results import (
     DEFAULT_INTERVAL,
@@ -23,7 +30,13 @@ from dm_tune.guidelines.results import (
     Provenance,
     SettingResult,
 )
-from dm_tune.guidelines.selection import dm_points, rank, select, summarize_baselines
+from dm_tune.guidelines.selection import (
+    dm_points,
+    fallen_points,
+    rank,
+    select,
+    summarize_baselines,
+)
 from dm_tune.guidelines.trend import fit_trends
 
 __all__ = ["count_states", "load_campaign", "total_counts", "variance_is_log"]
@@ -61,6 +74,7 @@ def load_campaign(
     if not studies:
         raise NoResultsError(f"campaign {campaign!r} has no study in this storage")
     grouped: dict[tuple[str, float], dict[str, Any]] = defaultdict(dict)
+    verified: dict[str, list[tuple[float, Any]]] = defaultdict(list)
     for study in studies:
         attrs = study.user_attrs
         if StudyKey.NOISE_KIND not in attrs or StudyKey.NOISE_RATE not in attrs:
@@ -68,7 +82,11 @@ def load_campaign(
         key = (str(attrs[StudyKey.NOISE_KIND]), _rate(attrs[StudyKey.NOISE_RATE]))
         study_id = store.get_study_id_from_name(study.study_name)
         trials = store.get_all_trials(study_id, deepcopy=False)
-        grouped[key][str(attrs.get(StudyKey.ROLE, ROLE_DM))] = (study, trials)
+        role = str(attrs.get(StudyKey.ROLE, ROLE_DM))
+        if role == ROLE_VERIFY:  # a user's own rate: evidence for the kind, not a setting
+            verified[key[0]].extend((key[1], point) for point in dm_points(trials))
+            continue
+        grouped[key][role] = (study, trials)
     settings = [
         _setting_result(kind, rate, roles, top_k) for (kind, rate), roles in grouped.items()
     ]
@@ -92,7 +110,9 @@ def load_campaign(
         from dm_tune.guidelines.check import leave_one_rate_out  # lazy: scikit-learn
         from dm_tune.guidelines.surface import fit_surfaces, surface_trends
 
-        results.surfaces, results.fallbacks = fit_surfaces(settings)
+        results.verified = {kind: sorted(runs, key=lambda r: (r[0], r[1].number))
+                            for kind, runs in sorted(verified.items())}
+        results.surfaces, results.fallbacks = fit_surfaces(settings, verified=results.verified)
         results.checks = leave_one_rate_out(results)
         trends.update(surface_trends(results.surfaces))
         top_k_settings = [s for s in settings if s.noise_kind in results.fallbacks]
@@ -143,7 +163,13 @@ def _setting_result(
         baselines=summarize_baselines(baseline_trials),
         variance_log=variance_is_log(trials),
         confirm_trials=dm_points(confirm_trials),
+        num_classes=_int_or_none(study.user_attrs.get(StudyKey.NUM_CLASSES)),
+        fallen=fallen_points(trials),
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def count_states(trials: Iterable[FrozenTrial]) -> dict[str, int]:

@@ -10,7 +10,10 @@ import numpy as np
 
 from dm_tune.guidelines.results import CampaignResults, Recommendation, Trend, TrendPoint
 
-__all__ = ["recommend"]
+__all__ = ["ADVICE_STEP", "advice_at", "advice_rows", "recommend"]
+
+#: the rates between searched ones that `run` and the report show the advice at
+ADVICE_STEP = 0.05
 
 _FIELDS = (
     "emphasis_mode",
@@ -28,12 +31,16 @@ def recommend(
 ) -> Recommendation:
     """Recommend DM parameters for ``kind`` at ``rate`` from results or a loaded export.
 
-    With a fitted surface (``method="surface"``) the surface's recommendation at ``rate``
-    (``Surface.optimum``) and its credible-set band; from a v2/v3 export the same values,
-    interpolated linearly on the export's rate grid (exact at its 0.01 steps). Otherwise (top-k
-    method, v1 export, a v3 kind that fell back to top-k) the trend and its band
-    interpolated linearly between searched rates. Outside the searched rates the
-    nearest searched rate's values are used, with a warning and ``extrapolated=True``.
+    With a fitted surface (``method="surface"``): the risk-aware advice at ``rate``
+    (``advice.py``: the candidate with the best 10th-percentile accuracy, never a blend of
+    two rates' picks), with the surface's credible-set band there, the risk model's
+    expected accuracy, 10th percentile and collapse probability, and what is not
+    determined at that rate. From a v4 export: the advice stored at the export's rate grid
+    point nearest to ``rate`` (0.01 steps). A top-k kind (too few trials for a surface),
+    or a v1-v3 export written before the risk model: the nearest point of its trend (or of
+    its 0.01 surface grid). Parameters are never blended between rates: a blend of two
+    rates' picks can land on DM's collapse cliff. Outside the searched rates the nearest
+    searched rate is used, with a warning and ``extrapolated=True``.
 
     Raises:
         ValueError: unknown noise kind, or rate outside [0, 1).
@@ -41,9 +48,10 @@ def recommend(
     if not (isinstance(rate, int | float) and 0.0 <= rate < 1.0):
         raise ValueError(f"noise rate must be in [0, 1), got {rate!r}")
     if isinstance(source, CampaignResults):
-        trends, dense = source.trends, {}
+        trends, dense, advice = source.trends, {}, {}
     else:
         trends, dense = _trends_from_export(source), _surface_from_export(source)
+        advice = source.get("advice") or {}
     if kind not in trends or not trends[kind].points:
         known = ", ".join(sorted(trends)) or "none"
         raise ValueError(f"no results for noise kind {kind!r}; known kinds: {known}")
@@ -55,30 +63,57 @@ def recommend(
             f"[{rates[0]:g}, {rates[-1]:g}]: using the nearest searched rate's values",
             stacklevel=2,
         )
+    shared = {"noise_kind": kind, "noise_rate": float(rate),
+              "nearest_rates": _nearest_rates(rates, rate), "extrapolated": extrapolated}
     surfaces = source.surfaces if isinstance(source, CampaignResults) else {}
     if kind in surfaces:
-        point = surfaces[kind].optimum(rate)  # clamps to the searched range itself
-        values = {name: getattr(point, name) for name in (*_FIELDS, *_PREDICTIONS)}
-    else:
-        values = _interpolate(dense.get(kind) or trends[kind].points, rate)
-    return Recommendation(
-        noise_kind=kind,
-        noise_rate=float(rate),
-        nearest_rates=_nearest_rates(rates, rate),
-        extrapolated=extrapolated,
+        return Recommendation(**shared, **advice_at(source, kind, rate))
+    if advice.get(kind):
+        return Recommendation(**shared, **_nearest_advice(advice[kind], rate))
+    points = dense.get(kind) or trends[kind].points  # a top-k kind, or a v1-v3 export
+    nearest = min(points, key=lambda p: (abs(p.noise_rate - rate), p.noise_rate))
+    return Recommendation(**shared, **{name: getattr(nearest, name)
+                                       for name in (*_FIELDS, *_PREDICTIONS)})
+
+
+def advice_at(results: CampaignResults, kind: str, rate: float) -> dict[str, Any]:
+    """The recommendation's fields at ``rate`` from the kind's surface and risk model."""
+    from dm_tune.guidelines.advice import advise, determination
+
+    surface = results.surfaces[kind]
+    at = surface.clamp(rate)
+    best = advise(surface, results.settings_of(kind), at, results.verified.get(kind, ()))[0]
+    point = surface._point(at, best.emphasis_mode, best.emphasis_variance)
+    values = {name: getattr(point, name) for name in (*_FIELDS, *_PREDICTIONS)}
+    return {
         **values,
-    )
+        "expected_accuracy": best.expected_accuracy,
+        "low_accuracy": best.low_accuracy,
+        "collapse_probability": best.collapse_probability,
+        "origin": best.origin,
+        "notes": tuple(determination(surface, at).sentences()),
+    }
 
 
-def _interpolate(points: Sequence[TrendPoint], rate: float) -> dict[str, float | None]:
-    """Every field at ``rate``, linear between points (np.interp holds the end values
-    outside the range: no linear run-off past the data); predictions when all known."""
-    xs = [p.noise_rate for p in points]
-    out: dict[str, float | None] = {}
-    for name in (*_FIELDS, *_PREDICTIONS):
-        ys = [getattr(p, name) for p in points]
-        out[name] = None if None in ys else float(np.interp(rate, xs, ys))
-    return out
+def advice_rows(results: CampaignResults, step: float = ADVICE_STEP) -> list[Recommendation]:
+    """The advice at every ``step`` across each surface kind's searched range (the
+    searched rates included), for the tables: one pick per rate, never a blend."""
+    rows = []
+    for kind in sorted(results.surfaces):
+        lo, hi = results.surfaces[kind].searched_rates[0], results.surfaces[kind].searched_rates[-1]
+        rates = sorted({round(lo + i * step, 2) for i in range(int((hi - lo) / step + 1e-9) + 1)}
+                       | {round(hi, 2)} | set(results.surfaces[kind].searched_rates))
+        for rate in rates:
+            rows.append(recommend(results, kind, rate))
+    return rows
+
+
+def _nearest_advice(points: Sequence[Mapping[str, Any]], rate: float) -> dict[str, Any]:
+    """A v4 export's advice at the grid rate nearest ``rate`` (ties: the lower rate)."""
+    point = min(points, key=lambda p: (abs(float(p["noise_rate"]) - rate), p["noise_rate"]))
+    names = (*_FIELDS, *_PREDICTIONS, "expected_accuracy", "low_accuracy",
+             "collapse_probability", "origin")
+    return {**{name: point.get(name) for name in names}, "notes": tuple(point.get("notes", ()))}
 
 
 def _nearest_rates(rates: np.ndarray, rate: float) -> tuple[float, ...]:

@@ -97,6 +97,9 @@ class SettingResult:
     baselines: dict[str, BaselineResult] = field(default_factory=dict)
     variance_log: bool = False  # the search space sampled the variance on a log scale
     confirm_trials: list[TrialPoint] = field(default_factory=list)  # one per seed run
+    num_classes: int | None = None  # None: a campaign created before it was recorded
+    #: PRUNED search trials that fell off (selection.fallen_points): the cliff's evidence
+    fallen: list[TrialPoint] = field(default_factory=list)
 
     def best_baseline(self) -> BaselineResult | None:
         """Return the baseline with the best mean clean-val accuracy (never test)."""
@@ -183,6 +186,8 @@ class CampaignResults:
     checks: list[RateCheck] = field(default_factory=list)  # leave-one-rate-out rows
     # surface method: kind -> why it got the top-k trend instead (too few observations)
     fallbacks: dict[str, str] = field(default_factory=dict)
+    # kind -> (rate, run) of every COMPLETE `recommend --verify` run (any rate)
+    verified: dict[str, list[tuple[float, TrialPoint]]] = field(default_factory=dict)
 
     @property
     def campaign(self) -> str:
@@ -216,6 +221,12 @@ class Recommendation:
     extrapolated: bool
     predicted_accuracy: float | None = None  # surface method only
     predicted_std: float | None = None
+    # the risk model's view of one run at the pick (surface method; None for top-k)
+    expected_accuracy: float | None = None
+    low_accuracy: float | None = None  # its 10th percentile
+    collapse_probability: float | None = None
+    origin: str | None = None  # which candidate: confirm@0.4, search@0.4#12, verify@0.45
+    notes: tuple[str, ...] = ()  # what is not determined at this rate, in words
 
     @property
     def emphasis_lambda(self) -> float:

@@ -23,7 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 from dm_tune.campaign.records import PARAM_MODE, PARAM_VARIANCE, TrialKey
 from dm_tune.guidelines.results import BaselineResult, Selection, TrialPoint
 
-__all__ = ["dm_points", "float_attr", "mean", "select", "std", "summarize_baselines"]
+__all__ = ["FALL", "dm_points", "fallen_points", "float_attr", "mean", "select", "std",
+           "summarize_baselines"]
 
 
 def select(
@@ -62,6 +63,36 @@ def float_attr(trial: FrozenTrial, name: str) -> float | None:
 def dm_points(trials: Iterable[FrozenTrial]) -> list[TrialPoint]:
     """Turn COMPLETE DM trials (those with both parameters) into TrialPoints."""
     return [_to_point(t) for t in complete_with_params(trials)]
+
+
+#: a PRUNED search trial whose last reported clean-val accuracy sits this far below the
+#: median of its setting's COMPLETE trials has fallen off (collapsed or collapsing)
+FALL = 0.10
+
+
+def fallen_points(trials: Iterable[FrozenTrial]) -> list[TrialPoint]:
+    """PRUNED DM trials that fell off, valued at their last reported accuracy.
+
+    Hyperband prunes a collapsing run at its first rung, so the COMPLETE trials of a
+    campaign hold almost none of DM's collapses: its cliff is in the pruned ones. A pruned
+    run merely below the median is censored (its final value is unknown and left out);
+    one :data:`FALL` or more below the median of the COMPLETE trials is a fall that the
+    risk model must see (the rest of the schedule does not lift a run from 0.2 to 0.9).
+    """
+    trials = list(trials)
+    done = [t.value for t in _complete(trials)]
+    if not done:
+        return []
+    bar = float(np.median(done)) - FALL
+    fallen = []
+    for t in trials:
+        if (t.state != TrialState.PRUNED or not t.intermediate_values
+                or PARAM_MODE not in t.params or PARAM_VARIANCE not in t.params):
+            continue
+        last = t.intermediate_values[max(t.intermediate_values)]
+        if math.isfinite(last) and last < bar:
+            fallen.append(_to_point_values(t, float(last)))
+    return fallen
 
 
 def complete_with_params(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:

@@ -63,7 +63,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 from threadpoolctl import threadpool_limits
 
-from dm_tune.guidelines.results import SettingResult, Trend, TrendPoint
+from dm_tune.guidelines.results import SettingResult, Trend, TrendPoint, TrialPoint
 
 __all__ = [
     "GRID_POINTS",
@@ -141,13 +141,18 @@ class Observations:
         return Observations(self.modes, self.variances, self.rates, values)
 
 
-def kind_observations(settings: Sequence[SettingResult]) -> Observations:
-    """Every COMPLETE search trial and confirm run of the given settings."""
+def kind_observations(
+    settings: Sequence[SettingResult], verified: Sequence[tuple[float, TrialPoint]] = ()
+) -> Observations:
+    """Every COMPLETE search trial, fallen PRUNED one (at its last value) and confirm run
+    of the given settings, and the verify runs (rate, point) of ``recommend --verify``."""
     rows = [
         (t.emphasis_mode, t.emphasis_variance, s.noise_rate, t.val_accuracy)
         for s in settings
-        for t in (*s.trials, *s.confirm_trials)
+        for t in (*s.trials, *s.fallen, *s.confirm_trials)
     ]
+    rows += [(t.emphasis_mode, t.emphasis_variance, rate, t.val_accuracy)
+             for rate, t in verified]
     arr = np.array(rows, dtype=float).reshape(-1, 4)
     return Observations(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3])
 
@@ -164,6 +169,8 @@ class Surface:
         grid_points: int = GRID_POINTS,
         random_state: int = RANDOM_STATE,
         anchors: Mapping[float, tuple[float, float]] | None = None,
+        chance: float | None = None,
+        searched_rates: Sequence[float] | None = None,
     ) -> None:
         if len(obs) == 0:
             raise ValueError(f"no observation to fit a surface for {noise_kind!r}")
@@ -171,12 +178,19 @@ class Surface:
         self.variance_log = variance_log
         # rounded once, so that 0.30000000000000004 and 0.3 are one rate everywhere
         obs = Observations(obs.modes, obs.variances, np.round(obs.rates, 6), obs.values)
-        self.searched_rates = tuple(float(r) for r in np.unique(obs.rates))
+        # the settings' rates (verify runs add observations at other rates, not settings)
+        self.searched_rates = tuple(sorted({round(float(r), 6) for r in (
+            searched_rates if searched_rates is not None else np.unique(obs.rates))}))
         searched = set(self.searched_rates)
         #: searched rate -> the confirmed (mode, variance) that stands for it
         self.anchors = {round(float(r), 6): (float(m), float(v))
                         for r, (m, v) in (anchors or {}).items() if round(float(r), 6) in searched}
         self.n_observations = len(obs)
+        #: the raw observations (not floored): the risk model's residuals come from them
+        self.observations = obs
+        #: 1 / classes when known (a collapse is below chance + 10 points), else None
+        self.chance = chance
+        self._risk = None
         self._counts = {r: int((obs.rates == r).sum()) for r in self.searched_rates}
         self.mode_bounds = (float(obs.modes.min()), float(obs.modes.max()))
         self.variance_bounds = (float(obs.variances.min()), float(obs.variances.max()))
@@ -249,6 +263,31 @@ class Surface:
         with threadpool_limits(1, "blas"):
             mean, std = self._gp.predict(self._x(modes, variances, rates), return_std=True)
         return mean.reshape(modes.shape), std.reshape(modes.shape)
+
+    def predict_latent(self, modes, variances, rate) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and the std of the *mean* (the learnt seed noise taken out)."""
+        mean, std = self.predict(modes, variances, rate)
+        if self._gp is None:
+            return mean, std
+        white = self._gp.kernel_.k2.noise_level * float(np.ravel(self._gp._y_train_std)[0]) ** 2
+        return mean, np.sqrt(np.maximum(std**2 - white, 0.0))
+
+    def scaled(self, modes, variances) -> np.ndarray:
+        """[n, 2] (mode, variance) in units of the searched spans (variance on the GP's scale)."""
+        raw = np.column_stack([np.asarray(modes, dtype=float).ravel(),
+                               self._tv(variances).ravel()])
+        return (raw - self._lo[:2]) / self._span[:2]
+
+    @property
+    def risk(self):
+        """The kind's :class:`~dm_tune.guidelines.risk.RiskModel` (built on first use)."""
+        if self._risk is None:
+            from dm_tune.guidelines.risk import RiskModel
+
+            obs = self.observations
+            self._risk = RiskModel(obs.modes, obs.variances, obs.rates, obs.values,
+                                   self.predict_latent, self.scaled, chance=self.chance)
+        return self._risk
 
     def grid(self, rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(modes, variances, mean, std) over the grid at ``rate``; mean[i, j] at modes[i].
@@ -328,15 +367,16 @@ def _by_kind(settings: Sequence[SettingResult]) -> dict[str, list[SettingResult]
 
 
 def fit_surfaces(
-    settings: Sequence[SettingResult], min_observations: int = MIN_OBSERVATIONS
+    settings: Sequence[SettingResult], min_observations: int = MIN_OBSERVATIONS,
+    verified: Mapping[str, Sequence[tuple[float, TrialPoint]]] | None = None,
 ) -> tuple[dict[str, Surface], dict[str, str]]:
     """One surface per noise kind with at least ``min_observations`` observations, and
     kind -> why not (one line) for the kinds that have some but get none: too few, or a
     fit that failed. Those kinds use the top-k trend."""
     surfaces, fallbacks = {}, {}
     for kind, mine in _by_kind(settings).items():
-        obs = kind_observations(mine)
-        n = len(obs)
+        obs = kind_observations(mine, (verified or {}).get(kind, ()))
+        n = len(kind_observations(mine))
         if n == 0:
             continue
         if n < min_observations:
@@ -346,8 +386,11 @@ def fit_surfaces(
             )
             continue
         try:
+            classes = {s.num_classes for s in mine if s.num_classes}
             surfaces[kind] = fit_surface(kind, obs, variance_log=any(s.variance_log for s in mine),
-                                         anchors=confirmed_anchors(mine))
+                                         anchors=confirmed_anchors(mine),
+                                         chance=1.0 / min(classes) if classes else None,
+                                         searched_rates=[s.noise_rate for s in mine])
         except (ValueError, np.linalg.LinAlgError) as error:
             fallbacks[kind] = f"the Gaussian-process fit failed ({error}); top-k trend used"
     return surfaces, fallbacks
