@@ -36,6 +36,7 @@ from dm_tune.guidelines.compare import (
 )
 from dm_tune.guidelines.rows import baseline_text, fmt, source_text, value_of
 from dm_tune.plots import build_figures, figures_of
+from dm_tune.report_advice import advice_html
 
 __all__ = ["PNG_WIDTH", "ReportPaths", "find_browser", "render_html", "write_pngs", "write_report"]
 
@@ -173,6 +174,7 @@ def render_html(results: CampaignResults, figures: Mapping[str, go.Figure]) -> s
         *_fallbacks_html(results),
         "<h2>Recommendations</h2>",
         _recommendation_table_html(results),
+        *advice_html(results),
         *_confirmed_html(results),
         *_checks_html(results),
     ]

@@ -186,3 +186,31 @@ def test_advise_ranks_by_the_tail_then_the_mean(cliff):
     keys = [(-round(a.low_accuracy, 4), -round(a.expected_accuracy, 4)) for a in ranked]
     assert keys == sorted(keys) and len(ranked) > 5
     assert len({(a.emphasis_mode, a.emphasis_variance) for a in ranked}) == len(ranked)
+
+
+def test_the_report_shows_the_advice_rows_and_the_surface_shades_the_collapse_region(cliff):
+    from dm_tune.guidelines.recommend import advice_rows
+    from dm_tune.report import render_html
+    from dm_tune.surface_plots import AVOID_PROBABILITY, surface_data, surface_figure
+
+    page = render_html(cliff, {})
+    rows = advice_rows(cliff)
+    assert [r.noise_rate for r in rows] == [0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6]
+    table = page[page.index('class="dm-advice"'):]
+    table = table[:table.index("</table>")]
+    assert table.count("<tr>") == 1 + len(rows)
+    assert f"<td>{rows[6].emphasis_mode:.3f}</td>" in table  # the pick at 0.5
+    assert "<b>symmetric 0.4</b>: use DM" in page
+    data = surface_data(cliff)
+    at_06 = next(p for p in data.panels if p.optimum.noise_rate == 0.6)
+    modes, variances = np.array(at_06.modes), np.array(at_06.variances)
+    collapse = np.array(at_06.collapse)
+    # the region drawn is where runs collapse (below chance + 10 points: 0.2 here), and
+    # the settings the advice picks lie outside it
+    inside = np.argwhere(collapse >= AVOID_PROBABILITY)
+    assert len(inside) > 0
+    wrong = [truth(modes[i], variances[j], 0.6) for i, j in inside]
+    assert np.mean(np.array(wrong) < 0.1 + COLLAPSE_MARGIN) > 0.75  # smoothed: edges spill
+    fig = surface_figure(data)
+    regions = [t for t in fig.data if t.name == "collapse region"]
+    assert regions and regions[0].contours.value == AVOID_PROBABILITY
