@@ -3,7 +3,8 @@
 # if run together); prints each script's output, then all RESULT lines together.
 #
 #   bash benchmarks/run_all.sh          # `make bench`; CI-sized search_efficiency
-#                                       # (~35-45 min: guideline_stability runs 4 campaigns)
+#                                       # (~75-90 min: guideline_stability runs 4 campaigns,
+#                                       # guideline_heldout 3 per dataset, 2 datasets)
 #   FULL=1 bash benchmarks/run_all.sh   # the full search_efficiency (3 settings, ~5 min)
 #   OUT=dir bash benchmarks/run_all.sh  # also keep the log in dir/bench.txt
 #
@@ -48,6 +49,9 @@ run vs_optuna "$PY" benchmarks/vs_optuna.py --population 8
 run rung_agreement "$PY" benchmarks/rung_agreement.py
 run validation_design "$PY" benchmarks/validation_design.py
 run guideline_stability "$PY" benchmarks/guideline_stability.py
+run guideline_heldout "$PY" benchmarks/guideline_heldout.py --dataset digits
+run guideline_heldout_synthetic "$PY" benchmarks/guideline_heldout.py --dataset synthetic
+run rate_dimension "$PY" benchmarks/rate_dimension.py
 if [[ "${FULL:-0}" == "1" ]]; then
   run search_efficiency "$PY" benchmarks/search_efficiency.py
 else

@@ -79,3 +79,51 @@ def test_guideline_stability_quick_prints_spread_and_heldout_error():
         assert error == pytest.approx(abs(full - held), abs=0.011)
     for label in ("seed0", "seed1", "extra_rates"):
         assert results[f"stability_campaign_run_s_{label}"][0] > 0
+
+
+def test_heldout_reference_is_cross_fitted_and_the_synthetic_campaign_is_the_demos(tmp_path):
+    import numpy as np
+
+    from dm_tune.config import load_campaign_config
+
+    bench = _module("guideline_heldout")
+    # grid point 0 wins on the first half of the draws, point 1 on the second: each is
+    # scored on the half it was not chosen on
+    grid = np.array([[90.0, 90.0, 80.0, 80.0], [80.0, 80.0, 95.0, 95.0]])
+    assert bench.reference(grid) == pytest.approx(0.5 * (80.0 + 80.0))
+    npz = bench.synthetic_npz(tmp_path / "s.npz")
+    data = np.load(npz)
+    assert data["x"].shape == (2000, 32) and sorted(set(data["y"].tolist())) == list(range(10))
+    path = tmp_path / "c.toml"
+    path.write_text(bench.campaign_text(1, "synthetic", npz, quick=False))
+    config = load_campaign_config(path)
+    demo = load_campaign_config(ROOT / "studies" / "digits-quick.toml")
+    assert (config.data.dataset, config.data.root, config.campaign.seed) == ("npz", str(npz), 1)
+    assert config.search == demo.search and config.training == demo.training
+    assert config.noise == demo.noise and config.confirm == demo.confirm
+    # no held-out rate is a searched one
+    searched = {(n.kind, r) for n in demo.noise for r in n.rates}
+    assert not searched & set(bench.HELD_OUT)
+
+
+@pytest.mark.slow
+def test_guideline_heldout_quick_prints_the_four_figures():
+    out = _run([sys.executable, "benchmarks/guideline_heldout.py", "--quick", "--seeds", "0",
+                "--no-verify"], timeout=400)
+    results = parse_results(out)
+    for name in ("symmetric0.3", "symmetric0.5", "pairflip0.25", "pairflip0.35"):
+        regret, target = results[f"heldout_digits_mean_regret_{name}"]
+        assert math.isfinite(regret) and -100 < regret < 100 and target == "0.75"
+        assert results[f"heldout_digits_spread_{name}"] == (0.0, "1.5")  # one campaign seed
+    worst, target = results["heldout_digits_worst_regret"]
+    assert target == "2" and worst >= results["heldout_digits_mean_regret"][0]
+    collapsed, target = results["heldout_digits_collapsed_runs"]
+    assert target == "0" and collapsed == int(collapsed) >= 0
+
+
+def test_rate_dimension_shows_the_sampled_rate_leaving_the_upper_range_unsearched():
+    out = _run([sys.executable, "benchmarks/rate_dimension.py"], timeout=120)
+    results = parse_results(out)
+    assert results["rate_dimension_upper_half_share_grid"][0] == pytest.approx(4 / 9, abs=0.01)
+    assert results["rate_dimension_upper_half_share_sampled"][0] < 0.25
+    assert results["rate_dimension_regret_sampled"][0] > results["rate_dimension_regret_grid"][0]

@@ -239,19 +239,20 @@ def recommend(
     if config is None:
         run_recommend(from_file, noise, rate, as_json)
         return
-    if verify:
-        run_verify(config, storage, noise, rate, candidates, seeds, device)
-    run_recommend(None, noise, rate, as_json,
-                  results=_load(_campaign_name(config), storage))
+    results = (run_verify(config, storage, noise, rate, candidates, seeds, device) if verify
+               else _load(_campaign_name(config), storage))
+    run_recommend(None, noise, rate, as_json, results=results)
 
 
 def run_verify(config_path: Path, storage_url: str, noise: str, rate: float,
-               candidates: int, seeds: int, device: str) -> None:
-    """Plan, announce the cost of, train and answer a verification at (noise, rate)."""
+               candidates: int, seeds: int, device: str) -> CampaignResults:
+    """Plan, announce the cost of, train and answer a verification at (noise, rate); the
+    campaign's results with the verify runs in them."""
     from dm_tune.campaign.verify import plan_verification, run_verification, verified_pick
-    from dm_tune.cli.options import open_campaign, resolve_device
+    from dm_tune.cli.options import open_campaign, prepare_training_process, resolve_device
 
     config, storage = open_campaign(config_path, storage_url, create=False)
+    prepare_training_process(None, config)  # one torch thread for an MLP: see its doc
     plan = plan_verification(storage, config, noise, rate, candidates, seeds)
     say(f"verify {noise} {plan.setting.rate:g}: {len(plan.candidates)} candidates x "
         f"{len(plan.seeds)} seeds = {plan.runs} runs of {plan.epochs} epochs as one "
@@ -270,6 +271,7 @@ def run_verify(config_path: Path, storage_url: str, noise: str, rate: float,
     say(f"verified at {noise} {plan.setting.rate:g}: emphasis_mode {pick.emphasis_mode:.3f}, "
         f"emphasis_variance {pick.emphasis_variance:.3g} ({pick.origin}): clean-val "
         f"{pick.val_accuracy:.3f}{std}{test} over {pick.n_seeds} seeds")
+    return results
 
 
 def _pace(storage, config: CampaignConfig, runs: int) -> str:
