@@ -218,8 +218,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("digits", "synthetic"), default="digits")
     parser.add_argument("--seeds", default="0,1,2", help="campaign seeds")
-    parser.add_argument("--keep", type=Path, help="keep the databases and files here")
-    parser.add_argument("--reuse", type=Path, help="a --keep folder: reuse its campaigns")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument("--reuse", type=Path,
+                        help="a --keep folder: reuse its campaigns (verify copies the databases)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip `recommend --verify` at the held-out rates")
     parser.add_argument("--quick", action="store_true",
@@ -228,12 +229,18 @@ def main() -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="dm-tune-heldout-"))
-    if args.reuse:
-        shutil.copytree(args.reuse, work, dirs_exist_ok=True)
+    # --keep / --reuse work in that folder itself: the campaign files name the synthetic npz
+    # by its path, which is part of the campaign's identity (verify checks it)
+    folder = args.reuse or args.keep
+    work = folder if folder else Path(tempfile.mkdtemp(prefix="dm-tune-heldout-"))
+    work.mkdir(parents=True, exist_ok=True)
     tag = args.dataset
     try:
-        npz = synthetic_npz(work / "synthetic.npz") if tag == "synthetic" else None
+        npz = None
+        if tag == "synthetic":
+            npz = work / "synthetic.npz"
+            if not npz.exists():
+                synthetic_npz(npz)
         recs, walls = {}, []
         for seed in seeds:
             path = work / f"campaign-seed{seed}.toml"
@@ -307,14 +314,11 @@ def main() -> None:
             print(f"RESULT heldout_{tag}_verified_gain_worst {min(gains):.2f} target 0")
             print(f"RESULT heldout_{tag}_verified_gain_mean {np.mean(gains):.2f} target 0")
         sys.stdout.flush()
-        if args.keep:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            for item in work.iterdir():
-                if item.is_file():
-                    shutil.copy2(item, args.keep / item.name)
-            np.save(args.keep / "test.npy", test)
+        if folder:
+            np.save(work / "test.npy", test)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not folder:
+            shutil.rmtree(work, ignore_errors=True)
     log(f"total {time.perf_counter() - t0:.0f} s")
 
 

@@ -35,7 +35,13 @@ from optuna.trial import TrialState
 from dm_tune.campaign import _optuna
 from dm_tune.campaign.claims import ClaimedTrial, worker_name
 from dm_tune.campaign.confirm import queue_replicates
-from dm_tune.campaign.create import ensure_study, lock_name, study_attrs
+from dm_tune.campaign.create import (
+    check_campaign,
+    check_study_matches,
+    ensure_study,
+    lock_name,
+    study_attrs,
+)
 from dm_tune.campaign.locks import campaign_lock
 from dm_tune.campaign.records import (
     JOB_ATTRS,
@@ -120,7 +126,9 @@ def plan_verification(
 
     Raises:
         CampaignError: an unknown kind, a rate with more than 2 decimals, fewer than one
-            candidate or seed, or a kind without a fitted surface.
+            candidate or seed, a kind without a fitted surface, or studies made from
+            another campaign file.
+        DigestMismatchError: this machine's noisy labels differ from the studies'.
     """
     if candidates < 1 or seeds < 1:
         raise CampaignError("--candidates and --seeds must be at least 1")
@@ -129,8 +137,14 @@ def plan_verification(
     first = config.campaign.seed + VERIFY_SEED_OFFSET
     seed_list = tuple(range(first, first + seeds))
     data = load_setting_data(config, setting)  # outside the lock: can take seconds
+    # the searched settings' studies must come from this very file (and this machine's
+    # labels): verify runs of another experiment would join this one's evidence
+    check_campaign(storage, config, require_created=True)
     with campaign_lock(storage, lock_name(config)):
         existing = {s.study_name: s for s in storage.get_all_studies()}
+        if name in existing:
+            check_study_matches(optuna.load_study(study_name=name, storage=storage), config,
+                                data)
         stored = existing[name].user_attrs.get(StudyKey.VERIFY_PLAN) if name in existing else None
         if stored:
             plan = [(float(m), float(v), str(o)) for m, v, o in stored]

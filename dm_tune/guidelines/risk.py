@@ -100,18 +100,19 @@ class RiskModel:
     ) -> None:
         self._mean_fn = mean_fn
         self._scale_fn = scale_fn
-        self.rates = np.asarray(rates, dtype=float)
-        values = np.asarray(values, dtype=float)
-        fitted = np.empty_like(values)
-        for rate in np.unique(self.rates):
-            at = self.rates == rate
-            fitted[at] = mean_fn(np.asarray(modes)[at], np.asarray(variances)[at], rate)[0]
-        self.residuals = values - fitted
-        self.values = values
-        self._z = scale_fn(np.asarray(modes, dtype=float), np.asarray(variances, dtype=float))
-        self.threshold = (chance or 0.0) + COLLAPSE_MARGIN
         self._h = np.asarray(bandwidth, dtype=float)
         self._prior_mass = float(prior_mass)
+        self.rates = np.asarray(rates, dtype=float)
+        self.values = np.asarray(values, dtype=float)
+        modes, variances = np.asarray(modes, dtype=float), np.asarray(variances, dtype=float)
+        fitted = np.empty_like(self.values)
+        for rate in np.unique(self.rates):
+            at = self.rates == rate
+            fitted[at] = self._mean(modes[at], variances[at], rate)[0]
+        #: each run against the (capped) mean where it ran: the shape the mixture carries
+        self.residuals = self.values - fitted
+        self._z = scale_fn(modes, variances)
+        self.threshold = (chance or 0.0) + COLLAPSE_MARGIN
 
     def _weights(self, modes: np.ndarray, variances: np.ndarray, rate: float):
         """(normalised weights [q, i], local evidence [q])."""
@@ -122,7 +123,8 @@ class RiskModel:
         prior = np.exp(-0.5 * dr2)
         prior = self._prior_mass * prior / prior.sum()
         weights = local + prior[None, :]
-        return weights / weights.sum(1, keepdims=True), local.sum(1)
+        total = np.maximum(weights.sum(1, keepdims=True), np.finfo(float).tiny)
+        return weights / total, local.sum(1)
 
     def _mean(self, modes: np.ndarray, variances: np.ndarray, rate: float):
         """The surface's mean, capped at the best run observed within two rate bandwidths.
