@@ -36,10 +36,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from dm_tune import noise
-from dm_tune.errors import DMTuneError
+from dm_tune.errors import EstimateError
 
 __all__ = [
     "ESTIMATE_VERSION",
+    "EstimateError",
     "KindFit",
     "NoiseEstimate",
     "check_fold_labels",
@@ -51,10 +52,6 @@ __all__ = [
 ]
 
 ESTIMATE_VERSION = 1
-
-
-class EstimateError(DMTuneError):
-    """An estimate file or estimation input that cannot be used."""
 
 
 @dataclass(frozen=True)

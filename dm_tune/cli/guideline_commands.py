@@ -146,16 +146,35 @@ def _confirmed_at(data: dict, noise: str, rate: float) -> str | None:
     return None
 
 
+def noise_from_estimate(path: Path) -> tuple[str, float]:
+    """(noise kind, rate) of an estimate file from `dm-tune estimate-noise`: its nearest
+    kind at that kind's least-squares rate (checked: a transition matrix, a known kind)."""
+    from dm_tune.estimate import read_estimate
+
+    doc = read_estimate(path)
+    return str(doc["nearest_kind"]), float(doc["nearest_rate"])
+
+
 @command("recommend")
 def recommend(
     from_file: Annotated[
         Path, typer.Option("--from", help="Export file written by `dm-tune export` (JSON).")
     ],
-    noise: Annotated[str, typer.Option("--noise", help="Noise kind, e.g. symmetric.")],
-    rate: Annotated[float, typer.Option("--rate", help="Noise rate in [0, 1).")],
+    noise: Annotated[str | None, typer.Option("--noise", help="Noise kind, e.g. symmetric.")
+                     ] = None,
+    rate: Annotated[float | None, typer.Option("--rate", help="Noise rate in [0, 1).")] = None,
+    from_estimate: Annotated[Path | None, typer.Option(
+        "--from-estimate", help="Estimate file from `dm-tune estimate-noise`: its nearest "
+        "kind and rate (instead of --noise and --rate).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Recommend DM parameters for a noise kind and rate from an export file."""
+    if from_estimate is not None:
+        if noise is not None or rate is not None:
+            raise refuse("--from-estimate replaces --noise and --rate: give one or the other")
+        noise, rate = noise_from_estimate(from_estimate)
+    elif noise is None or rate is None:
+        raise refuse("give --noise and --rate, or --from-estimate FILE")
     run_recommend(from_file, noise, rate, as_json)
 
 

@@ -96,6 +96,8 @@ class MemberResult:
     train_loss_per_epoch: list[float]
     reason: str | None = None
     result: TrialResult | None = None
+    #: softmax probabilities (N, C) on train_population's `probabilities_on` (complete only)
+    probabilities: torch.Tensor | None = None
 
     @property
     def epochs_run(self) -> int:
@@ -244,7 +246,12 @@ class _Population:
         """The learning rate of the member's last step."""
         return self.lrs[self.epochs_done[position] * self.steps_per_epoch - 1]
 
-    def predict(self, x: torch.Tensor, positions: Sequence[int] | None = None) -> torch.Tensor:
+    def probabilities(self, x: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+        """Softmax probabilities (K', N, C) of the members at `positions` on x (float32)."""
+        return self.predict(x, positions, probabilities=True)
+
+    def predict(self, x: torch.Tensor, positions: Sequence[int] | None = None,
+                probabilities: bool = False) -> torch.Tensor:
         """The predicted classes of x (K', N) of every member (or those at `positions`)."""
         model = self.model
         if positions is not None and list(positions) != list(range(len(self.alive))):
@@ -257,7 +264,8 @@ class _Population:
         with torch.inference_mode(), train_autocast(x.device, self.amp):
             for part in torch.split(x, chunk):
                 logits = model.forward_packed(model.shared_inputs(part))
-                preds.append(logits.argmax(dim=-1))
+                preds.append(logits.float().softmax(dim=-1) if probabilities
+                             else logits.argmax(dim=-1))
         self.model.train()
         if not preds:
             return torch.empty(model.members, 0, dtype=torch.long, device=x.device)
@@ -319,6 +327,7 @@ def train_population(
     refill: RefillCallback | None = None,
     capacity: int | None = None,
     on_ended: Callable[[MemberResult], None] | None = None,
+    probabilities_on: torch.Tensor | None = None,
 ) -> list[MemberResult]:
     """Train `members` as one model; one MemberResult per member, in member order.
 
@@ -334,6 +343,8 @@ def train_population(
     that joins late is still a replicate of its own train_trial. The run ends when no
     member is training and refill has none to give. `on_ended(result)` hears of each
     member as it ends (complete, pruned or nonfinite), before the run goes on.
+    `probabilities_on` (inputs shaped like x_train): each completed member's softmax
+    probabilities on it, in `MemberResult.probabilities` (out-of-fold estimates use it).
     """
     check_train_spec(spec)
     _check_members(members)
@@ -343,6 +354,8 @@ def train_population(
     torch.backends.cudnn.benchmark = device.type == "cuda" or bench
     try:
         run = _Run(_Population(spec, data, device), data, spec, on_epoch, on_ended)
+        if probabilities_on is not None:
+            run.probabilities_on = probabilities_on.to(device)
         run.join(members)
         run.train(refill, len(members) if capacity is None else capacity)
     finally:
@@ -370,6 +383,7 @@ class _Run:
         self.members: list[Member] = []
         self.curves: dict[int, dict[str, list[float]]] = {}
         self.ended: dict[int, MemberResult] = {}
+        self.probabilities_on: torch.Tensor | None = None
 
     def join(self, new: Sequence[Member]) -> None:
         """New members take the next indices and start their first epoch."""
@@ -386,12 +400,15 @@ class _Run:
         if not positions:
             return
         results = self._results(positions) if status == "complete" else [None] * len(positions)
+        probs = [None] * len(positions)
+        if status == "complete" and self.probabilities_on is not None:
+            probs = list(self.population.probabilities(self.probabilities_on, positions).cpu())
         for row, p in enumerate(positions):
             index = self.population.alive[p]
             curves = self.curves[index]
             ended = MemberResult(index, status, list(curves["val"]), list(curves["test"]),
                                  list(curves["loss"]), None if reasons is None else reasons[row],
-                                 results[row])
+                                 results[row], probs[row])
             self.ended[index] = ended
             if self.on_ended is not None:
                 self.on_ended(ended)
