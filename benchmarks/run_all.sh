@@ -48,6 +48,7 @@ run vs_optuna "$PY" benchmarks/vs_optuna.py --population 8
 run rung_agreement "$PY" benchmarks/rung_agreement.py
 run validation_design "$PY" benchmarks/validation_design.py
 run guideline_stability "$PY" benchmarks/guideline_stability.py
+run noise_estimate "$PY" benchmarks/noise_estimate.py
 if [[ "${FULL:-0}" == "1" ]]; then
   run search_efficiency "$PY" benchmarks/search_efficiency.py
 else

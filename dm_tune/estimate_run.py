@@ -46,14 +46,14 @@ def fold_indices(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
 
 
 def _fold_data(data: TrialData, train: np.ndarray, held: np.ndarray,
-               labels: torch.Tensor) -> TrialData:
-    """Fold data: train on `train` rows with `labels`; "validate" on the held-out rows."""
+               first: torch.Tensor) -> TrialData:
+    """Fold data: train on the `train` rows; "validate" on the held-out rows (labelled by
+    the first label set: the members share it; it only feeds the accuracy curves)."""
     train_t, held_t = torch.as_tensor(train), torch.as_tensor(held)
-    empty = data.x_train[:0]
     return replace(
-        data, x_train=data.x_train[train_t], y_train=labels[train_t],
-        y_train_true=labels[train_t], x_val=data.x_train[held_t], y_val=labels[held_t],
-        x_test=empty, y_test=labels[:0],
+        data, x_train=data.x_train[train_t], y_train=first[train_t],
+        y_train_true=first[train_t], x_val=data.x_train[held_t], y_val=first[held_t],
+        x_test=data.x_train[:0], y_test=first[:0],
     )
 
 
@@ -80,8 +80,10 @@ def out_of_fold_probabilities(
     tensors = [torch.as_tensor(labels) for labels in sets]
     for k, held in enumerate(fold_indices(sets[0], folds, seed)):
         train = np.setdiff1d(np.arange(n), held)
-        members = [Member(_fold_data(data, train, held, labels), "cce", {}, seed + k)
-                   for labels in tensors]
+        base = _fold_data(data, train, held, tensors[0])
+        rows = torch.as_tensor(train)
+        members = [Member(replace(base, y_train=labels[rows], y_train_true=labels[rows]),
+                          "cce", {}, seed + k) for labels in tensors]
         results = train_population(members, replace(spec, seed=seed + k),
                                    probabilities_on=data.x_train[torch.as_tensor(held)])
         for row, result in enumerate(results):
