@@ -35,6 +35,8 @@ __all__ = ["DEFAULT_FOLDS", "OOF_SPEC", "estimate_noise", "fold_indices",
 DEFAULT_FOLDS = 5
 #: how each fold's model trains (CCE; few epochs so the training folds are not memorised)
 OOF_SPEC = TrainSpec(epochs=15, batch_size=64, lr=0.1, schedule="cosine")
+#: the fold models' loss and its parameters
+OOF_LOSS: tuple[str, dict] = ("cce", {})
 
 
 def fold_indices(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -63,6 +65,8 @@ def out_of_fold_probabilities(
     folds: int = DEFAULT_FOLDS,
     spec: TrainSpec = OOF_SPEC,
     seed: int = 0,
+    loss: str = OOF_LOSS[0],
+    loss_params: dict | None = None,
 ) -> list[np.ndarray]:
     """Each label set's out-of-fold probabilities (N, C) over ``data.x_train``.
 
@@ -83,7 +87,8 @@ def out_of_fold_probabilities(
         base = _fold_data(data, train, held, tensors[0])
         rows = torch.as_tensor(train)
         members = [Member(replace(base, y_train=labels[rows], y_train_true=labels[rows]),
-                          "cce", {}, seed + k) for labels in tensors]
+                          loss, dict(OOF_LOSS[1] if loss_params is None else loss_params),
+                          seed + k) for labels in tensors]
         results = train_population(members, replace(spec, seed=seed + k),
                                    probabilities_on=data.x_train[torch.as_tensor(held)])
         for row, result in enumerate(results):

@@ -146,6 +146,13 @@ def _confirmed_at(data: dict, noise: str, rate: float) -> str | None:
     return None
 
 
+def _premise(storage, campaign: str):
+    """The derivative-premise curves for the report (guidelines.premise)."""
+    from dm_tune.guidelines.premise import load_premise
+
+    return load_premise(storage, campaign)
+
+
 def noise_from_estimate(path: Path) -> tuple[str, float]:
     """(noise kind, rate) of an estimate file from `dm-tune estimate-noise`: its nearest
     kind at that kind's least-squares rate (checked: a transition matrix, a known kind)."""
@@ -188,7 +195,7 @@ def run_report(
     results = _load(campaign, storage, method)
     out_dir = out or default_report_dir(storage, campaign)
     try:
-        paths = write_report(results, out_dir, png=png)
+        paths = write_report(results, out_dir, png=png, premise=_premise(storage, campaign))
     except OSError as exc:
         raise refuse(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from None
     except RuntimeError as exc:  # kaleido failed with a browser present: unexpected
@@ -239,7 +246,8 @@ def write_run_outputs(storage, config: CampaignConfig, directory: Path) -> None:
         json_path = guidelines.write_json(exported, directory / "recommendations.json")
         csv_path = guidelines.write_csv(exported, directory / "recommendations.csv")
         say(f"export: {json_path} and {csv_path}")
-        paths = write_report(results, directory)
+        paths = write_report(results, directory,
+                             premise=_premise(storage, config.campaign.name))
     except OSError as exc:
         warn(f"warning: cannot write the outputs to {directory}: {exc.strerror or exc}; "
              "the trials are in the database: rerun `dm-tune report` with --out")

@@ -44,6 +44,8 @@ from dm_tune.training import (
     TrainSpec,
     TrialResult,
     check_train_spec,
+    derivative_means,
+    derivative_sums,
     device_layout,
     lr_per_step,
     noise_fit_fractions,
@@ -163,6 +165,9 @@ class _Population:
         self.aug_gens: list[torch.Generator] = []
         self.labels = torch.empty(0, len(self.data.y_train), dtype=torch.long,
                                   device=self.device)
+        # (K, N) 1.0 where a member's given label is wrong; (K, 2) derivative sums an epoch
+        self.corrupted = torch.empty(0, len(self.data.y_train), device=self.device)
+        self.derivative_sums = torch.empty(0, 2, device=self.device)
         self.alive: list[int] = []  # member indices, in population order
         self.epochs_done: list[int] = []  # per position
         self.joined: list[float] = []  # per position: perf_counter when it joined
@@ -193,6 +198,9 @@ class _Population:
         self.order_gens.extend(order for order, _ in generators)
         self.aug_gens.extend(aug for _, aug in generators if aug is not None)
         self.labels = torch.cat([self.labels, stack_labels(members, self.device)])
+        corrupted = torch.stack([(m.data.y_train != m.data.y_train_true).float().to(self.device)
+                                 for m in members])
+        self.corrupted = torch.cat([self.corrupted, corrupted])
         self.alive.extend(indices)
         self.epochs_done.extend([0] * len(members))
         self.joined.extend([time.perf_counter()] * len(members))
@@ -225,6 +233,7 @@ class _Population:
             for g in self.order_gens
         ])
         total = torch.zeros(len(self.alive), device=device)
+        sums = torch.zeros(len(self.alive), 2, device=device)
         runs = self.cohorts()
         batches = torch.split(perms, self.batch_size, dim=1)
         for j, idx in enumerate(batches):
@@ -232,13 +241,17 @@ class _Population:
             packed = self._batch_inputs(idx)
             with train_autocast(device, self.amp):
                 logits = self.step_forward(packed)
-            losses = self.loss(logits.float(), targets)
+            scores = logits.float()
+            scores.retain_grad()
+            losses = self.loss(scores, targets)
             self.optimizer.zero_grad()
             # members share no parameters: each gets the gradient of its own loss
             losses.sum().backward()
             self.optimizer.step([(first, end, self.lrs[done * self.steps_per_epoch + j])
                                  for first, end, done in runs])
             total += losses.detach()
+            sums += derivative_sums(scores.grad, self.corrupted.gather(1, idx))
+        self.derivative_sums = sums
         self.epochs_done = [done + 1 for done in self.epochs_done]
         return total / len(batches)
 
@@ -298,6 +311,8 @@ class _Population:
         self.optimizer.select(keep)
         self.loss = self.loss.select(keep)
         self.labels = self.labels[keep]
+        self.corrupted = self.corrupted[keep]
+        self.derivative_sums = self.derivative_sums[keep]
         self.order_gens = [self.order_gens[p] for p in keep]
         self.aug_gens = [self.aug_gens[p] for p in keep] if self.aug_gens else []
         self.alive = [self.alive[p] for p in keep]
@@ -392,7 +407,8 @@ class _Run:
         indices = list(range(len(self.members), len(self.members) + len(new)))
         self.members.extend(new)
         self.population.add(new, indices)
-        self.curves.update({k: {"val": [], "test": [], "loss": []} for k in indices})
+        self.curves.update({k: {"val": [], "test": [], "loss": [], "derivative_corrupted": [],
+                                "derivative_clean": []} for k in indices})
 
     def leave(self, positions: list[int], status: MemberStatus,
               reasons: Sequence[str] | None = None) -> None:
@@ -428,10 +444,14 @@ class _Run:
                 return
             epoch += 1
             train_loss = population.epoch().tolist()  # the one host sync of the epoch
+            derivatives = derivative_means(population.derivative_sums,
+                                           population.corrupted.sum(dim=1),
+                                           population.corrupted.shape[1]).tolist()
             broken = [p for p, value in enumerate(train_loss) if not math.isfinite(value)]
             self.leave(broken, "nonfinite", [nonfinite_loss_message(
                 train_loss[p], population.epochs_done[p], spec) for p in broken])
             train_loss = [v for p, v in enumerate(train_loss) if p not in broken]
+            derivatives = [v for p, v in enumerate(derivatives) if p not in broken]
             if not population.alive:
                 continue
             val, test = population.accuracies((data.x_val, data.y_val),
@@ -439,12 +459,16 @@ class _Run:
             metrics = {}
             now = time.perf_counter()
             for p, index in enumerate(population.alive):
-                for key, value in (("val", val[p]), ("test", test[p]), ("loss", train_loss[p])):
+                on_corrupted, on_clean = derivatives[p]
+                for key, value in (("val", val[p]), ("test", test[p]), ("loss", train_loss[p]),
+                                   ("derivative_corrupted", on_corrupted),
+                                   ("derivative_clean", on_clean)):
                     self.curves[index][key].append(value)
                 metrics[index] = {
                     "val_accuracy": val[p], "test_accuracy": test[p],
                     "train_loss": train_loss[p], "lr": population.last_lr(p),
                     "seconds": now - population.joined[p], "epoch": population.epochs_done[p],
+                    "derivative_corrupted": on_corrupted, "derivative_clean": on_clean,
                 }
             if self.on_epoch is not None:
                 pruned = _removal_positions(population, self.on_epoch(epoch, metrics))
