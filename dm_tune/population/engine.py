@@ -45,8 +45,9 @@ from dm_tune.training import (
     TrialResult,
     check_train_spec,
     derivative_means,
-    derivative_sums,
+    derivative_weights,
     device_layout,
+    epoch_derivative_sums,
     lr_per_step,
     noise_fit_fractions,
     nonfinite_loss_message,
@@ -165,8 +166,8 @@ class _Population:
         self.aug_gens: list[torch.Generator] = []
         self.labels = torch.empty(0, len(self.data.y_train), dtype=torch.long,
                                   device=self.device)
-        # (K, N) 1.0 where a member's given label is wrong; (K, 2) derivative sums an epoch
-        self.corrupted = torch.empty(0, len(self.data.y_train), device=self.device)
+        # (K, N, 2): [1 where a member's given label is wrong, 1]; (K, 2) sums an epoch
+        self.derivative_weights = torch.empty(0, len(self.data.y_train), 2, device=self.device)
         self.derivative_sums = torch.empty(0, 2, device=self.device)
         self.alive: list[int] = []  # member indices, in population order
         self.epochs_done: list[int] = []  # per position
@@ -198,9 +199,10 @@ class _Population:
         self.order_gens.extend(order for order, _ in generators)
         self.aug_gens.extend(aug for _, aug in generators if aug is not None)
         self.labels = torch.cat([self.labels, stack_labels(members, self.device)])
-        corrupted = torch.stack([(m.data.y_train != m.data.y_train_true).float().to(self.device)
+        corrupted = torch.stack([(m.data.y_train != m.data.y_train_true).to(self.device)
                                  for m in members])
-        self.corrupted = torch.cat([self.corrupted, corrupted])
+        self.derivative_weights = torch.cat([self.derivative_weights,
+                                             derivative_weights(corrupted)])
         self.alive.extend(indices)
         self.epochs_done.extend([0] * len(members))
         self.joined.extend([time.perf_counter()] * len(members))
@@ -228,12 +230,13 @@ class _Population:
         """Train each member's next epoch; their mean batch losses (K',) as a device tensor."""
         self.model.train()
         device = self.labels.device
+        rows = torch.arange(len(self.alive), device=device).unsqueeze(1)
         perms = torch.stack([
             torch.randperm(self.labels.shape[1], generator=g, device=device)
             for g in self.order_gens
         ])
         total = torch.zeros(len(self.alive), device=device)
-        sums = torch.zeros(len(self.alive), 2, device=device)
+        norms: list[torch.Tensor] = []
         runs = self.cohorts()
         batches = torch.split(perms, self.batch_size, dim=1)
         for j, idx in enumerate(batches):
@@ -250,8 +253,8 @@ class _Population:
             self.optimizer.step([(first, end, self.lrs[done * self.steps_per_epoch + j])
                                  for first, end, done in runs])
             total += losses.detach()
-            sums += derivative_sums(scores.grad, self.corrupted.gather(1, idx))
-        self.derivative_sums = sums
+            norms.append(torch.linalg.vector_norm(scores.grad, ord=1, dim=-1))
+        self.derivative_sums = epoch_derivative_sums(norms, self.derivative_weights[rows, perms])
         self.epochs_done = [done + 1 for done in self.epochs_done]
         return total / len(batches)
 
@@ -311,7 +314,7 @@ class _Population:
         self.optimizer.select(keep)
         self.loss = self.loss.select(keep)
         self.labels = self.labels[keep]
-        self.corrupted = self.corrupted[keep]
+        self.derivative_weights = self.derivative_weights[keep]
         self.derivative_sums = self.derivative_sums[keep]
         self.order_gens = [self.order_gens[p] for p in keep]
         self.aug_gens = [self.aug_gens[p] for p in keep] if self.aug_gens else []
@@ -445,8 +448,8 @@ class _Run:
             epoch += 1
             train_loss = population.epoch().tolist()  # the one host sync of the epoch
             derivatives = derivative_means(population.derivative_sums,
-                                           population.corrupted.sum(dim=1),
-                                           population.corrupted.shape[1]).tolist()
+                                           population.derivative_weights[:, :, 0].sum(dim=1),
+                                           population.derivative_weights.shape[1]).tolist()
             broken = [p for p, value in enumerate(train_loss) if not math.isfinite(value)]
             self.leave(broken, "nonfinite", [nonfinite_loss_message(
                 train_loss[p], population.epochs_done[p], spec) for p in broken])
