@@ -49,6 +49,7 @@ run rung_agreement "$PY" benchmarks/rung_agreement.py
 run validation_design "$PY" benchmarks/validation_design.py
 run guideline_stability "$PY" benchmarks/guideline_stability.py
 run noise_estimate "$PY" benchmarks/noise_estimate.py
+run guideline_transfer "$PY" benchmarks/guideline_transfer.py
 if [[ "${FULL:-0}" == "1" ]]; then
   run search_efficiency "$PY" benchmarks/search_efficiency.py
 else
