@@ -2,12 +2,13 @@
 
 Two campaigns, the demo's recipe (``studies/digits-quick.toml``: MLP, 40 epochs, 30
 trials per setting, TPE + Hyperband, paper warm start, population 8) at symmetric 0.2,
-0.4, 0.6 and pairflip 0.2, 0.4, no baselines, no confirmation: one on digits, one on the synthetic npz
-(benchmarks/synthetic_data.py: generated data, not a real dataset). Each campaign's
-recommendation at every rate (``load_campaign`` + ``recommend``, the default method) is
-re-trained on *both* datasets with 5 fresh seeds on one common evaluation draw of the data
-(data seed 10, training seeds 100-104), all of a dataset's jobs as one population. The
-transfer regret at a rate is, in test-accuracy points (mean over the 5 seeds)::
+0.4, 0.6 and pairflip 0.2, 0.4, no baselines, no confirmation: one on digits, one on
+the synthetic npz (benchmarks/synthetic_data.py: generated data, not a real dataset).
+Each campaign's recommendation at every rate (``load_campaign`` + ``recommend``, the
+default method) is re-trained on *both* datasets with 5 fresh seeds on one common
+evaluation draw of the data (data seed 10, training seeds 100-104), all of a dataset's
+jobs as one population. The transfer regret at a rate is, in test-accuracy points (mean
+over the 5 seeds)::
 
     regret(A -> B) = acc_B(B's own recommendation) - acc_B(A's recommendation)
 
