@@ -16,7 +16,7 @@ setting last. Pairflip at 0.6 is not run: pairflip rates must be below 0.5 (ther
 flipped label is the majority, and no estimator can tell which class is the true one).
 
 Run: .venv/bin/python benchmarks/noise_estimate.py [--draws 5] [--datasets digits,synthetic]
-(about 1-2 minutes on one CPU core)
+(about 2-3 minutes on one CPU core)
 """
 
 from __future__ import annotations

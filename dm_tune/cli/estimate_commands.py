@@ -43,7 +43,7 @@ def _from_campaign(path: Path, setting: str | None, seed: int) -> tuple[DataSpec
                           f"{', '.join(names)}")
     spec = replace(data_spec(config, chosen), seed=seed)
     train = replace(train_spec(config, "cpu", seed), epochs=OOF_SPEC.epochs,
-                    schedule=OOF_SPEC.schedule)
+                    schedule=OOF_SPEC.schedule, weight_decay=OOF_SPEC.weight_decay)
     return spec, train
 
 
