@@ -163,3 +163,26 @@ def test_campaign_refuses_a_bad_forward_estimate_and_forward_under_human_noise(t
                               'kind = "human"\nlabels = ["worse_label"]'))
     with pytest.raises(ConfigError, match="forward_estimate"):
         load_campaign_config(human)
+
+
+@pytest.mark.parametrize("population", [1, 4])
+def test_forward_trains_as_a_campaign_baseline_and_shows_in_status(tmp_path, population):
+    import optuna
+    from typer.testing import CliRunner
+
+    from dm_tune.cli import app
+
+    path = write_tiny(tmp_path, epochs=2, trials=2, baselines=("cce", "forward"))
+    path.write_text(path.read_text().replace("startup_trials = 2",
+                                             f"startup_trials = 2\npopulation = {population}"))
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    res = CliRunner().invoke(app, ["run", str(path), "--storage", url, "--no-confirm",
+                                   "--no-report"])
+    assert res.exit_code == 0, res.output
+    study = optuna.load_study(study_name="tiny/symmetric-0.40/baselines", storage=url)
+    forward = [t for t in study.get_trials() if t.user_attrs["loss"] == "forward"]
+    assert len(forward) == 1 and forward[0].state.name == "COMPLETE"
+    assert forward[0].user_attrs["loss_params"] == {}  # the matrix is never stored
+    assert (forward[0].user_attrs.get("population_size") is not None) == (population > 1)
+    status = CliRunner().invoke(app, ["status", str(path), "--storage", url])
+    assert status.exit_code == 0 and status.stdout.count("forward") == 2  # one per setting
