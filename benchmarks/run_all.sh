@@ -52,6 +52,8 @@ run guideline_stability "$PY" benchmarks/guideline_stability.py
 run guideline_heldout "$PY" benchmarks/guideline_heldout.py --dataset digits
 run guideline_heldout_synthetic "$PY" benchmarks/guideline_heldout.py --dataset synthetic
 run rate_dimension "$PY" benchmarks/rate_dimension.py
+run noise_estimate "$PY" benchmarks/noise_estimate.py
+run guideline_transfer "$PY" benchmarks/guideline_transfer.py
 if [[ "${FULL:-0}" == "1" ]]; then
   run search_efficiency "$PY" benchmarks/search_efficiency.py
 else

@@ -234,6 +234,9 @@ class BaselinesConfig(_Strict):
     losses: list[str] = Field(default_factory=lambda: ["cce"])
     seeds: Annotated[int, Field(ge=1, le=100)] = 1
     params: dict[str, dict[str, float]] = Field(default_factory=dict)
+    #: an estimate file (`dm-tune estimate-noise`) whose matrix Forward uses in every
+    #: setting; without it Forward uses each synthetic setting's own (known) matrix
+    forward_estimate: str | None = None
 
     @model_validator(mode="after")
     def _known_losses(self) -> BaselinesConfig:
@@ -244,6 +247,12 @@ class BaselinesConfig(_Strict):
         unused = set(self.params) - set(self.losses)
         if unused:
             raise ValueError(f"params given for losses not in `losses`: {sorted(unused)}")
+        if self.forward_estimate is not None:
+            if "forward" not in self.losses:
+                raise ValueError("forward_estimate is given but `forward` is not in `losses`")
+            from dm_tune.estimate import read_estimate
+
+            read_estimate(self.forward_estimate)  # a bad file is refused before any trial
         return self
 
 
@@ -279,6 +288,11 @@ class CampaignConfig(_Strict):
         for section in self.noise:
             if section.kind == "human" and not self.data.dataset.endswith("n"):
                 raise ValueError("human noise needs a dataset with human labels (cifar10n, ...)")
+            if section.kind == "human" and "forward" in self.baselines.losses \
+                    and self.baselines.forward_estimate is None:
+                raise ValueError("the forward baseline under human noise needs "
+                                 "[baselines] forward_estimate (its transition matrix is "
+                                 "unknown; `dm-tune estimate-noise` writes one)")
         return self
 
     @property

@@ -30,9 +30,11 @@ __all__ = [
     "derivative_magnitude",
     "dm_density",
     "emphasis_lambda",
+    "forward_magnitude",
     "from_paper",
     "loss_names",
     "mode_from_lambda",
+    "pencil_magnitude",
     "to_paper",
     "validate_emphasis",
 ]
@@ -147,10 +149,20 @@ def loss_names() -> tuple[str, ...]:
     return tuple(_MAGNITUDES)
 
 
+#: losses whose parameter is the noise transition matrix (no scalar parameters)
+TRANSITION_LOSSES = ("forward",)
+
+
 def check_loss_params(name: str, params: dict[str, float]) -> dict[str, float]:
     """Merge ``params`` over the defaults of loss ``name``; refuse unknown or bad values."""
+    if name in TRANSITION_LOSSES:
+        if params:
+            raise ValueError(f"loss {name!r} takes no scalar parameters (its transition matrix "
+                             "comes from the noise setting or [baselines] forward_estimate)")
+        return {}
     if name not in LOSS_DEFAULTS:
-        raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSS_DEFAULTS)}")
+        known = ", ".join([*LOSS_DEFAULTS, *TRANSITION_LOSSES])
+        raise ValueError(f"unknown loss {name!r}; known: {known}")
     allowed = LOSS_DEFAULTS[name]
     unknown = set(params) - set(allowed)
     if unknown:
@@ -185,3 +197,63 @@ def derivative_magnitude(name: str, p: ArrayLike, **params: float) -> NDArray[np
     if name == "taylor":
         merged["order"] = int(merged["order"])
     return _MAGNITUDES[name](_as_probability(p), **merged)
+
+
+def forward_magnitude(p: ArrayLike, rate: float, num_classes: int) -> NDArray[np.float64]:
+    """Forward correction's derivative magnitude under symmetric noise at ``rate``.
+
+    Forward (Patrini et al., CVPR 2017) minimises ``-log (p T)_y``; its logit gradient is
+    ``p - r`` with ``r_j = p_j T_jy / (p T)_y`` (the posterior of the true class given the
+    noisy label). For the symmetric T (``1 - rate`` on the diagonal, ``rate / (C - 1)``
+    elsewhere) its L1 norm depends on ``p_y`` only::
+
+        w(p) = 2 p (1 - p) (1 - rate C / (C - 1)) / (p (1 - rate) + (1 - p) rate / (C - 1))
+
+    ``rate = 0`` gives CCE's ``2 (1 - p)``; any ``rate > 0`` sends ``w(0)`` to 0, so a
+    confidently contradicted label stops pushing (DESIGN.md section 1.2).
+
+    Example:
+        >>> float(forward_magnitude(0.5, 0.0, 10))
+        1.0
+    """
+    prob = _as_probability(p)
+    c = int(num_classes)
+    if c < 2 or not (0.0 <= rate < (c - 1) / c):
+        raise ValueError(f"forward needs num_classes >= 2 and 0 <= rate < (C-1)/C, "
+                         f"got {num_classes!r}, {rate!r}")
+    off = rate / (c - 1)
+    q_y = prob * (1.0 - rate) + (1.0 - prob) * off
+    # p / q_y -> 1 / (1 - rate) as p -> 0 when rate = 0 (CCE's limit, not 0 / 0)
+    ratio = np.divide(prob, q_y, out=np.full_like(prob, 1.0 / (1.0 - rate)), where=q_y > 0)
+    return 2.0 * (1.0 - prob) * (1.0 - rate - off) * ratio
+
+
+#: PENCIL's label-distribution initialisation constant K (Yi and Wu, CVPR 2019, Sec. 3.3)
+PENCIL_LABEL_SCALE = 10.0
+
+
+def pencil_magnitude(
+    p: ArrayLike, num_classes: int, label_scale: float = PENCIL_LABEL_SCALE
+) -> NDArray[np.float64]:
+    """L1 norm of PENCIL's classification-loss logit gradient at its initial labels.
+
+    PENCIL (Yi and Wu, CVPR 2019) trains on ``L_c = KL(f || y^d)`` with a learned label
+    distribution ``y^d = softmax(y~)``, ``y~`` initialised to ``K e_y``. Its logit
+    gradient is ``f_j (log(f_j / y^d_j) - L_c)``, which is *not* along ``p - e_y``; its
+    L1 norm is evaluated with the other classes sharing ``1 - p`` equally and ``y^d`` at
+    its initial value (before the label distributions move).
+    """
+    prob = _as_probability(p)
+    c = int(num_classes)
+    if c < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+    tiny = np.finfo(np.float64).tiny
+    denominator = math.exp(label_scale) + c - 1
+    log_yd_y = label_scale - math.log(denominator)
+    log_yd_o = -math.log(denominator)
+    f_y = prob
+    f_o = (1.0 - prob) / (c - 1)
+    a_y = np.log(np.maximum(f_y, tiny)) - log_yd_y
+    a_o = np.log(np.maximum(f_o, tiny)) - log_yd_o
+    kl = f_y * a_y + (c - 1) * f_o * a_o
+    return np.abs(f_y * (a_y - kl)) + (c - 1) * np.abs(f_o * (a_o - kl))

@@ -13,6 +13,7 @@ __all__ = [
     "DashboardRefused",
     "DataError",
     "DigestMismatchError",
+    "EstimateError",
     "ExportError",
     "NoResultsError",
     "StorageError",
@@ -53,3 +54,8 @@ class ExportError(DMTuneError):
 
 class DashboardRefused(DMTuneError):
     """The dashboard would be exposed beyond loopback without --allow-remote."""
+
+
+class EstimateError(DMTuneError):
+    """A noise estimate that cannot be made or read: labels unfit for K folds, an estimate
+    file that is not one (its matrix not a transition matrix, an unknown kind)."""

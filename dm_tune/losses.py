@@ -50,9 +50,11 @@ __all__ = [
     "DEFAULT_NORM_EPSILON",
     "BaselineLoss",
     "DMLoss",
+    "ForwardLoss",
     "baseline_loss",
     "dm_loss",
     "dm_weights",
+    "forward_loss",
     "get_loss",
     "loss_names",
     "other_class_margin",
@@ -292,9 +294,54 @@ class BaselineLoss(nn.Module):
         return ", ".join([repr(self.name)] + [f"{k}={v}" for k, v in self.params.items()])
 
 
+def forward_loss(logits: Tensor, targets: Tensor, transition: Tensor) -> Tensor:
+    """Forward correction (Patrini et al., CVPR 2017, Theorem 2): ``-log (p T)_y``, mean.
+
+    ``T[i, j] = P(given j | true i)`` (dm_tune.noise's convention), ``p = softmax(z)``.
+    ``log (p T)_y = logsumexp_k (log p_k + log T_ky)``: exact for confident examples and
+    for the zeros of a pairflip T (log 0 = -inf drops out of the logsumexp). The logit
+    gradient is ``p - r``, ``r_k = p_k T_ky / (p T)_y`` (DESIGN.md section 1.2).
+    """
+    log_p = F.log_softmax(logits, dim=1)
+    log_columns = torch.log(transition.to(log_p.dtype)).T  # row y: log T_{k, y} over k
+    return -torch.logsumexp(log_p + log_columns[targets.long()], dim=1).mean()
+
+
+class ForwardLoss(nn.Module):
+    """Forward correction with a fixed transition matrix (validated; not trained)."""
+
+    name = "forward"
+
+    def __init__(self, transition) -> None:
+        super().__init__()
+        from dm_tune.noise import check_transition_matrix
+
+        matrix = check_transition_matrix(transition)
+        singular = [int(k) for k in range(len(matrix)) if matrix[:, k].max() <= 0.0]
+        if singular:
+            raise ValueError(f"forward: no true class gives label {singular[0]} "
+                             "(a zero column of the transition matrix)")
+        self.register_buffer("transition", torch.as_tensor(matrix, dtype=torch.float64))
+        self.key = matrix.tobytes()  # members with the same T share one vmapped call
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.transition.shape[0])
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        _check_inputs(logits, targets)
+        if logits.shape[1] != self.num_classes:
+            raise ValueError(f"forward: logits have {logits.shape[1]} classes, the transition "
+                             f"matrix {self.num_classes}")
+        return forward_loss(_compute_dtype(logits), targets, self.transition)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}"
+
+
 def loss_names() -> tuple[str, ...]:
     """Every name :func:`get_loss` accepts."""
-    return ("dm", *BASELINE_LOSSES)
+    return ("dm", *BASELINE_LOSSES, "forward")
 
 
 def get_loss(name: str, **params: float) -> nn.Module:
@@ -316,6 +363,11 @@ def get_loss(name: str, **params: float) -> nn.Module:
         if not all(isinstance(v, int | float) for v in values.values()):
             raise ValueError("emphasis_mode, emphasis_variance and norm_epsilon must be numbers")
         return DMLoss(**{k: float(v) for k, v in values.items()})
+    if name == "forward":
+        if set(params) != {"transition"}:
+            raise ValueError("loss 'forward' takes exactly one parameter, transition "
+                             "(a C x C matrix, T[i, j] = P(given j | true i))")
+        return ForwardLoss(params["transition"])
     if name not in BASELINE_LOSSES:
         raise ValueError(f"unknown loss {name!r}; known: {', '.join(loss_names())}")
     return BaselineLoss(name, **params)

@@ -32,6 +32,7 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = [
     "ASYMMETRIC_MAPS",
     "CIFAR100_COARSE",
+    "check_transition_matrix",
     "NOISE_KINDS",
     "NoisyLabels",
     "corrupt_labels",
@@ -145,6 +146,30 @@ def transition_matrix(
         matrix[source, source] = 1.0 - rate
         matrix[source, target] = rate
     return matrix
+
+
+def check_transition_matrix(matrix: ArrayLike, num_classes: int | None = None,
+                            tolerance: float = 1e-6) -> NDArray[np.float64]:
+    """``matrix`` as float64 if it is a transition matrix (square, C >= 2, entries in
+    [0, 1], rows summing to 1 within ``tolerance``); ``ValueError`` naming the fault."""
+    try:
+        arr = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("transition matrix must be a square array of numbers") from None
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] < 2:
+        raise ValueError(f"transition matrix must be square with at least 2 classes, "
+                         f"got shape {arr.shape}")
+    if num_classes is not None and arr.shape[0] != num_classes:
+        raise ValueError(f"transition matrix is {arr.shape[0]}x{arr.shape[0]} but the data "
+                         f"has {num_classes} classes")
+    if not np.all(np.isfinite(arr)) or arr.min() < 0.0 or arr.max() > 1.0:
+        raise ValueError("transition matrix entries must be probabilities in [0, 1]")
+    sums = arr.sum(axis=1)
+    worst = int(np.abs(sums - 1.0).argmax())
+    if abs(sums[worst] - 1.0) > tolerance:
+        raise ValueError(f"transition matrix row {worst} sums to {sums[worst]:.6g}, not 1 "
+                         "(rows are true classes: T[i, j] = P(given j | true i))")
+    return arr
 
 
 def _check_labels(labels: ArrayLike, num_classes: int) -> NDArray[np.int64]:

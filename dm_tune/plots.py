@@ -21,7 +21,12 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from dm_tune.emphasis import derivative_magnitude, dm_density
+from dm_tune.emphasis import (
+    derivative_magnitude,
+    dm_density,
+    forward_magnitude,
+    pencil_magnitude,
+)
 from dm_tune.guidelines import CampaignResults, TrendPoint
 from dm_tune.guidelines.rows import value_of
 
@@ -53,6 +58,10 @@ __all__ = [
 
 #: the losses drawn beside DM in the unified view (DESIGN.md section 1)
 UNIFIED_VIEW_LOSSES = ("cce", "mae", "mse", "gce", "sce")
+#: Forward's and PENCIL's magnitudes depend on T and C: drawn for 10 classes, Forward with
+#: the symmetric T at this rate, PENCIL at its initial label distributions (emphasis.py)
+UNIFIED_VIEW_CLASSES = 10
+UNIFIED_VIEW_FORWARD_RATE = 0.4
 _PALETTE = qualitative.Plotly
 _HEIGHT = 460
 
@@ -379,6 +388,9 @@ def unified_view_data(results: CampaignResults, points: int = 201) -> UnifiedVie
     """Compute figure (c)'s data over p in [0, 1]."""
     p = np.linspace(0.0, 1.0, points)
     losses = {name: _normalised(derivative_magnitude(name, p)) for name in UNIFIED_VIEW_LOSSES}
+    losses[f"forward (symmetric {UNIFIED_VIEW_FORWARD_RATE:g})"] = _normalised(
+        forward_magnitude(p, UNIFIED_VIEW_FORWARD_RATE, UNIFIED_VIEW_CLASSES))
+    losses["pencil"] = _normalised(pencil_magnitude(p, UNIFIED_VIEW_CLASSES))
     densities = [
         DensityCurve(
             kind,

@@ -17,7 +17,7 @@ import html
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from dm_tune.guidelines.compare import (
     sentence,
     setting_label,
 )
+from dm_tune.guidelines.premise import PremiseCurve
 from dm_tune.guidelines.rows import baseline_text, fmt, source_text, value_of
 from dm_tune.plots import build_figures, figures_of
 from dm_tune.report_advice import advice_html
@@ -41,6 +42,8 @@ from dm_tune.report_advice import advice_html
 __all__ = ["PNG_WIDTH", "ReportPaths", "find_browser", "render_html", "write_pngs", "write_report"]
 
 PNG_WIDTH = 1200
+#: the premise figure's name (report.html's div, the PNG's file name)
+PREMISE_FIGURE = "derivative-premise"
 DASH = "&ndash;"
 _BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 _FALLBACK_BROWSER = "/usr/bin/chromium"
@@ -61,8 +64,12 @@ def write_report(
     png: bool = True,
     *,
     browser_path: str | None = None,
+    premise: Sequence[PremiseCurve] | None = None,
 ) -> ReportPaths:
     """Write ``report.html`` (and ``<figure>.png`` files) into ``out_dir``.
+
+    ``premise`` (``guidelines.premise.load_premise``) adds the figure of the derivative
+    magnitude on corrupted vs clean training examples.
 
     Raises:
         RuntimeError: the browser exists but kaleido failed (the HTML is written first).
@@ -70,6 +77,10 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = build_figures(results)
+    if premise is not None:
+        from dm_tune.premise_plots import premise_figure
+
+        figures[PREMISE_FIGURE] = premise_figure(premise)
     html_path = out / "report.html"
     html_path.write_text(render_html(results, figures), encoding="utf-8")
     if not png:
@@ -161,6 +172,8 @@ th { background: #f3f3f3; } td.text { text-align: left; }
 def render_html(results: CampaignResults, figures: Mapping[str, go.Figure]) -> str:
     """Return the report as one self-contained HTML page."""
     titles = {name: title for name, title, _, _ in figures_of(results)}
+    titles[PREMISE_FIGURE] = "Does a corrupted example get a smaller derivative? (corrupted / " \
+        "clean mean magnitude per epoch: DM's best trial, each baseline's first run)"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

@@ -33,7 +33,11 @@ __all__ = [
     "TrainSpec",
     "TrialResult",
     "best_val_epoch",
+    "epoch_derivative_sums",
     "check_train_spec",
+    "derivative_means",
+    "derivative_sums",
+    "derivative_weights",
     "evaluate",
     "lr_per_step",
     "noise_fit_fractions",
@@ -94,6 +98,9 @@ class TrialResult:
     seconds: float
     device: str
     train_loss_per_epoch: list[float] = field(default_factory=list)
+    #: per epoch, the mean derivative magnitude on corrupted / clean training examples
+    derivative_corrupted_per_epoch: list[float] = field(default_factory=list)
+    derivative_clean_per_epoch: list[float] = field(default_factory=list)
 
     def user_attrs(self) -> dict[str, Any]:
         """The trial user attributes of DESIGN.md section 5 (JSON-serialisable)."""
@@ -238,13 +245,18 @@ class _Loop:
     order_gen: torch.Generator
     aug_gen: torch.Generator | None
     amp: bool
+    #: (N, 2) float: [1 where the given label is wrong, 1] (see derivative_sums)
+    derivative_weights: torch.Tensor | None = None
     step: int = 0
+    #: after an epoch: (sum of derivative magnitudes on corrupted examples, on all)
+    derivative_sums: torch.Tensor | None = None
 
     def epoch(self) -> torch.Tensor:
         """Train one epoch; return the mean batch loss as a device tensor (no host sync)."""
         self.model.train()
         perm = torch.randperm(len(self.y), generator=self.order_gen, device=self.y.device)
         total = torch.zeros((), device=self.y.device)
+        norms: list[torch.Tensor] = []
         group = self.optimizer.param_groups[0]
         batches = torch.split(perm, self.batch_size)
         for idx in batches:
@@ -254,13 +266,55 @@ class _Loop:
             group["lr"] = self.lrs[self.step]
             with _autocast(xb.device, self.amp):
                 logits = self.step_model(xb)
-            loss = self.loss_fn(logits.float(), yb)
+            scores = logits.float()
+            scores.retain_grad()
+            loss = self.loss_fn(scores, yb)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             total += loss.detach()
+            norms.append(torch.linalg.vector_norm(scores.grad, ord=1, dim=-1))
             self.step += 1
+        self.derivative_sums = _epoch_sums(norms, self.derivative_weights[perm])
         return total / len(batches)
+
+
+def derivative_sums(grad: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
+    """(sum over the corrupted examples, sum over all) of the batch's derivative magnitudes.
+
+    An example's derivative magnitude is the L1 norm of the loss's gradient w.r.t. its
+    logits times the batch size B (a mean-reduced loss gives example i ``dl_i/dz_i / B``):
+    CCE's is ``2 (1 - p_y)``, DM's ``B w_i / sum_j w_j`` (DESIGN.md section 1). ``grad``
+    (..., B, C), ``corrupted`` (..., B) with 1.0 where the given label is wrong; the sums
+    are taken over the batch axis (shape (..., 2)).
+    """
+    weights = torch.stack([corrupted, torch.ones_like(corrupted)], dim=-1)
+    return _epoch_sums([torch.linalg.vector_norm(grad, ord=1, dim=-1)], weights)
+
+
+def _epoch_sums(norms: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """derivative_sums of a whole epoch: ``norms`` the per-step L1 norms of the logit
+    gradients (..., B_j) in batch order, ``weights`` (..., N, 2) = [corrupted, 1] in the
+    same order. The loops keep one op a step (each costs ~15 us on a CPU) and do the
+    rest here, once an epoch."""
+    sizes = torch.cat([torch.full((n.shape[-1],), float(n.shape[-1]), dtype=n.dtype,
+                                  device=n.device) for n in norms])
+    magnitude = torch.cat(norms, dim=-1).mul_(sizes).unsqueeze(-2)  # (..., 1, N)
+    return torch.matmul(magnitude, weights.to(magnitude.dtype)).squeeze(-2)
+
+
+def _derivative_weights(corrupted: torch.Tensor) -> torch.Tensor:
+    """[corrupted, 1] per example, (..., N, 2) float."""
+    return torch.stack([corrupted.float(), torch.ones_like(corrupted, dtype=torch.float)], -1)
+
+
+def derivative_means(sums: torch.Tensor, corrupted, total: int) -> torch.Tensor:
+    """(mean on corrupted, mean on clean) magnitudes of an epoch from its sums (..., 2) and
+    the number of corrupted examples (an int or a (...,) tensor) among ``total``: an epoch
+    visits every training example once. NaN (0 / 0) where a group is empty."""
+    count = torch.as_tensor(corrupted, dtype=sums.dtype, device=sums.device)
+    return torch.stack([sums[..., 0] / count, (sums[..., 1] - sums[..., 0]) / (total - count)],
+                       dim=-1)
 
 
 def _make_loop(
@@ -278,6 +332,7 @@ def _make_loop(
         model, step_model, optimizer, loss_fn, _lr_per_step(spec, steps), data.x_train,
         data.y_train,
         spec.batch_size, order_gen, aug_gen, amp=device.type == "cuda",
+        derivative_weights=_derivative_weights(data.y_train != data.y_train_true),
     )
 
 
@@ -309,6 +364,17 @@ def trial_generators(
     order_gen = torch.Generator(device=device).manual_seed(spec.seed)
     aug_gen = torch.Generator(device=device).manual_seed(spec.seed + 1) if augment else None
     return order_gen, aug_gen
+
+
+def epoch_derivative_sums(norms: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """The training loop's derivative sums of an epoch (see derivative_sums): the per-step
+    L1 norms of the logit gradients and the [corrupted, 1] weights in batch order."""
+    return _epoch_sums(norms, weights)
+
+
+def derivative_weights(corrupted: torch.Tensor) -> torch.Tensor:
+    """The weights batch_derivative_sums takes, (..., N, 2), from a corrupted mask."""
+    return _derivative_weights(corrupted)
 
 
 def lr_per_step(spec: TrainSpec, steps_per_epoch: int) -> list[float]:
@@ -395,7 +461,9 @@ def _run_epochs(
     start: float,
 ) -> dict[str, list[float]]:
     """Train all epochs, evaluating and reporting after each."""
-    curves: dict[str, list[float]] = {"val": [], "test": [], "loss": []}
+    curves: dict[str, list[float]] = {"val": [], "test": [], "loss": [],
+                                      "derivative_corrupted": [], "derivative_clean": []}
+    n_corrupted = int(loop.derivative_weights[:, 0].sum().item())
     bar = _progress(progress)
     with bar if bar is not None else contextlib.nullcontext():
         task = bar.add_task(f"{spec.model}", total=spec.epochs) if bar is not None else None
@@ -405,7 +473,11 @@ def _run_epochs(
                 raise NonFiniteLossError(nonfinite_loss_message(train_loss, epoch, spec))
             val = evaluate(loop.model, data.x_val, data.y_val, loop.amp)
             test = evaluate(loop.model, data.x_test, data.y_test, loop.amp)
-            for key, value in (("val", val), ("test", test), ("loss", train_loss)):
+            on_corrupted, on_clean = derivative_means(
+                loop.derivative_sums, n_corrupted, len(loop.y)).tolist()
+            for key, value in (("val", val), ("test", test), ("loss", train_loss),
+                               ("derivative_corrupted", on_corrupted),
+                               ("derivative_clean", on_clean)):
                 curves[key].append(value)
             if bar is not None:
                 bar.update(task, advance=1, description=f"{spec.model} val {val:.3f}")
@@ -413,6 +485,7 @@ def _run_epochs(
                 on_epoch(epoch, {
                     "val_accuracy": val, "test_accuracy": test, "train_loss": train_loss,
                     "lr": loop.lrs[loop.step - 1], "seconds": time.perf_counter() - start,
+                    "derivative_corrupted": on_corrupted, "derivative_clean": on_clean,
                 })
     return curves
 
@@ -445,4 +518,6 @@ def _result(
         seconds=seconds,
         device=str(spec.device),
         train_loss_per_epoch=curves["loss"],
+        derivative_corrupted_per_epoch=curves.get("derivative_corrupted", []),
+        derivative_clean_per_epoch=curves.get("derivative_clean", []),
     )

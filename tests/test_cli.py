@@ -13,7 +13,7 @@ import pytest
 from tests.campaign_files import write_tiny
 
 COMMANDS = ("run", "create", "status", "worker", "launch", "dashboard", "confirm", "export",
-            "recommend", "report")
+            "recommend", "report", "estimate-noise")
 
 
 def dm_tune(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):

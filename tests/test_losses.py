@@ -260,7 +260,8 @@ def test_shape_mismatch_raises():
 
 
 def test_registry_errors_name_the_problem():
-    assert set(loss_names()) == {"dm", "cce", "mae", "mse", "gce", "sce", "taylor", "poly1"}
+    assert set(loss_names()) == {"dm", "cce", "mae", "mse", "gce", "sce", "taylor", "poly1",
+                                "forward"}
     with pytest.raises(ValueError, match="unknown loss 'focal'"):
         get_loss("focal")
     with pytest.raises(ValueError, match="emphasis_variance"):

@@ -69,12 +69,20 @@ def test_landscape_data(results):
 def test_unified_view_data(results):
     data = plots.unified_view_data(results, points=201)
     p = np.array(data.p)
-    assert set(data.losses) == {"cce", "mae", "mse", "gce", "sce"}
+    assert set(data.losses) == {"cce", "mae", "mse", "gce", "sce", "forward (symmetric 0.4)",
+                                "pencil"}
     for w in data.losses.values():
         assert max(w) == pytest.approx(1.0)
     assert data.losses["cce"][0] == pytest.approx(1.0)  # CCE emphasises the hardest p=0
     assert p[np.argmax(data.losses["mae"])] == pytest.approx(0.5)
     assert p[np.argmax(data.losses["mse"])] == pytest.approx(1 / 3, abs=0.005)
+    # Forward at symmetric 0.4, C = 10: w(p) = 2p(1-p)(5/9) / (0.6p + 0.4(1-p)/9), whose
+    # maximum is at p = (sqrt(a^2 + ab) - a) / b with a = 0.4/9, b = 0.6 - a
+    a = 0.4 / 9
+    b = 0.6 - a
+    forward = data.losses["forward (symmetric 0.4)"]
+    assert forward[0] == 0.0 and p[np.argmax(forward)] == pytest.approx(
+        (np.sqrt(a * a + a * b) - a) / b, abs=0.005)
     sym = [d for d in data.densities if d.noise_kind == "symmetric"]
     assert [d.noise_rate for d in sym] == [0.2, 0.4, 0.6]
     for d in sym:  # each density peaks at its recommended emphasis mode
@@ -82,7 +90,7 @@ def test_unified_view_data(results):
         assert p[np.argmax(d.weights)] == pytest.approx(d.emphasis_mode, abs=0.005)
     assert data.kinds == ["pairflip", "symmetric"]
     fig = plots.unified_view_figure(data)
-    assert len(fig.data) == 5 + 4
+    assert len(fig.data) == 7 + 4
 
 
 def test_accuracy_and_memorisation_data(results):

@@ -113,6 +113,9 @@ class TrialKey:
     EPOCHS_RUN = "epochs_run"
     VAL_CURVE = "val_accuracy_curve"
     TEST_CURVE = "test_accuracy_curve"
+    # per epoch, the mean derivative magnitude on corrupted / clean training examples
+    DERIVATIVE_CORRUPTED_CURVE = "derivative_corrupted_curve"
+    DERIVATIVE_CLEAN_CURVE = "derivative_clean_curve"
     COLLAPSED = "collapsed"  # a baseline or confirmed run: clean-val below chance + 10 points
     # why it ended early
     PRUNED_REASON = "pruned_reason"
@@ -131,11 +134,18 @@ def finite_or_none(value: Any) -> Any:
 
 
 def curve_attrs(curve: Sequence[Mapping[str, float]]) -> dict[str, list[float]]:
-    """The per-epoch validation and test curves, as stored once per trial."""
-    return {
-        TrialKey.VAL_CURVE: [round(float(m["val_accuracy"]), 6) for m in curve],
-        TrialKey.TEST_CURVE: [round(float(m["test_accuracy"]), 6) for m in curve],
-    }
+    """The per-epoch validation and test curves, as stored once per trial, and the mean
+    derivative magnitudes on corrupted and clean training examples (None: no such
+    example, e.g. no noise)."""
+    def values(key: str) -> list:
+        return [finite_or_none(round(float(m[key]), 6)) for m in curve]
+
+    attrs = {TrialKey.VAL_CURVE: values("val_accuracy"),
+             TrialKey.TEST_CURVE: values("test_accuracy")}
+    if curve and all("derivative_corrupted" in m for m in curve):
+        attrs[TrialKey.DERIVATIVE_CORRUPTED_CURVE] = values("derivative_corrupted")
+        attrs[TrialKey.DERIVATIVE_CLEAN_CURVE] = values("derivative_clean")
+    return attrs
 
 
 def partial_attrs(curve: Sequence[Mapping[str, float]], started: float) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from dm_tune.campaign.records import (
     partial_attrs,
 )
 from dm_tune.campaign.retry import cause_of, is_transient, note_outage, retrying
-from dm_tune.campaign.settings import load_setting_data, train_spec
+from dm_tune.campaign.settings import forward_transition, load_setting_data, train_spec
 from dm_tune.config import CampaignConfig
 from dm_tune.data import TrialData
 from dm_tune.training import NonFiniteLossError, TrialResult, train_trial
@@ -114,7 +114,11 @@ def suggest_job(claimed: ClaimedTrial, config: CampaignConfig) -> tuple[str, dic
     """:func:`loss_of` through outages (suggesting writes the params, so a trial failed as
     stale before it began raises TrialTakenOver here)."""
     with _unless_taken_over(claimed):
-        return retrying(lambda: loss_of(claimed, config), "suggesting parameters")
+        loss, params, seed = retrying(lambda: loss_of(claimed, config), "suggesting parameters")
+    if loss == "forward":  # its matrix is the setting's, never stored with the trial
+        classes = load_setting_data(config, claimed.setting).num_classes
+        params = {**params, "transition": forward_transition(config, claimed.setting, classes)}
+    return loss, params, seed
 
 
 @dataclass(frozen=True)

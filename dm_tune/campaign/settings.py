@@ -13,7 +13,8 @@ if TYPE_CHECKING:  # they import torch, which `status` does not need
     from dm_tune.data import DataSpec, TrialData
     from dm_tune.training import TrainSpec
 
-__all__ = ["Setting", "data_spec", "load_setting_data", "settings_of", "train_spec"]
+__all__ = ["Setting", "data_spec", "forward_transition", "load_setting_data", "settings_of",
+           "train_spec"]
 
 
 @dataclass(frozen=True)
@@ -84,5 +85,27 @@ def load_setting_data(config: CampaignConfig, setting: Setting) -> TrialData:
 
     try:
         return prepare_data(data_spec(config, setting))
+    except ValueError as error:
+        raise CampaignError(f"setting {setting.name}: {error}") from None
+
+
+def forward_transition(config: CampaignConfig, setting: Setting, num_classes: int) -> list:
+    """The transition matrix the forward baseline trains with in ``setting``: the
+    campaign's ``[baselines] forward_estimate`` if given, else the setting's own
+    synthetic matrix (noise.transition_matrix; known because dm-tune drew the noise)."""
+    from dm_tune import noise
+    from dm_tune.estimate import read_estimate
+
+    path = config.baselines.forward_estimate
+    try:
+        if path is not None:
+            matrix = noise.check_transition_matrix(read_estimate(path)["transition"],
+                                                   num_classes, tolerance=1e-4)
+            return matrix.tolist()
+        if setting.kind not in noise.NOISE_KINDS:
+            raise ValueError(f"forward needs a transition matrix for {setting.kind} noise: "
+                             "set [baselines] forward_estimate")
+        return noise.transition_matrix(setting.kind, num_classes, setting.rate,
+                                       dataset=config.data.dataset).tolist()
     except ValueError as error:
         raise CampaignError(f"setting {setting.name}: {error}") from None

@@ -4,6 +4,7 @@
 - ``options``: option types, device, threads and the default report folder;
 - ``campaign_commands``: create, run, worker, launch, confirm, status, dashboard;
 - ``guideline_commands``: export, recommend, report;
+- ``estimate_commands``: estimate-noise;
 - ``cluster_commands``: storage-proxy, and the Slurm parts of launch and status;
 - ``tables`` and ``views``: what the terminal shows.
 """
@@ -15,6 +16,7 @@ import sys
 from dm_tune.cli import (  # noqa: F401  (registers)
     campaign_commands,
     cluster_commands,
+    estimate_commands,
     guideline_commands,
 )
 from dm_tune.cli.app import app, run_app

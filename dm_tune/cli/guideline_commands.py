@@ -201,19 +201,39 @@ def _confirmed_at(data: dict, noise: str, rate: float) -> str | None:
     return None
 
 
+def _premise(storage, campaign: str):
+    """The derivative-premise curves for the report (guidelines.premise)."""
+    from dm_tune.guidelines.premise import load_premise
+
+    return load_premise(storage, campaign)
+
+
+def noise_from_estimate(path: Path) -> tuple[str, float]:
+    """(noise kind, rate) of an estimate file from `dm-tune estimate-noise`: its nearest
+    kind at that kind's least-squares rate (checked: a transition matrix, a known kind)."""
+    from dm_tune.estimate import read_estimate
+
+    doc = read_estimate(path)
+    return str(doc["nearest_kind"]), float(doc["nearest_rate"])
+
+
 @command("recommend")
 def recommend(
     config: Annotated[
         Path | None, typer.Argument(help="Campaign file: read its results from --storage.")
     ] = None,
-    noise: Annotated[str, typer.Option("--noise", help="Noise kind, e.g. symmetric.")] = "",
-    rate: Annotated[float, typer.Option("--rate", help="Noise rate in [0, 1).")] = -1.0,
+    noise: Annotated[str | None, typer.Option("--noise", help="Noise kind, e.g. symmetric.")
+                     ] = None,
+    rate: Annotated[float | None, typer.Option("--rate", help="Noise rate in [0, 1).")] = None,
     from_file: Annotated[
         Path | None,
         typer.Option("--from", help="Export file written by `dm-tune export` (JSON), "
                      "instead of a campaign file and its database."),
     ] = None,
     storage: StorageOpt = DEFAULT_STORAGE,
+    from_estimate: Annotated[Path | None, typer.Option(
+        "--from-estimate", help="Estimate file from `dm-tune estimate-noise`: its nearest "
+        "kind and rate (instead of --noise and --rate).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     verify: Annotated[
         bool, typer.Option("--verify", help="Re-train the top candidates at exactly this "
@@ -225,11 +245,14 @@ def recommend(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Recommend DM parameters for a noise kind and rate (risk-aware; --verify to check)."""
-    if not noise:
-        raise refuse("--noise is required (e.g. --noise symmetric)")
+    if from_estimate is not None:
+        if noise is not None or rate is not None:
+            raise refuse("--from-estimate replaces --noise and --rate: give one or the other")
+        noise, rate = noise_from_estimate(from_estimate)
+    elif noise is None or rate is None:
+        raise refuse("give --noise and --rate, or --from-estimate FILE")
     if not 0.0 <= rate < 1.0:
-        raise refuse(f"--rate must be in [0, 1), got {rate:g}" if rate != -1.0
-                     else "--rate is required (e.g. --rate 0.45)")
+        raise refuse(f"--rate must be in [0, 1), got {rate:g}")
     if (config is None) == (from_file is None):
         raise refuse("give a campaign file (reads its database) or --from EXPORT.json, "
                      "not both" if config else "give a campaign file (reads its database) "
@@ -314,7 +337,7 @@ def run_report(
     results = _load(campaign, storage, method)
     out_dir = out or default_report_dir(storage, campaign)
     try:
-        paths = write_report(results, out_dir, png=png)
+        paths = write_report(results, out_dir, png=png, premise=_premise(storage, campaign))
     except OSError as exc:
         raise refuse(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from None
     except RuntimeError as exc:  # kaleido failed with a browser present: unexpected
@@ -379,7 +402,8 @@ def write_run_outputs(storage, config: CampaignConfig, directory: Path) -> None:
         json_path = guidelines.write_json(exported, directory / "recommendations.json")
         csv_path = guidelines.write_csv(exported, directory / "recommendations.csv")
         say(f"export: {json_path} and {csv_path}")
-        paths = write_report(results, directory)
+        paths = write_report(results, directory,
+                             premise=_premise(storage, config.campaign.name))
     except OSError as exc:
         warn(f"warning: cannot write the outputs to {directory}: {exc.strerror or exc}; "
              "the trials are in the database: rerun `dm-tune report` with --out")

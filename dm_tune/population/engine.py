@@ -44,7 +44,10 @@ from dm_tune.training import (
     TrainSpec,
     TrialResult,
     check_train_spec,
+    derivative_means,
+    derivative_weights,
     device_layout,
+    epoch_derivative_sums,
     lr_per_step,
     noise_fit_fractions,
     nonfinite_loss_message,
@@ -96,6 +99,8 @@ class MemberResult:
     train_loss_per_epoch: list[float]
     reason: str | None = None
     result: TrialResult | None = None
+    #: softmax probabilities (N, C) on train_population's `probabilities_on` (complete only)
+    probabilities: torch.Tensor | None = None
 
     @property
     def epochs_run(self) -> int:
@@ -161,6 +166,9 @@ class _Population:
         self.aug_gens: list[torch.Generator] = []
         self.labels = torch.empty(0, len(self.data.y_train), dtype=torch.long,
                                   device=self.device)
+        # (K, N, 2): [1 where a member's given label is wrong, 1]; (K, 2) sums an epoch
+        self.derivative_weights = torch.empty(0, len(self.data.y_train), 2, device=self.device)
+        self.derivative_sums = torch.empty(0, 2, device=self.device)
         self.alive: list[int] = []  # member indices, in population order
         self.epochs_done: list[int] = []  # per position
         self.joined: list[float] = []  # per position: perf_counter when it joined
@@ -191,6 +199,10 @@ class _Population:
         self.order_gens.extend(order for order, _ in generators)
         self.aug_gens.extend(aug for _, aug in generators if aug is not None)
         self.labels = torch.cat([self.labels, stack_labels(members, self.device)])
+        corrupted = torch.stack([(m.data.y_train != m.data.y_train_true).to(self.device)
+                                 for m in members])
+        self.derivative_weights = torch.cat([self.derivative_weights,
+                                             derivative_weights(corrupted)])
         self.alive.extend(indices)
         self.epochs_done.extend([0] * len(members))
         self.joined.extend([time.perf_counter()] * len(members))
@@ -218,11 +230,13 @@ class _Population:
         """Train each member's next epoch; their mean batch losses (K',) as a device tensor."""
         self.model.train()
         device = self.labels.device
+        rows = torch.arange(len(self.alive), device=device).unsqueeze(1)
         perms = torch.stack([
             torch.randperm(self.labels.shape[1], generator=g, device=device)
             for g in self.order_gens
         ])
         total = torch.zeros(len(self.alive), device=device)
+        norms: list[torch.Tensor] = []
         runs = self.cohorts()
         batches = torch.split(perms, self.batch_size, dim=1)
         for j, idx in enumerate(batches):
@@ -230,13 +244,17 @@ class _Population:
             packed = self._batch_inputs(idx)
             with train_autocast(device, self.amp):
                 logits = self.step_forward(packed)
-            losses = self.loss(logits.float(), targets)
+            scores = logits.float()
+            scores.retain_grad()
+            losses = self.loss(scores, targets)
             self.optimizer.zero_grad()
             # members share no parameters: each gets the gradient of its own loss
             losses.sum().backward()
             self.optimizer.step([(first, end, self.lrs[done * self.steps_per_epoch + j])
                                  for first, end, done in runs])
             total += losses.detach()
+            norms.append(torch.linalg.vector_norm(scores.grad, ord=1, dim=-1))
+        self.derivative_sums = epoch_derivative_sums(norms, self.derivative_weights[rows, perms])
         self.epochs_done = [done + 1 for done in self.epochs_done]
         return total / len(batches)
 
@@ -244,7 +262,12 @@ class _Population:
         """The learning rate of the member's last step."""
         return self.lrs[self.epochs_done[position] * self.steps_per_epoch - 1]
 
-    def predict(self, x: torch.Tensor, positions: Sequence[int] | None = None) -> torch.Tensor:
+    def probabilities(self, x: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+        """Softmax probabilities (K', N, C) of the members at `positions` on x (float32)."""
+        return self.predict(x, positions, probabilities=True)
+
+    def predict(self, x: torch.Tensor, positions: Sequence[int] | None = None,
+                probabilities: bool = False) -> torch.Tensor:
         """The predicted classes of x (K', N) of every member (or those at `positions`)."""
         model = self.model
         if positions is not None and list(positions) != list(range(len(self.alive))):
@@ -257,7 +280,8 @@ class _Population:
         with torch.inference_mode(), train_autocast(x.device, self.amp):
             for part in torch.split(x, chunk):
                 logits = model.forward_packed(model.shared_inputs(part))
-                preds.append(logits.argmax(dim=-1))
+                preds.append(logits.float().softmax(dim=-1) if probabilities
+                             else logits.argmax(dim=-1))
         self.model.train()
         if not preds:
             return torch.empty(model.members, 0, dtype=torch.long, device=x.device)
@@ -290,6 +314,8 @@ class _Population:
         self.optimizer.select(keep)
         self.loss = self.loss.select(keep)
         self.labels = self.labels[keep]
+        self.derivative_weights = self.derivative_weights[keep]
+        self.derivative_sums = self.derivative_sums[keep]
         self.order_gens = [self.order_gens[p] for p in keep]
         self.aug_gens = [self.aug_gens[p] for p in keep] if self.aug_gens else []
         self.alive = [self.alive[p] for p in keep]
@@ -319,6 +345,7 @@ def train_population(
     refill: RefillCallback | None = None,
     capacity: int | None = None,
     on_ended: Callable[[MemberResult], None] | None = None,
+    probabilities_on: torch.Tensor | None = None,
 ) -> list[MemberResult]:
     """Train `members` as one model; one MemberResult per member, in member order.
 
@@ -334,6 +361,8 @@ def train_population(
     that joins late is still a replicate of its own train_trial. The run ends when no
     member is training and refill has none to give. `on_ended(result)` hears of each
     member as it ends (complete, pruned or nonfinite), before the run goes on.
+    `probabilities_on` (inputs shaped like x_train): each completed member's softmax
+    probabilities on it, in `MemberResult.probabilities` (out-of-fold estimates use it).
     """
     check_train_spec(spec)
     _check_members(members)
@@ -343,6 +372,8 @@ def train_population(
     torch.backends.cudnn.benchmark = device.type == "cuda" or bench
     try:
         run = _Run(_Population(spec, data, device), data, spec, on_epoch, on_ended)
+        if probabilities_on is not None:
+            run.probabilities_on = probabilities_on.to(device)
         run.join(members)
         run.train(refill, len(members) if capacity is None else capacity)
     finally:
@@ -370,6 +401,7 @@ class _Run:
         self.members: list[Member] = []
         self.curves: dict[int, dict[str, list[float]]] = {}
         self.ended: dict[int, MemberResult] = {}
+        self.probabilities_on: torch.Tensor | None = None
 
     def join(self, new: Sequence[Member]) -> None:
         """New members take the next indices and start their first epoch."""
@@ -378,7 +410,8 @@ class _Run:
         indices = list(range(len(self.members), len(self.members) + len(new)))
         self.members.extend(new)
         self.population.add(new, indices)
-        self.curves.update({k: {"val": [], "test": [], "loss": []} for k in indices})
+        self.curves.update({k: {"val": [], "test": [], "loss": [], "derivative_corrupted": [],
+                                "derivative_clean": []} for k in indices})
 
     def leave(self, positions: list[int], status: MemberStatus,
               reasons: Sequence[str] | None = None) -> None:
@@ -386,12 +419,15 @@ class _Run:
         if not positions:
             return
         results = self._results(positions) if status == "complete" else [None] * len(positions)
+        probs = [None] * len(positions)
+        if status == "complete" and self.probabilities_on is not None:
+            probs = list(self.population.probabilities(self.probabilities_on, positions).cpu())
         for row, p in enumerate(positions):
             index = self.population.alive[p]
             curves = self.curves[index]
             ended = MemberResult(index, status, list(curves["val"]), list(curves["test"]),
                                  list(curves["loss"]), None if reasons is None else reasons[row],
-                                 results[row])
+                                 results[row], probs[row])
             self.ended[index] = ended
             if self.on_ended is not None:
                 self.on_ended(ended)
@@ -411,10 +447,14 @@ class _Run:
                 return
             epoch += 1
             train_loss = population.epoch().tolist()  # the one host sync of the epoch
+            derivatives = derivative_means(population.derivative_sums,
+                                           population.derivative_weights[:, :, 0].sum(dim=1),
+                                           population.derivative_weights.shape[1]).tolist()
             broken = [p for p, value in enumerate(train_loss) if not math.isfinite(value)]
             self.leave(broken, "nonfinite", [nonfinite_loss_message(
                 train_loss[p], population.epochs_done[p], spec) for p in broken])
             train_loss = [v for p, v in enumerate(train_loss) if p not in broken]
+            derivatives = [v for p, v in enumerate(derivatives) if p not in broken]
             if not population.alive:
                 continue
             val, test = population.accuracies((data.x_val, data.y_val),
@@ -422,12 +462,16 @@ class _Run:
             metrics = {}
             now = time.perf_counter()
             for p, index in enumerate(population.alive):
-                for key, value in (("val", val[p]), ("test", test[p]), ("loss", train_loss[p])):
+                on_corrupted, on_clean = derivatives[p]
+                for key, value in (("val", val[p]), ("test", test[p]), ("loss", train_loss[p]),
+                                   ("derivative_corrupted", on_corrupted),
+                                   ("derivative_clean", on_clean)):
                     self.curves[index][key].append(value)
                 metrics[index] = {
                     "val_accuracy": val[p], "test_accuracy": test[p],
                     "train_loss": train_loss[p], "lr": population.last_lr(p),
                     "seconds": now - population.joined[p], "epoch": population.epochs_done[p],
+                    "derivative_corrupted": on_corrupted, "derivative_clean": on_clean,
                 }
             if self.on_epoch is not None:
                 pruned = _removal_positions(population, self.on_epoch(epoch, metrics))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dm_tune.emphasis import emphasis_lambda
-from dm_tune.losses import BASELINE_LOSSES, BaselineLoss, DMLoss
+from dm_tune.losses import BASELINE_LOSSES, BaselineLoss, DMLoss, ForwardLoss, forward_loss
 
 __all__ = ["PopulationLoss", "batched_dm_loss"]
 
@@ -142,6 +142,21 @@ class _BaselineGroup:
         return self.per_member(logits, targets)
 
 
+class _ForwardGroup:
+    """Forward-correction members with the same transition matrix, one vmapped call."""
+
+    def __init__(self, transition: Tensor) -> None:
+        self.transition = transition
+        self.per_member = torch.func.vmap(lambda z, y: forward_loss(z, y, self.transition))
+
+    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        if self.transition.device != logits.device:
+            self.transition = self.transition.to(logits.device)
+        return self.per_member(logits, targets)
+
+
 class PopulationLoss:
     """Training losses of K members (`get_loss` modules, DM and baselines mixed)."""
 
@@ -155,9 +170,11 @@ class PopulationLoss:
                 key: tuple = ("dm",)
             elif isinstance(loss, BaselineLoss):
                 key = (loss.name, tuple(sorted(loss.params.items())))
+            elif isinstance(loss, ForwardLoss):
+                key = ("forward", loss.key)
             else:
-                raise ValueError(f"loss: a population member needs a registry loss (DMLoss or "
-                                 f"BaselineLoss), got {type(loss).__name__}")
+                raise ValueError(f"loss: a population member needs a registry loss (DMLoss, "
+                                 f"BaselineLoss or ForwardLoss), got {type(loss).__name__}")
             groups.setdefault(key, []).append(k)
         self._groups = [(members, self._group(key, members)) for key, members in groups.items()]
         order = [k for members, _ in self._groups for k in members]
@@ -172,6 +189,8 @@ class PopulationLoss:
             dm = [self.losses[k] for k in members]
             return _DMGroup([m.emphasis_mode for m in dm], [m.emphasis_variance for m in dm],
                            [m.norm_epsilon for m in dm])
+        if key[0] == "forward":
+            return _ForwardGroup(self.losses[members[0]].transition)
         return _BaselineGroup(key[0], dict(key[1]))
 
     def __len__(self) -> int:

@@ -1,0 +1,219 @@
+"""The noise transition matrix of a label set, estimated by confident learning (numpy).
+
+Given out-of-fold predicted probabilities (each example's from a model that never saw
+it) and the given labels, cleanlab's confident joint (Northcutt, Jiang and Chuang, JAIR
+2021, Sec. 3.1-3.2; ``cleanlab.count.compute_confident_joint`` calibrated by
+``cleanlab.count.estimate_joint``) estimates ``Q[i, j] = P(given i, true j)``. dm-tune's
+convention is the transpose, row-normalised (DESIGN.md section 2)::
+
+    T[i, j] = P(given j | true i) = Q[j, i] / sum_k Q[k, i]
+
+and the estimated overall rate is the off-diagonal mass ``1 - trace(Q)``, directly
+comparable with a corruption's realised rate (the fraction of labels changed).
+
+The nearest of dm-tune's kinds: every kind's matrix is affine in the rate,
+``T(r) = I + r (M - I)``, so the least-squares rate is ``<T - I, M - I> / ||M - I||^2``;
+the fit is ``1 - ||T - T_kind(r*)||_F^2 / ||T - I||_F^2`` (1: exactly that kind; 0: no
+better than "no noise"). This module reads and writes the estimate file that
+``dm-tune recommend --from-estimate`` and ``[baselines] forward_estimate`` accept.
+
+Example:
+    >>> import numpy as np
+    >>> T = np.array([[0.8, 0.2], [0.2, 0.8]])
+    >>> nearest_kind(T).kind
+    'symmetric'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from dm_tune import noise
+from dm_tune.errors import EstimateError
+
+__all__ = [
+    "ESTIMATE_VERSION",
+    "EstimateError",
+    "KindFit",
+    "NoiseEstimate",
+    "check_fold_labels",
+    "estimate_from_probabilities",
+    "kind_fits",
+    "nearest_kind",
+    "read_estimate",
+    "write_estimate",
+]
+
+ESTIMATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class KindFit:
+    """How well one of dm-tune's noise kinds, at its least-squares rate, fits T."""
+
+    kind: str
+    rate: float
+    fit: float
+
+
+@dataclass
+class NoiseEstimate:
+    """What ``dm-tune estimate-noise`` reports and writes."""
+
+    transition: list[list[float]]
+    estimated_rate: float
+    nearest_kind: str
+    nearest_rate: float
+    fit: float
+    fits: list[KindFit]
+    num_examples: int
+    source: str = ""
+    folds: int = 0
+    realised_rate: float | None = None  # known only for synthetic noise
+    true_kind: str | None = None
+    true_rate: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The estimate file's document (see :func:`write_estimate`)."""
+        doc = asdict(self)
+        doc["fits"] = [asdict(f) for f in self.fits]
+        return {"version": ESTIMATE_VERSION, **doc}
+
+
+def check_fold_labels(labels: ArrayLike, num_classes: int, folds: int) -> NDArray[np.int64]:
+    """The labels as int64 if K-fold estimation can use them; ``EstimateError`` if not."""
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise EstimateError("labels must be a non-empty 1-D array of integers")
+    if folds < 2:
+        raise EstimateError(f"folds must be at least 2, got {folds}")
+    counts = np.bincount(arr.astype(np.int64), minlength=num_classes)
+    present = np.flatnonzero(counts)
+    if len(present) < 2:
+        raise EstimateError(f"the labels hold only one class ({int(present[0])}): "
+                            "there is no noise to estimate between classes")
+    if counts.min() < folds:
+        low = int(counts.argmin())
+        raise EstimateError(f"class {low} has {int(counts[low])} example(s), fewer than the "
+                            f"{folds} folds: every class needs one per fold")
+    return arr.astype(np.int64)
+
+
+def _kind_matrix(kind: str, num_classes: int, dataset: str | None) -> NDArray[np.float64]:
+    """M with T_kind(r) = I + r (M - I): the kind's matrix at rate 1 (formally)."""
+    eye = np.eye(num_classes)
+    if kind == "symmetric":
+        return (1.0 - eye) / (num_classes - 1)
+    if kind == "pairflip":
+        return np.roll(eye, 1, axis=1)
+    mapping = noise.ASYMMETRIC_MAPS[dataset]  # type: ignore[index]
+    matrix = eye.copy()
+    for source, target in mapping.items():
+        matrix[source, source] = 0.0
+        matrix[source, target] = 1.0
+    return matrix
+
+
+def kind_fits(transition: ArrayLike, dataset: str | None = None) -> list[KindFit]:
+    """Each kind's least-squares rate and fit to T, best first (asymmetric only for a
+    dataset with a class map of the same size)."""
+    t = noise.check_transition_matrix(transition, tolerance=1e-4)
+    c = t.shape[0]
+    kinds = ["symmetric", "pairflip"]
+    mapping = noise.ASYMMETRIC_MAPS.get(dataset or "")
+    if mapping and max(max(mapping), max(mapping.values())) < c:
+        kinds.append("asymmetric")
+    eye = np.eye(c)
+    residual0 = float(np.sum((t - eye) ** 2))
+    fits = []
+    for kind in kinds:
+        direction = _kind_matrix(kind, c, dataset) - eye
+        rate = float(np.sum((t - eye) * direction) / np.sum(direction**2))
+        rate = min(max(rate, 0.0), math.nextafter(noise.max_rate(kind, c), 0.0))
+        residual = float(np.sum((t - eye - rate * direction) ** 2))
+        fit = 1.0 - residual / residual0 if residual0 > 0 else 1.0
+        fits.append(KindFit(kind, rate, fit))
+    return sorted(fits, key=lambda f: -f.fit)
+
+
+def nearest_kind(transition: ArrayLike, dataset: str | None = None) -> KindFit:
+    """The kind that fits T best (:func:`kind_fits`' first)."""
+    return kind_fits(transition, dataset)[0]
+
+
+def estimate_from_probabilities(
+    labels: ArrayLike, pred_probs: ArrayLike, dataset: str | None = None
+) -> NoiseEstimate:
+    """T, the overall rate and the nearest kind from out-of-fold probabilities.
+
+    ``pred_probs`` (N, C) must be out-of-fold: a model's probabilities on its own
+    training examples have memorised their noisy labels and hide the noise.
+    """
+    from cleanlab.count import estimate_joint
+
+    probs = np.asarray(pred_probs, dtype=np.float64)
+    given = np.asarray(labels)
+    if probs.ndim != 2 or probs.shape[0] != given.shape[0]:
+        raise EstimateError(f"pred_probs must have shape ({given.shape[0]}, C), "
+                            f"got {probs.shape}")
+    given = check_fold_labels(given, probs.shape[1], 2)
+    joint = estimate_joint(given, probs)  # Q[i, j] = P(given i, true j)
+    by_true = joint.T
+    totals = by_true.sum(axis=1, keepdims=True)
+    eye = np.eye(probs.shape[1])
+    # a true class the joint never saw keeps its label (no evidence of noise)
+    transition = np.where(totals > 0, by_true / np.where(totals > 0, totals, 1.0), eye)
+    best = kind_fits(transition, dataset)
+    return NoiseEstimate(
+        transition=transition.tolist(), estimated_rate=float(1.0 - np.trace(joint)),
+        nearest_kind=best[0].kind, nearest_rate=best[0].rate, fit=best[0].fit, fits=best,
+        num_examples=int(given.shape[0]),
+    )
+
+
+def write_estimate(estimate: NoiseEstimate, path: Path | str) -> None:
+    """Write the estimate file (JSON; ``version``, ``transition`` and the figures)."""
+    Path(path).write_text(json.dumps(estimate.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+def read_estimate(path: Path | str) -> dict[str, Any]:
+    """An estimate file's document, checked: version, a transition matrix (rows true
+    classes, summing to 1), a rate in [0, 1) and a known kind; ``EstimateError`` names
+    the file and the fault in one line."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EstimateError(f"{path}: estimate file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EstimateError(f"{path}: not a JSON estimate file: "
+                            f"{str(error).splitlines()[0]}") from None
+    if not isinstance(doc, dict) or doc.get("version") != ESTIMATE_VERSION:
+        raise EstimateError(f"{path}: not a dm-tune estimate file (version "
+                            f"{ESTIMATE_VERSION} expected)")
+    try:
+        matrix = noise.check_transition_matrix(doc.get("transition"), tolerance=1e-4)
+    except ValueError as error:
+        raise EstimateError(f"{path}: transition: {error}") from None
+    rate, kind = doc.get("estimated_rate"), doc.get("nearest_kind")
+    if not (isinstance(rate, int | float) and math.isfinite(rate) and 0.0 <= rate < 1.0):
+        raise EstimateError(f"{path}: estimated_rate must be a number in [0, 1), got {rate!r}")
+    if kind not in noise.NOISE_KINDS:
+        raise EstimateError(f"{path}: nearest_kind must be one of "
+                            f"{', '.join(noise.NOISE_KINDS)}, got {kind!r}")
+    nearest_rate = doc.get("nearest_rate")
+    if not (isinstance(nearest_rate, int | float) and math.isfinite(nearest_rate)
+            and 0.0 <= nearest_rate < noise.max_rate(kind, matrix.shape[0])):
+        raise EstimateError(f"{path}: nearest_rate must be in [0, "
+                            f"{noise.max_rate(kind, matrix.shape[0]):.4g}) for {kind}, "
+                            f"got {nearest_rate!r}")
+    doc["transition"] = matrix.tolist()
+    return doc
