@@ -40,10 +40,11 @@ Design (the advice issue's "done when"):
 
   gain = the advice's regret - the verified pick's regret, per rate (mean over seeds).
 
-The second dataset (``--dataset synthetic``) is scikit-learn's ``make_classification``
-(the generator behind NIPS 2003's Madelon): 2,000 examples, 10 classes, 32 features of
-which 12 informative, fixed seed, written to an npz and loaded through ``dataset =
-"npz"``. It ships offline with scikit-learn; it is generated data, not a recorded one.
+The second dataset (``--dataset synthetic``, ``benchmarks/synthetic_data.py``) is
+scikit-learn's ``make_classification`` (the generator behind NIPS 2003's Madelon): 2,000
+examples, 10 classes, 32 features of which 12 informative, fixed seed, written to an npz
+and loaded through ``dataset = "npz"``. It ships offline with scikit-learn; it is
+generated data, not a recorded one.
 
     python benchmarks/guideline_heldout.py [--dataset digits|synthetic] [--keep DIR]
     python benchmarks/guideline_heldout.py --reuse DIR   # campaigns of an earlier --keep
@@ -73,6 +74,10 @@ from dm_tune.guidelines.loading import load_campaign
 from dm_tune.guidelines.recommend import recommend
 from dm_tune.population import Member, train_population
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from guideline_stability import log, run_campaign  # noqa: E402
+from synthetic_data import write_synthetic  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "studies" / "digits-quick.toml"
 HELD_OUT = (("symmetric", 0.3), ("symmetric", 0.5), ("pairflip", 0.25), ("pairflip", 0.35))
@@ -81,21 +86,6 @@ TRAIN_SEED_OFFSET = 500  # a draw's training seed: its draw seed + this
 GRID_MODES = (0.0, 0.2, 0.4, 0.6, 0.8)
 GRID_VARIANCES = (2.0, 6.0, 12.0, 20.0)
 TARGETS = {"mean_regret": 0.75, "worst_regret": 2.0, "spread": 1.5, "collapsed_runs": 0}
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def synthetic_npz(path: Path) -> Path:
-    """The second dataset: make_classification, 10 classes, written once to ``path``."""
-    from sklearn.datasets import make_classification
-
-    x, y = make_classification(n_samples=2000, n_features=32, n_informative=12,
-                               n_redundant=4, n_classes=10, n_clusters_per_class=1,
-                               class_sep=1.5, flip_y=0.0, random_state=7)
-    np.savez(path, x=x.astype(np.float32), y=y.astype(np.int64))
-    return path
 
 
 def campaign_text(seed: int, dataset: str, npz: Path | None, quick: bool) -> str:
@@ -114,23 +104,6 @@ def campaign_text(seed: int, dataset: str, npz: Path | None, quick: bool) -> str
         text = re.sub(r'(?m)^losses = \[[^\]]*\]', "losses = []", text, count=1)
         text += "\n[confirm]\nseeds = 1\ncandidates = 1\ngce_q_trials = 0\n"
     return text
-
-
-def run_campaign(path: Path, db: Path, label: str) -> float:
-    """`dm-tune run` on the SQLite file `db`; returns its wall time."""
-    exe = Path(sys.executable).with_name("dm-tune")
-    command = [str(exe) if exe.exists() else "dm-tune", "run", str(path), "--storage",
-               f"sqlite:///{db}", "--no-report", "--device", "cpu"]
-    log(f"{label}: dm-tune run ...")
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"})
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"{label}: dm-tune run failed ({done.returncode}):\n"
-                 f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    log(f"{label}: done in {wall:.0f} s")
-    return wall
 
 
 def advice(db: Path, campaign: str) -> dict[tuple[str, float], dict[str, tuple]]:
@@ -240,7 +213,7 @@ def main() -> None:
         if tag == "synthetic":
             npz = work / "synthetic.npz"
             if not npz.exists():
-                synthetic_npz(npz)
+                write_synthetic(npz)
         recs, walls = {}, []
         for seed in seeds:
             path = work / f"campaign-seed{seed}.toml"

@@ -91,7 +91,7 @@ def test_heldout_reference_is_cross_fitted_and_the_synthetic_campaign_is_the_dem
     # scored on the half it was not chosen on
     grid = np.array([[90.0, 90.0, 80.0, 80.0], [80.0, 80.0, 95.0, 95.0]])
     assert bench.reference(grid) == pytest.approx(0.5 * (80.0 + 80.0))
-    npz = bench.synthetic_npz(tmp_path / "s.npz")
+    npz = bench.write_synthetic(tmp_path / "s.npz")
     data = np.load(npz)
     assert data["x"].shape == (2000, 32) and sorted(set(data["y"].tolist())) == list(range(10))
     path = tmp_path / "c.toml"

@@ -136,27 +136,32 @@ class RiskModel:
         ceiling = self.values[near].max() if near.any() else self.values.max()
         return np.minimum(np.asarray(mean, dtype=float), ceiling), latent
 
-    def estimate(self, modes, variances, rate: float) -> list[RiskEstimate]:
-        """One estimate per (mode, variance) at ``rate``."""
+    def _mixture(self, modes, variances, rate: float):
+        """(weights [q, i], centres [q, i], component std [q, 1], evidence [q])."""
         modes = np.atleast_1d(np.asarray(modes, dtype=float))
         variances = np.atleast_1d(np.asarray(variances, dtype=float))
         mean, latent = self._mean(modes, variances, rate)
         spread = np.sqrt(np.asarray(latent, dtype=float) ** 2 + SMOOTHING**2)[:, None]
         weights, evidence = self._weights(modes, variances, float(rate))
         centres = np.asarray(mean, dtype=float)[:, None] + self.residuals[None, :]
+        return weights, centres, spread, evidence
+
+    def estimate(self, modes, variances, rate: float) -> list[RiskEstimate]:
+        """One estimate per (mode, variance) at ``rate``."""
+        weights, centres, spread, evidence = self._mixture(modes, variances, rate)
 
         def cdf(x: np.ndarray) -> np.ndarray:
             return (weights * ndtr((x[:, None] - centres) / spread)).sum(1)
 
-        lo = np.full(len(modes), -0.5)
-        hi = np.full(len(modes), 1.5)
+        lo = np.full(len(centres), -0.5)
+        hi = np.full(len(centres), 1.5)
         for _ in range(40):  # bisection on the mixture's CDF, all queries at once
             mid = 0.5 * (lo + hi)
             below = cdf(mid) < TAIL_QUANTILE
             lo = np.where(below, mid, lo)
             hi = np.where(below, hi, mid)
         expected = (weights * centres).sum(1)
-        collapse = cdf(np.full(len(modes), self.threshold))
+        collapse = cdf(np.full(len(centres), self.threshold))
         return [
             RiskEstimate(float(np.clip(e, 0, 1)), float(np.clip(q, 0, 1)), float(c), float(n))
             for e, q, c, n in zip(expected, 0.5 * (lo + hi), collapse, evidence, strict=True)
@@ -164,10 +169,5 @@ class RiskModel:
 
     def collapse_probability(self, modes, variances, rate: float) -> np.ndarray:
         """P(collapse) only (no quantile): cheap enough for a whole grid."""
-        modes = np.atleast_1d(np.asarray(modes, dtype=float))
-        variances = np.atleast_1d(np.asarray(variances, dtype=float))
-        mean, latent = self._mean(modes, variances, rate)
-        spread = np.sqrt(np.asarray(latent, dtype=float) ** 2 + SMOOTHING**2)[:, None]
-        weights, _ = self._weights(modes, variances, float(rate))
-        centres = np.asarray(mean, dtype=float)[:, None] + self.residuals[None, :]
+        weights, centres, spread, _ = self._mixture(modes, variances, rate)
         return (weights * ndtr((self.threshold - centres) / spread)).sum(1)
