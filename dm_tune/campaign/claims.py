@@ -165,7 +165,11 @@ def _fail_orphans(storage: optuna.storages.BaseStorage, study: optuna.Study) -> 
     # that never beat; after the grace period it is failed and its job queued again.
     interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
     engine = getattr(storage, "engine", None)
-    if not interval or engine is None:
+    proxied = getattr(storage, "orphan_trial_ids", None)  # the proxy finds them itself
+    if not interval or (engine is None and not callable(proxied)):
         return
-    for trial_id in _optuna.orphan_trial_ids(engine, study.study_name, 2 * interval + 5):
+    older = 2 * interval + 5
+    found = (proxied(study.study_name, older) if callable(proxied)
+             else _optuna.orphan_trial_ids(engine, study.study_name, older))
+    for trial_id in found:
         _optuna.fail_and_requeue(study, trial_id, JOB_ATTRS)

@@ -100,7 +100,10 @@ _SERVER_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", -1),
 ]
+# A proxy that restarts is reconnected to within 8 s of listening again (gRPC's default
+# backoff grows to 120 s): the longest wait of dm_tune.campaign.retry's backoff.
 _CLIENT_OPTIONS = [
+    ("grpc.max_reconnect_backoff_ms", 8_000),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -188,6 +191,10 @@ class _Coordination:
     def stale_trial_ids(self, request: dict[str, Any]) -> list[int]:
         return _optuna.stale_trial_ids(self._cached, int(request["study_id"]))
 
+    def orphan_trial_ids(self, request: dict[str, Any]) -> list[int]:
+        return _optuna.orphan_trial_ids(self._rdb.engine, str(request["study_name"]),
+                                        float(request["older_than_s"]))
+
     # --- the lock: held for as long as the client keeps the call open
     def lock(self, request: dict[str, Any], context: Any) -> Iterator[dict[str, Any]]:
         name = str(request["name"])
@@ -221,6 +228,7 @@ class _Coordination:
             "Budgets": self.budgets,
             "RecordHeartbeat": self.record_heartbeat,
             "StaleTrialIds": self.stale_trial_ids,
+            "OrphanTrialIds": self.orphan_trial_ids,
         }
         methods = {
             name: grpc.unary_unary_rpc_method_handler(
@@ -349,6 +357,7 @@ class ProxyStorage(_optuna.HeartbeatGrpcClient):
         self._budgets_rpc = method("Budgets")
         self._heartbeat_rpc = method("RecordHeartbeat")
         self._stale_rpc = method("StaleTrialIds")
+        self._orphans_rpc = method("OrphanTrialIds")
         self._lock_rpc = channel.unary_stream(
             f"/{SERVICE}/Lock", request_serializer=_dumps, response_deserializer=_loads)
 
@@ -373,7 +382,9 @@ class ProxyStorage(_optuna.HeartbeatGrpcClient):
     @contextmanager
     def campaign_lock(self, name: str) -> Iterator[None]:
         """Hold the campaign lock ``name`` (in the proxy) for the block."""
-        call = self._lock_rpc({"name": name}, wait_for_ready=True)
+        # no wait_for_ready: a proxy that is down fails the call at once (UNAVAILABLE),
+        # which the caller's retry waits out within the outage limit
+        call = self._lock_rpc({"name": name})
         try:
             reply = next(call)
             if not reply.get("held"):
@@ -394,6 +405,11 @@ class ProxyStorage(_optuna.HeartbeatGrpcClient):
 
     def stale_trial_ids(self, study_id: int) -> list[int]:
         return list(self._stale_rpc({"study_id": study_id}))
+
+    def orphan_trial_ids(self, study_name: str, older_than_s: float) -> list[int]:
+        """RUNNING trials that never beat (a claim cut by an outage), found in the proxy."""
+        return list(self._orphans_rpc({"study_name": study_name,
+                                       "older_than_s": older_than_s}))
 
     def get_heartbeat_interval(self) -> int | None:
         return self.settings()["heartbeat_interval"]
