@@ -133,3 +133,32 @@ def test_workers_ride_out_a_killed_proxy_and_finish_exactly(
         retried = [t.system_attrs["failed_trial"] for t in done if "failed_trial" in
                    t.system_attrs]
         assert len(retried) == len(set(retried)), name  # each cut trial queued once
+
+
+def test_a_second_proxy_refuses_a_busy_port_and_writes_nothing(
+    pg_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    port = _free_port()
+    first = _start_proxy(pg_url, port)
+    other = tmp_path / "other.db"
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "dm_tune", "storage-proxy", "--port", str(port)],
+            cwd=REPO, env=_env(DM_TUNE_STORAGE=f"sqlite:///{other}"), capture_output=True,
+            text=True, timeout=120)
+        assert second.returncode == 2, second.stdout + second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"dm-tune: cannot listen on 127.0.0.1:{port}"), second.stderr
+        assert "listening" not in second.stdout
+        assert list(tmp_path.iterdir()) == []  # the other database was not even created
+        from dm_tune.cluster.proxy import open_grpc_storage
+
+        for _ in range(3):  # the port is still the first proxy's alone: PostgreSQL answers
+            client = open_grpc_storage(f"grpc://127.0.0.1:{port}")
+            try:
+                assert client.settings()["backend"] == "postgresql"
+            finally:
+                client.close()
+    finally:
+        _stop(first)

@@ -50,6 +50,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import warnings
@@ -99,6 +100,9 @@ _SERVER_OPTIONS = [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", -1),
+    # gRPC sets SO_REUSEPORT by default: a second proxy would then share a busy port
+    # with the first, and the kernel hand each new connection to either of them
+    ("grpc.so_reuseport", 0),
 ]
 # A proxy that restarts is reconnected to within 8 s of listening again (gRPC's default
 # backoff grows to 120 s): the longest wait of dm_tune.campaign.retry's backoff.
@@ -267,6 +271,26 @@ class ProxyServer:
         self.rdb.engine.dispose()
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on (another proxy, even of another
+    database), before gRPC binds: its refusal comes with a log line of its own."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as error:
+        raise StorageError(f"cannot listen on {host}:{port}: {error}") from None
+    with socket.socket(family, kind, proto) as probe:
+        # as gRPC binds (a port in TIME_WAIT after a restart is free), minus SO_REUSEPORT
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise StorageError(f"cannot listen on {host}:{port}: {error.strerror or error} "
+                               "(another storage proxy or program listens there)") from None
+
+
 def start_proxy(
     storage_url: str | None = None,
     host: str = "127.0.0.1",
@@ -282,6 +306,7 @@ def start_proxy(
     _require_grpc()
     if pool_size < 1:
         raise StorageError(f"pool_size must be at least 1, got {pool_size}")
+    _check_port_free(host, port)  # before the database is opened (or created)
     rdb = _open_rdb(storage_url, pool_size, heartbeat_interval, grace_period, max_retry)
     # Optuna's advice: serve the cached wrapper (finished trials are read once).
     storage = optuna.storages.get_storage(rdb)
@@ -292,7 +317,10 @@ def start_proxy(
     server = grpc.server(pool, options=_SERVER_OPTIONS)
     _optuna.add_storage_servicer(server, storage)
     server.add_generic_rpc_handlers((coordination.handler(),))
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # newer grpcio raise, older return 0
+        bound = 0
     if bound == 0:
         rdb.engine.dispose()
         raise StorageError(f"cannot listen on {host}:{port} (in use, or not an address here)")
