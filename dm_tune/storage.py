@@ -22,10 +22,14 @@ Example:
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import os
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,9 @@ SQLITE_BUSY_TIMEOUT_S = 60
 PG_CONNECT_TIMEOUT_S = 5
 POOL_TIMEOUT_S = 120  # a call waits this long for a free pooled connection (bounded pool)
 _PG_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
+# advisory lock key of table creation: the first 8 bytes of sha256(b"dm-tune/schema")
+_SCHEMA_KEY = int.from_bytes(hashlib.sha256(b"dm-tune/schema").digest()[:8], "big",
+                             signed=True)
 
 _logger = logging.getLogger(__name__)
 
@@ -208,6 +215,53 @@ def _engine_kwargs(url: URL, pool_size: int | None = None) -> dict[str, Any]:
     }
 
 
+def schema_lock_file(database: Path) -> Path:
+    """The file whose ``flock`` serialises creating Optuna's tables in a SQLite file."""
+    return database.with_name(f"{database.name}.schema.lock")
+
+
+@contextmanager
+def _schema_lock(url: URL) -> Iterator[None]:
+    """Hold a lock while RDBStorage creates Optuna's tables and stamps their version, so
+    that two commands opening one new database at once do not both create them (one
+    failed with ``UNIQUE constraint failed: alembic_version.version_num``).
+
+    SQLite: ``flock`` on :func:`schema_lock_file`; PostgreSQL: a session advisory lock
+    on a connection of its own. Where the lock cannot be had (an unwritable folder, a
+    server that refuses the connection) nothing is locked: opening reports the cause.
+    """
+    if url.get_backend_name() == "sqlite":
+        path = _sqlite_path(url)
+        if path is None:
+            yield
+            return
+        try:
+            fd = os.open(schema_lock_file(path), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      **_engine_kwargs(url))
+    try:
+        connection = engine.connect()
+    except sqlalchemy.exc.SQLAlchemyError:
+        engine.dispose()
+        yield
+        return
+    try:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_KEY})
+        yield
+    finally:
+        connection.close()  # ends the session, and with it the advisory lock
+        engine.dispose()
+
+
 def _sqlite_connection_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """Per-connection SQLite settings (journal_mode is per file, synchronous per connection)."""
     cursor = dbapi_connection.cursor()
@@ -291,7 +345,7 @@ def open_storage(
     # that a literal brace can never break the format call.
     full = full.replace("{", "{{").replace("}", "}}")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), (_schema_lock(parsed) if create else nullcontext()):
             # Heartbeats are "experimental" in Optuna since 2.9; the warnings are noise to users.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(

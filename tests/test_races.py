@@ -1,0 +1,53 @@
+"""Races between commands: two `run` processes on one new SQLite file.
+
+Both must create the tables without tripping over each other (one failed with `UNIQUE
+constraint failed: alembic_version.version_num`), share the budgets exactly and never
+propose the same point (every `run` seeded its samplers with 0).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from dm_tune.storage import open_storage
+from tests.campaign_files import write_tiny
+
+REPO = Path(__file__).resolve().parents[1]
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "DM_TUNE_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_two_runs_at_once_on_a_new_sqlite_file_share_it_exactly(tmp_path: Path) -> None:
+    budget = 12  # beyond the 5 warm-start points: the samplers propose the rest
+    config = write_tiny(tmp_path, name="race", epochs=2, trials=budget, baselines=())
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    command = [sys.executable, "-m", "dm_tune", "run", str(config), "--storage", url,
+               "--device", "cpu", "--no-report", "--no-confirm"]
+    runs = [subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    storage = open_storage(url, heartbeat_interval=None, create=False)
+    try:
+        summaries = storage.get_all_studies()
+        assert len(summaries) == 2
+        for summary in summaries:
+            trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+            done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+            assert len(done) == budget, summary.study_name
+            assert not [t for t in trials if t.state in (TrialState.RUNNING,
+                                                         TrialState.WAITING)]
+            points = [tuple(sorted(t.params.items())) for t in done]
+            assert len(set(points)) == len(points), (summary.study_name, points)
+    finally:
+        storage.engine.dispose()
+
