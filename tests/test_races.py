@@ -15,6 +15,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from dm_tune.campaign.claims import JOIN_STRIDE, join_seed
+from dm_tune.config import load_campaign_config
 from dm_tune.storage import open_storage
 from tests.campaign_files import write_tiny
 
@@ -48,6 +50,30 @@ def test_two_runs_at_once_on_a_new_sqlite_file_share_it_exactly(tmp_path: Path) 
                                                          TrialState.WAITING)]
             points = [tuple(sorted(t.params.items())) for t in done]
             assert len(set(points)) == len(points), (summary.study_name, points)
+        # the next process to join gets the third seed: each run took one of its own
+        assert join_seed(storage, load_campaign_config(config)) == 2 * JOIN_STRIDE
     finally:
         storage.engine.dispose()
 
+
+def test_processes_that_join_one_campaign_never_propose_the_same_point(tmp_path: Path) -> None:
+    """Worker names repeat (`cpu0` of `launch` on two machines) and every `run` used seed
+    0: each process that joins now draws its own sampler seed from the database."""
+    from dm_tune.campaign import create_campaign, run_worker
+
+    path = write_tiny(tmp_path, name="joins", epochs=1, trials=3, baselines=())
+    path.write_text(path.read_text().replace("rates = [0.2, 0.4]", "rates = [0.2]")
+                    .replace('warm_start = "paper"', 'warm_start = "none"')
+                    .replace("startup_trials = 2", "startup_trials = 10"))
+    config = load_campaign_config(path)
+    storage = open_storage(f"sqlite:///{tmp_path / 'joins.db'}", heartbeat_interval=None)
+    try:
+        create_campaign(config, storage)
+        for _ in range(3):  # one trial each, as three processes named alike would take
+            run_worker(storage, config, "cpu", max_trials=1, name="cpu0")
+        (summary,) = storage.get_all_studies()
+        trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+        points = [tuple(sorted(t.params.items())) for t in trials]
+        assert len(points) == 3 and len(set(points)) == 3, points
+    finally:
+        storage.engine.dispose()

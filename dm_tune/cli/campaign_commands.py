@@ -90,14 +90,19 @@ def run(
 
     create_campaign(config, store)
     if jobs == 1:
+        from dm_tune.campaign.claims import join_seed
+        from dm_tune.campaign.retry import retrying
+
         prepare_training_process(None, config)
+        # one seed for both phases; another `run` of the campaign gets another one
+        seed = retrying(lambda: join_seed(store, config), "joining")
 
     def work(phase_config) -> bool:
         """One pass of the worker(s) until every budget is met; True if stopped."""
         if jobs == 1:
             from dm_tune.cli.views import run_with_progress
 
-            return run_with_progress(store, phase_config, resolved, console)
+            return run_with_progress(store, phase_config, resolved, console, seed)
         from dm_tune.campaign.launcher import plan_slots
         from dm_tune.cli.views import live_launch
 
