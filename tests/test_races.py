@@ -77,3 +77,47 @@ def test_processes_that_join_one_campaign_never_propose_the_same_point(tmp_path:
         assert len(points) == 3 and len(set(points)) == 3, points
     finally:
         storage.engine.dispose()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def test_sigterm_to_run_jobs_2_while_its_workers_start_is_a_stop(tmp_path: Path) -> None:
+    """The workers get the forwarded SIGTERM before they installed their handlers (they
+    are still importing): they die of it (-15), which was `worker(s) exited non-zero:
+    {'cpu0': -15}`, exit 1. A signal is a stop: exit 0, and the same command resumes."""
+    import signal
+    import time
+
+    budget = 4
+    config = write_tiny(tmp_path, name="term", epochs=2, trials=budget, baselines=())
+    command = [sys.executable, "-m", "dm_tune", "run", str(config), "--storage",
+               f"sqlite:///{tmp_path / 'term.db'}", "--jobs", "2", "--no-report",
+               "--no-confirm"]
+    run = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(_children(run.pid)) < 2:  # both workers spawned, neither has imported much
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.005)
+    run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err
+    assert "stopped early: run the same command again to resume" in out
+    assert "exited non-zero" not in err and "Traceback" not in err, err
+    again = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr
+    storage = open_storage(f"sqlite:///{tmp_path / 'term.db'}", heartbeat_interval=None,
+                           create=False)
+    try:
+        for summary in storage.get_all_studies():
+            trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+            done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+            assert len(done) == budget, summary.study_name
+            assert not [t for t in trials if t.state in (TrialState.RUNNING,
+                                                         TrialState.WAITING)]
+    finally:
+        storage.engine.dispose()

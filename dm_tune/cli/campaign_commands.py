@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -32,8 +33,13 @@ def _print_status(store, config, sentences: bool = True) -> None:
     console.print(status_table(config.name, status_rows(store, config), sentences))
 
 
-def _workers_failed(codes: dict[str, int]) -> None:
-    failed = {label: code for label, code in codes.items() if code != 0}
+def _workers_failed(codes: dict[str, int], stopped: bool = False) -> None:
+    """Exit 1 when a worker failed; after a stop signal, a worker the signal killed while
+    it started (before its own handlers) was stopped, not failed."""
+    from dm_tune.campaign.launcher import stop_exit
+
+    failed = {label: code for label, code in codes.items()
+              if code != 0 and not (stopped and stop_exit(code))}
     if failed:
         raise refuse(f"worker(s) exited non-zero: {failed}", code=1)
 
@@ -87,6 +93,7 @@ def run(
     resolved = resolve_device(device) if jobs == 1 else "cpu"
     config, store = open_campaign(config_path, storage)
     from dm_tune.campaign.create import create_campaign  # after the checks: fast refusals
+    from dm_tune.campaign.worker import stop_signals
 
     create_campaign(config, store)
     if jobs == 1:
@@ -99,6 +106,8 @@ def run(
 
     def work(phase_config) -> bool:
         """One pass of the worker(s) until every budget is met; True if stopped."""
+        if stop.is_set():  # a signal between the phases: the next one does not start
+            return True
         if jobs == 1:
             from dm_tune.cli.views import run_with_progress
 
@@ -110,14 +119,18 @@ def run(
         # between them: one worker claiming all of it would leave the others idle
         wider = phase_config.search.population
         population = max(config.search.population, -(-wider // jobs))
-        _workers_failed(live_launch(
+        codes = live_launch(
             store, phase_config, plan_slots(None, 1, jobs), str(config_path), storage, console,
-            population if population != config.search.population else None))
-        return False
+            population if population != config.search.population else None, stop=stop)
+        _workers_failed(codes, stopped=stop.is_set())
+        return stop.is_set()
 
-    stopped = work(config)
-    if not stopped and confirm:
-        stopped = _confirm_after_search(store, config, work)
+    # SIGTERM/SIGINT are a stop in every phase: during the search, the confirmation, a
+    # worker's start, or between them (the workers get it forwarded)
+    with stop_signals() as stop:
+        stopped = work(config)
+        if not stopped and confirm:
+            stopped = _confirm_after_search(store, config, work)
     # the outputs end with the same sentences after the recommendations: say them once
     _print_status(store, config, sentences=stopped or not report)
     say(f"database: {database_location(storage)}")
@@ -269,7 +282,11 @@ def launch(
     config, store = open_campaign(config_path, storage)
     create_campaign(config, store)
     slots = plan_slots(gpu_ids, per_gpu, cpus)
-    _workers_failed(live_launch(store, config, slots, str(config_path), storage, console))
+    stop = threading.Event()
+    _workers_failed(live_launch(store, config, slots, str(config_path), storage, console,
+                                stop=stop), stopped=stop.is_set())
+    if stop.is_set():
+        say("stopped early: run the same command again to resume")
 
 
 def _check_gpus(gpu_ids: list[int]) -> None:

@@ -88,10 +88,11 @@ def run_with_progress(
 
 def live_launch(
     storage, config: CampaignConfig, slots: Sequence[Slot], config_path: str, storage_url: str,
-    console: Console, population: int | None = None,
+    console: Console, population: int | None = None, stop: threading.Event | None = None,
 ) -> dict[str, int]:
     """Launch worker processes with a live table of workers and study bars (``population``
-    overrides the file's ``[search] population`` in each worker)."""
+    overrides the file's ``[search] population`` in each worker; a signal sets ``stop``,
+    see :func:`dm_tune.campaign.launcher.launch_workers`)."""
     bars = _CampaignBars(storage, config, console)
     workers = {slot.label: (slot.device, None) for slot in slots}
 
@@ -112,4 +113,4 @@ def live_launch(
             live.update(render())
 
         return launch_workers(slots, config_path, storage_url, on_poll=on_poll,
-                              population=population)
+                              population=population, stop=stop)
