@@ -162,7 +162,15 @@ def sqlite_file(url: str | URL | None) -> Path | None:
 def _check_sqlite_file(url: URL, raw: str, create: bool) -> None:
     """Refuse a missing SQLite file when create=False and a missing directory always."""
     path = _sqlite_path(url)
-    if path is None or path.exists():
+    if path is None:
+        return
+    try:  # a symlink loop "does not exist" to exists(), and resolve() raises RuntimeError
+        path.resolve()
+    except (RuntimeError, OSError) as error:
+        reason = "a symlink loop" if isinstance(error, RuntimeError) else error.strerror
+        raise StorageError(f"SQLite database {str(path)!r} cannot be opened: {reason} "
+                           f"({redact_url(raw)})") from None
+    if path.exists():
         return
     if not create:
         raise StorageError(f"SQLite database {str(path)!r} does not exist ({redact_url(raw)})")

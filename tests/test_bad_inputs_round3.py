@@ -1,0 +1,131 @@
+"""More hostile inputs (issue 25): each is a clean refusal that writes nothing.
+
+The harness is tests/test_bad_inputs.py's: the real CLI in a fresh folder, exit 2, one
+``dm-tune: `` line on stderr naming the fault, no traceback, and every file of the folder
+(names and bytes; a symlink by its target) the same before and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_bad_inputs import (
+    BASE,
+    DB,
+    Case,
+    assert_refused,
+    created_db,  # noqa: F401 (a pytest fixture)
+    dm_tune,
+    export,
+    recommend,
+    with_db,
+)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every entry under ``folder``: name -> sha256 of its bytes, "dir", or its link."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        name = str(path.relative_to(folder))
+        if path.is_symlink():
+            found[name] = f"link:{os.readlink(path)}"
+        else:
+            found[name] = "dir" if path.is_dir() else hashlib.sha256(
+                path.read_bytes()).hexdigest()
+    return found
+
+
+def run_case(case: Case, folder: Path, **replace: str) -> str:
+    """Write the case's inputs, run it, check the refusal and that nothing changed."""
+    if case.campaign is not None:
+        (folder / "c.toml").write_text(case.campaign)
+    if case.files is not None:
+        case.files(folder)
+    args = [a.format(**replace) for a in case.args]
+    env = {k: v.format(folder=folder) for k, v in case.env.items()}
+    before = snapshot(folder)
+    result = dm_tune(args, folder, env)
+    after = snapshot(folder)
+    line = assert_refused(result, case.words, case.secret)
+    assert after == before, f"the folder changed: {line}"
+    return line
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port another program listens on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def symlink_loop(folder: Path) -> None:
+    (folder / "a.db").symlink_to("b.db")
+    (folder / "b.db").symlink_to("a.db")
+
+
+CASES = [
+    pytest.param(Case(("status", "/dev/zero", "--storage", DB), ("/dev/zero", "larger than 1 MiB"),
+                      campaign=None), id="campaign-file-dev-zero"),
+    pytest.param(Case(("create", "c.toml", "--storage", "sqlite:///a.db"),
+                      ("a.db", "symlink loop"), files=symlink_loop), id="sqlite-symlink-loop"),
+    pytest.param(Case(("status", "c.toml", "--storage", "sqlite:///a.db"),
+                      ("a.db", "symlink loop"), files=symlink_loop),
+                 id="sqlite-symlink-loop-status"),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_refused_and_nothing_written(case: Case, tmp_path: Path) -> None:
+    run_case(case, tmp_path)
+
+
+@pytest.mark.parametrize("command", ["dashboard", "storage-proxy"])
+def test_a_busy_port_is_refused(command: str, busy_port: int, tmp_path: Path,
+                                created_db: Path) -> None:  # noqa: F811
+    case = Case((command, "--storage", DB, "--port", "{port}"),
+                ("cannot listen on 127.0.0.1:", "in use"), files=with_db(created_db))
+    run_case(case, tmp_path, port=str(busy_port))
+
+
+def _to_dev_full(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DM_TUNE_STORAGE"}
+    with open("/dev/full", "w") as full:
+        return subprocess.run([sys.executable, "-m", "dm_tune", *args], cwd=cwd, env=env,
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def finished_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file with the BASE campaign run to its budget (export has results)."""
+    folder = tmp_path_factory.mktemp("finished")
+    (folder / "c.toml").write_text(BASE)
+    done = dm_tune(("run", "c.toml", "--storage", DB, "--device", "cpu", "--no-report",
+                    "--no-confirm"), folder, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return folder / "c.db"
+
+
+@pytest.mark.parametrize("args", [("status", "c.toml", "--storage", DB),
+                                  ("export", "c.toml", "--storage", DB),
+                                  recommend()], ids=["status", "export", "recommend"])
+def test_stdout_that_is_dev_full_is_one_line(args: tuple[str, ...], finished_db: Path,
+                                             tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text(BASE)
+    with_db(finished_db)(tmp_path)
+    export()(tmp_path)
+    result = _to_dev_full(list(args), tmp_path)
+    result.stdout = ""
+    # export's note on the surface (1 trial) is its own line, before the refusal
+    result.stderr = "".join(line for line in result.stderr.splitlines(keepends=True)
+                            if not line.startswith("note: "))
+    assert_refused(result, ("cannot write to standard output", "No space left on device"))
