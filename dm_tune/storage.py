@@ -49,6 +49,7 @@ __all__ = [
     "open_storage",
     "redact_url",
     "resolve_storage_url",
+    "table_names",
 ]
 
 DEFAULT_STORAGE = "sqlite:///dm_tune.db"
@@ -384,6 +385,31 @@ def check_storage_url(url: str | None, create: bool = True) -> None:
     parsed = _parse(raw)
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_file(parsed, raw, create)
+
+
+def table_names(url: str | None) -> list[str]:
+    """The tables of the database behind ``url`` (its default schema); [] for a missing
+    SQLite file, an in-memory database, the proxy, or one that cannot be read (opening it
+    then reports why). Creates nothing."""
+    raw = resolve_storage_url(url)
+    if raw.startswith(GRPC_SCHEME):
+        return []
+    try:
+        parsed = _parse(raw)
+    except StorageError:
+        return []
+    if parsed.get_backend_name() == "sqlite":
+        path = _sqlite_path(parsed)
+        if path is None or not path.is_file():
+            return []
+    engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool,
+                                      **_engine_kwargs(parsed))
+    try:
+        return list(sqlalchemy.inspect(engine).get_table_names())
+    except sqlalchemy.exc.SQLAlchemyError:
+        return []
+    finally:
+        engine.dispose()
 
 
 def check_connection(url: str | None) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,30 @@ def symlink_loop(folder: Path) -> None:
     (folder / "b.db").symlink_to("a.db")
 
 
+def foreign_sqlite(folder: Path) -> None:
+    """c.db of another application: one table of its own, no Optuna table."""
+    with sqlite3.connect(folder / "c.db") as connection:
+        connection.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        connection.execute("INSERT INTO invoices (total) VALUES (9.5)")
+    connection.close()
+
+
+def fake_slurm(sinfo_exit: int) -> Callable[[Path], None]:
+    """bin/ with an sbatch and an sinfo that cannot reach the controller."""
+
+    def write(folder: Path) -> None:
+        (folder / "bin").mkdir()
+        for tool, text in (("sinfo", "slurm_load_partitions: Unable to contact slurm "
+                                     "controller (connect failure)"),
+                           ("sbatch", "sbatch: error: Batch job submission failed")):
+            script = folder / "bin" / tool
+            script.write_text(f"#!/bin/sh\necho '{text}' >&2\nexit {sinfo_exit}\n")
+            script.chmod(0o755)
+
+    return write
+
+
+NO_SLURM_PATH = {"PATH": "/nonexistent-bin"}
 CASES = [
     pytest.param(Case(("status", "/dev/zero", "--storage", DB), ("/dev/zero", "larger than 1 MiB"),
                       campaign=None), id="campaign-file-dev-zero"),
@@ -81,6 +106,19 @@ CASES = [
     pytest.param(Case(("status", "c.toml", "--storage", "sqlite:///a.db"),
                       ("a.db", "symlink loop"), files=symlink_loop),
                  id="sqlite-symlink-loop-status"),
+    pytest.param(Case(("run", "c.toml", "--storage", DB, "--device", "cpu"),
+                      ("c.db", "not Optuna's", "invoices", "--allow-foreign-tables"),
+                      files=foreign_sqlite), id="sqlite-of-another-application-run"),
+    pytest.param(Case(("create", "c.toml", "--storage", DB),
+                      ("not Optuna's", "invoices"), files=foreign_sqlite),
+                 id="sqlite-of-another-application-create"),
+    pytest.param(Case(("launch", "c.toml", "--slurm", "--storage", DB),
+                      ("launch --slurm", "not installed", "nothing was created"),
+                      env=NO_SLURM_PATH), id="launch-slurm-without-slurm"),
+    pytest.param(Case(("launch", "c.toml", "--slurm", "--storage", DB),
+                      ("launch --slurm", "sinfo failed", "Unable to contact"),
+                      files=fake_slurm(1), env={"PATH": "{folder}/bin"}),
+                 id="launch-slurm-controller-unreachable"),
 ]
 
 
@@ -129,3 +167,17 @@ def test_stdout_that_is_dev_full_is_one_line(args: tuple[str, ...], finished_db:
     result.stderr = "".join(line for line in result.stderr.splitlines(keepends=True)
                             if not line.startswith("note: "))
     assert_refused(result, ("cannot write to standard output", "No space left on device"))
+
+
+def test_foreign_tables_are_kept_when_the_user_allows_them(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text(BASE)
+    foreign_sqlite(tmp_path)
+    allowed = dm_tune(("create", "c.toml", "--storage", DB, "--allow-foreign-tables"),
+                      tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
+    again = dm_tune(("create", "c.toml", "--storage", DB), tmp_path)  # a campaign's now
+    assert again.returncode == 0, again.stderr
+    with sqlite3.connect(tmp_path / "c.db") as connection:
+        assert connection.execute("SELECT total FROM invoices").fetchall() == [(9.5,)]
+        assert connection.execute("SELECT COUNT(*) FROM studies").fetchone()[0] == 2
+    connection.close()

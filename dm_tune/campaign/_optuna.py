@@ -310,3 +310,13 @@ def fail_and_requeue(study: optuna.Study, trial_id: int, keep: tuple[str, ...]) 
 
 
 __all__ += ["fail_and_requeue", "orphan_trial_ids"]
+
+
+def optuna_table_names() -> frozenset[str]:
+    """The tables an Optuna RDB storage creates (its models), and alembic's version table."""
+    from optuna.storages._rdb import models
+
+    return frozenset(models.BaseModel.metadata.tables) | {"alembic_version"}
+
+
+__all__ += ["optuna_table_names"]

@@ -12,6 +12,7 @@ import typer
 from dm_tune.cli.app import command, console, refuse, say
 from dm_tune.cli.options import (
     DEFAULT_STORAGE,
+    AllowForeignOpt,
     ConfigArg,
     DeviceOpt,
     OutOpt,
@@ -45,9 +46,11 @@ def _workers_failed(codes: dict[str, int], stopped: bool = False) -> None:
 
 
 @command()
-def create(config_path: ConfigArg, storage: StorageOpt = DEFAULT_STORAGE) -> None:
+def create(config_path: ConfigArg, storage: StorageOpt = DEFAULT_STORAGE,
+           allow_foreign_tables: AllowForeignOpt = False) -> None:
     """Create the campaign's studies (idempotent); run once before starting workers."""
-    config, store = open_campaign(config_path, storage)
+    config, store = open_campaign(config_path, storage,
+                                  allow_foreign_tables=allow_foreign_tables)
     from dm_tune.campaign.create import create_campaign  # after the checks: fast refusals
 
     names = create_campaign(config, store)
@@ -78,6 +81,7 @@ def run(
         "--confirm/--no-confirm",
         help="End by re-training the candidates and baselines with new seeds (the "
         "campaign file's \\[confirm] table; GCE's q is tuned first).")] = True,
+    allow_foreign_tables: AllowForeignOpt = False,
 ) -> None:
     """Create what is missing and run the campaign to its budget (resumes an interrupted run).
 
@@ -91,7 +95,8 @@ def run(
             raise DMTuneError(f"--device {device} is for --jobs 1: --jobs {jobs} starts CPU "
                               "workers (for GPUs: dm-tune launch --gpus)")
     resolved = resolve_device(device) if jobs == 1 else "cpu"
-    config, store = open_campaign(config_path, storage)
+    config, store = open_campaign(config_path, storage,
+                                  allow_foreign_tables=allow_foreign_tables)
     from dm_tune.campaign.create import create_campaign  # after the checks: fast refusals
     from dm_tune.campaign.worker import stop_signals
 
@@ -250,6 +255,7 @@ def launch(
     worker_heartbeat: Annotated[int, typer.Option(
         "--worker-heartbeat", min=1, help="The Slurm workers' --heartbeat (s).",
         rich_help_panel="Slurm")] = 60,
+    allow_foreign_tables: AllowForeignOpt = False,
 ) -> None:
     """Start one worker process per slot, show progress, forward signals, report failures.
 
@@ -268,7 +274,8 @@ def launch(
 
         launch_slurm(config_path, storage, array=slurm_array, partition=slurm_partition,
                      gpus_per_task=slurm_gpus_per_task, time=slurm_time, extra=slurm_extra,
-                     worker_heartbeat=worker_heartbeat, workdir=slurm_workdir)
+                     worker_heartbeat=worker_heartbeat, workdir=slurm_workdir,
+                     allow_foreign_tables=allow_foreign_tables)
         return
     if gpus is not None and cpus is not None:
         raise refuse("give either --gpus or --cpus, not both")
@@ -279,7 +286,8 @@ def launch(
     if gpu_ids:
         _check_gpus(gpu_ids)  # before open_campaign: a refused launch creates nothing
     refuse_in_memory(storage, "launch starts worker processes that cannot see it")
-    config, store = open_campaign(config_path, storage)
+    config, store = open_campaign(config_path, storage,
+                                  allow_foreign_tables=allow_foreign_tables)
     create_campaign(config, store)
     slots = plan_slots(gpu_ids, per_gpu, cpus)
     stop = threading.Event()

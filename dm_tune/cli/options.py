@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_STORAGE",
     "ConfigArg",
+    "AllowForeignOpt",
     "DeviceOpt",
     "Method",
     "MethodOpt",
@@ -84,9 +85,17 @@ OutOpt = Annotated[
 THREADS_ENV = "DM_TUNE_TORCH_THREADS"
 
 
+AllowForeignOpt = Annotated[
+    bool,
+    typer.Option("--allow-foreign-tables",
+                 help="Add the campaign's tables to a database that holds other "
+                 "applications' tables too (refused without this flag)."),
+]
+
+
 def open_campaign(
     config_path: Path, storage_url: str, create: bool = True, heartbeat: int | None = 60,
-    check_data: bool = True, read_only: bool = False,
+    check_data: bool = True, read_only: bool = False, allow_foreign_tables: bool = False,
 ) -> tuple[CampaignConfig, optuna.storages.RDBStorage]:
     """Validate the campaign file (and its data), then open the storage: nothing is written
     for a campaign that would be refused.
@@ -94,6 +103,8 @@ def open_campaign(
     ``create=False`` (join a created campaign) refuses an in-memory database, which starts
     empty in every process. A SQLite file or folder that cannot be written is refused
     unless ``read_only`` (``status``), which reads it through a read-only connection.
+    With ``create``, a database that holds tables that are not Optuna's (another
+    application's) is refused unless ``allow_foreign_tables``.
     """
     from dm_tune.config import load_campaign_config
     from dm_tune.storage import check_storage_url, open_storage
@@ -107,6 +118,8 @@ def open_campaign(
         storage_url = _read_only_sqlite_url(storage_url)
     else:
         _check_sqlite_writable(storage_url)
+    if create and not allow_foreign_tables:
+        _refuse_foreign_tables(storage_url)
     if check_data:
         from dm_tune.campaign.validate import checked_settings
 
@@ -119,6 +132,24 @@ def open_campaign(
                                             heartbeat_interval=heartbeat),
                        "opening the storage", transient=is_restarting)
     return config, storage
+
+
+def _refuse_foreign_tables(storage_url: str) -> None:
+    """Refuse a database with tables that neither Optuna nor dm-tune made, where Optuna's
+    would be added beside another application's without a word (once they are there,
+    added with --allow-foreign-tables, the database is a campaign's: no more refusals)."""
+    from dm_tune.campaign._optuna import optuna_table_names
+    from dm_tune.storage import table_names
+
+    present = set(table_names(storage_url))
+    foreign = sorted(present - optuna_table_names())
+    if foreign and "studies" not in present:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                          else "")
+        raise DMTuneError(f"{database_location(storage_url)} holds tables that are not "
+                          f"Optuna's ({shown}): it belongs to another application; use "
+                          "another database, or --allow-foreign-tables to add the "
+                          "campaign's tables beside them")
 
 
 def _local_sqlite_file(storage_url: str) -> Path | None:
