@@ -46,6 +46,7 @@ __all__ = [
     "StorageError",
     "check_connection",
     "check_storage_url",
+    "has_password",
     "open_storage",
     "redact_url",
     "resolve_storage_url",
@@ -108,6 +109,15 @@ def _secrets(raw: str, parsed: URL | None) -> list[str]:
         found.append(str(parsed.password))
     # Longest first so a secret that contains another one is removed whole.
     return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def has_password(url: str) -> bool:
+    """Whether a storage URL carries a password (user:password@ or a password query)."""
+    try:
+        parsed: URL | None = make_url(url)
+    except Exception:  # noqa: BLE001 - an unparsable URL may still hold one
+        parsed = None
+    return bool(_secrets(url, parsed)) or bool(_QUERY_SECRET.search(url))
 
 
 def _first_line(exc: BaseException, secrets: list[str]) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pg import pg_url  # noqa: F401 (pg_url is a pytest fixture)
 
 from tests.test_bad_inputs import (
     BASE,
@@ -181,3 +182,24 @@ def test_foreign_tables_are_kept_when_the_user_allows_them(tmp_path: Path) -> No
         assert connection.execute("SELECT total FROM invoices").fetchall() == [(9.5,)]
         assert connection.execute("SELECT COUNT(*) FROM studies").fetchone()[0] == 2
     connection.close()
+
+
+@pytest.mark.postgres
+def test_a_password_on_the_command_line_is_warned_about_once(
+    pg_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """The local server trusts every login, so any password opens it: the URL works, and
+    the password is in this process's argv for `ps` to show."""
+    password = "Pw-in-argv-7c1e"
+    with_password = pg_url.replace("postgres@", f"postgres:{password}@", 1)
+    assert password in with_password
+    (tmp_path / "c.toml").write_text(BASE)
+    created = dm_tune(("create", "c.toml"), tmp_path, {"DM_TUNE_STORAGE": with_password})
+    assert created.returncode == 0, created.stderr
+    assert created.stderr == ""  # from the environment: nothing to warn about
+    status = dm_tune(("status", "c.toml", "--storage", with_password), tmp_path)
+    assert status.returncode == 0, status.stderr
+    lines = status.stderr.splitlines()
+    assert len(lines) == 1, status.stderr
+    assert "password" in lines[0] and "`ps`" in lines[0] and "DM_TUNE_STORAGE" in lines[0]
+    assert password not in status.stderr + status.stdout

@@ -339,7 +339,9 @@ def dashboard(
                                                help="Allow a non-loopback host.")] = False,
 ) -> None:
     """Serve optuna-dashboard for the campaign database (no authentication: loopback only)."""
+    from dm_tune.cli.options import warn_password_in_argv
     from dm_tune.dashboard import serve_dashboard
 
+    warn_password_in_argv()  # it serves for as long as `ps` can show it
     serve_dashboard(storage, host=host, port=port, allow_remote=allow_remote)
 

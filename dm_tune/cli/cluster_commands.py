@@ -137,5 +137,8 @@ def storage_proxy(
                              "can read and change trials (never the database password)")
     if warning:
         warn(warning)
+    from dm_tune.cli.options import warn_password_in_argv
+
+    warn_password_in_argv()  # it serves for as long as `ps` can show it
     serve_proxy(storage, bare, port, pool_size, threads=threads, heartbeat_interval=heartbeat,
                 grace_period=grace)

@@ -40,6 +40,7 @@ __all__ = [
     "prepare_training_process",
     "refuse_in_memory",
     "resolve_device",
+    "warn_password_in_argv",
 ]
 
 ConfigArg = Annotated[
@@ -47,12 +48,35 @@ ConfigArg = Annotated[
 ]
 
 
-def _storage_given(value: str) -> str:
-    """Refuse an empty URL given explicitly (an empty $DM_TUNE_STORAGE means the default)."""
+#: set while a command's --storage URL holds a password typed on its command line
+_password_in_argv: list[bool] = []
+
+
+def _storage_given(ctx: typer.Context, param: typer.CallbackParam, value: str) -> str:
+    """Refuse an empty URL given explicitly (an empty $DM_TUNE_STORAGE means the default);
+    note a password given on the command line (:func:`warn_password_in_argv` says so)."""
     if not value.strip():
         raise typer.BadParameter(f"empty storage URL; omit --storage for the default "
                                  f"({DEFAULT_STORAGE}) or give one")
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    if getattr(source, "name", "") == "COMMANDLINE":
+        from dm_tune.storage import has_password
+
+        _password_in_argv[:] = [has_password(value)]
     return value
+
+
+def warn_password_in_argv() -> None:
+    """Once per command, when its --storage URL holds a password given on the command
+    line: any local user can read it in `ps` while the command runs. Said once the
+    storage is open (a refused command says only why it is refused)."""
+    if not any(_password_in_argv):
+        return
+    _password_in_argv.clear()
+    from dm_tune.cli.app import warn
+
+    warn(f"dm-tune: warning: the --storage URL holds a password, which any local user can "
+         f"read in `ps` while this command runs; set {STORAGE_ENV} instead")
 
 
 StorageOpt = Annotated[
@@ -131,6 +155,7 @@ def open_campaign(
     storage = retrying(lambda: open_storage(storage_url, create=create,
                                             heartbeat_interval=heartbeat),
                        "opening the storage", transient=is_restarting)
+    warn_password_in_argv()
     return config, storage
 
 
