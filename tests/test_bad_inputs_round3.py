@@ -16,17 +16,20 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pg import pg_url  # noqa: F401 (pg_url is a pytest fixture)
 
 from tests.test_bad_inputs import (
     BASE,
     DB,
+    NPZ,
     Case,
     assert_refused,
     created_db,  # noqa: F401 (a pytest fixture)
     dm_tune,
     export,
+    npz,
     recommend,
     with_db,
 )
@@ -98,7 +101,35 @@ def fake_slurm(sinfo_exit: int) -> Callable[[Path], None]:
     return write
 
 
+def _x(rows: int = 120, *shape: int) -> np.ndarray:
+    return np.random.default_rng(1).normal(size=(rows, *shape)).astype(np.float32)
+
+
 NO_SLURM_PATH = {"PATH": "/nonexistent-bin"}
+RUN = ("run", "c.toml", "--storage", DB, "--device", "cpu")
+SHAPE_CASES = [  # refused when the campaign is checked: no database appears
+    pytest.param(Case(RUN, ("x_test", "5 feature(s) per example but x has 6"), NPZ,
+                      npz(x_test=_x(40, 5), y_test=np.arange(40) % 4)),
+                 id="npz-test-features-of-another-width"),
+    pytest.param(Case(RUN, ("x:", "hold no value"), NPZ, npz(x=_x(120, 0))),
+                 id="npz-no-feature-at-all"),
+    pytest.param(Case(RUN, ("x:", "got shape (120,)"), NPZ, npz(x=_x(120))),
+                 id="npz-features-1d"),
+    pytest.param(Case(RUN, ("x:", "got shape (120, 2, 2, 2, 2)"), NPZ, npz(x=_x(120, 2, 2, 2, 2))),
+                 id="npz-features-5d"),
+    pytest.param(Case(RUN, ("x_test", "empty"), NPZ,
+                      npz(x_test=_x(0, 6), y_test=np.zeros(0, dtype=np.int64))),
+                 id="npz-empty-test-split"),
+    pytest.param(Case(RUN, ("x_test", "images of shape (3, 16, 16)", "(3, 8, 8)"),
+                      NPZ.replace('name = "mlp"', 'name = "cnn"'),
+                      npz(x=_x(120, 3, 8, 8), x_test=_x(40, 3, 16, 16),
+                          y_test=np.arange(40) % 4)),
+                 id="npz-test-images-of-another-size"),
+    pytest.param(Case(RUN, ("x_test", "images of shape"), NPZ.replace('name = "mlp"',
+                                                                     'name = "cnn"'),
+                      npz(x=_x(120, 3, 8, 8), x_test=_x(40, 3, 64), y_test=np.arange(40) % 4)),
+                 id="npz-test-images-of-another-rank"),
+]
 CASES = [
     pytest.param(Case(("status", "/dev/zero", "--storage", DB), ("/dev/zero", "larger than 1 MiB"),
                       campaign=None), id="campaign-file-dev-zero"),
@@ -123,7 +154,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", CASES + SHAPE_CASES)
 def test_refused_and_nothing_written(case: Case, tmp_path: Path) -> None:
     run_case(case, tmp_path)
 
