@@ -28,6 +28,7 @@ from tests.test_bad_inputs import (
     assert_refused,
     created_db,  # noqa: F401 (a pytest fixture)
     dm_tune,
+    edit,
     export,
     npz,
     recommend,
@@ -234,3 +235,27 @@ def test_a_password_on_the_command_line_is_warned_about_once(
     assert len(lines) == 1, status.stderr
     assert "password" in lines[0] and "`ps`" in lines[0] and "DM_TUNE_STORAGE" in lines[0]
     assert password not in status.stderr + status.stdout
+
+
+def test_a_model_that_cannot_fit_this_machine_is_refused_with_the_figure(tmp_path: Path) -> None:
+    """Two hidden layers of 300,000: 9e10 parameters, about 1.3 TiB to train; refused
+    when the campaign is checked (the model is built on the meta device), nothing written."""
+    wide = edit('name = "mlp"', 'name = "mlp"\nparams = {hidden = [300000, 300000]}')
+    line = run_case(Case(RUN, ("model", "parameters", "one trial needs at least",
+                               "GiB", "available"), wide), tmp_path)
+    assert "90,0" in line  # the parameter count, as counted
+
+
+def test_a_population_that_cannot_fit_is_refused_though_one_trial_fits(tmp_path: Path) -> None:
+    """A width whose one trial takes about an eighth of the free memory: a population of
+    64 needs eight times what is free (a margin for other processes' changes)."""
+    from dm_tune.campaign.validate import BYTES_PER_PARAMETER, available_memory
+
+    free, _ = available_memory("cpu")
+    if free is None:
+        pytest.skip("this machine's free memory cannot be read")
+    width = int((free / BYTES_PER_PARAMETER / 8) ** 0.5)
+    model = f'name = "mlp"\nparams = {{hidden = [{width}, {width}]}}'
+    population = edit('name = "mlp"', model, "[search]\n", "[search]\npopulation = 64\n")
+    run_case(Case(RUN, ("a population of 64 trials needs at least", "available"),
+                  population), tmp_path)

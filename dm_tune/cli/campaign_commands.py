@@ -95,7 +95,7 @@ def run(
             raise DMTuneError(f"--device {device} is for --jobs 1: --jobs {jobs} starts CPU "
                               "workers (for GPUs: dm-tune launch --gpus)")
     resolved = resolve_device(device) if jobs == 1 else "cpu"
-    config, store = open_campaign(config_path, storage,
+    config, store = open_campaign(config_path, storage, device=resolved,
                                   allow_foreign_tables=allow_foreign_tables)
     from dm_tune.campaign.create import create_campaign  # after the checks: fast refusals
     from dm_tune.campaign.worker import stop_signals
@@ -203,7 +203,8 @@ def worker(
     from dm_tune.config import with_population
 
     resolved = resolve_device(device)
-    config, store = open_campaign(config_path, storage, create=False, heartbeat=heartbeat)
+    config, store = open_campaign(config_path, storage, create=False, heartbeat=heartbeat,
+                                  device=resolved)
     if population is not None:
         config = with_population(config, population)
     prepare_training_process(threads, config)
@@ -320,7 +321,7 @@ def confirm(
     from dm_tune.cli.views import run_with_progress
 
     resolved = resolve_device(device)
-    config, store = open_campaign(config_path, storage, create=False)
+    config, store = open_campaign(config_path, storage, create=False, device=resolved)
     names = create_confirmations(store, config, top_k, seeds)
     say(f"queued confirmation trials in {len(names)} studies")
     prepare_training_process(None, config)

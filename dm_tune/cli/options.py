@@ -120,6 +120,7 @@ AllowForeignOpt = Annotated[
 def open_campaign(
     config_path: Path, storage_url: str, create: bool = True, heartbeat: int | None = 60,
     check_data: bool = True, read_only: bool = False, allow_foreign_tables: bool = False,
+    device: str | None = None,
 ) -> tuple[CampaignConfig, optuna.storages.RDBStorage]:
     """Validate the campaign file (and its data), then open the storage: nothing is written
     for a campaign that would be refused.
@@ -128,7 +129,8 @@ def open_campaign(
     empty in every process. A SQLite file or folder that cannot be written is refused
     unless ``read_only`` (``status``), which reads it through a read-only connection.
     With ``create``, a database that holds tables that are not Optuna's (another
-    application's) is refused unless ``allow_foreign_tables``.
+    application's) is refused unless ``allow_foreign_tables``. With ``device`` (the
+    commands that train here), trials that cannot fit its memory are refused too.
     """
     from dm_tune.config import load_campaign_config
     from dm_tune.storage import check_storage_url, open_storage
@@ -147,7 +149,7 @@ def open_campaign(
     if check_data:
         from dm_tune.campaign.validate import checked_settings
 
-        for _ in checked_settings(config):
+        for _ in checked_settings(config, device):
             pass
     from dm_tune.campaign.retry import is_restarting, retrying
 
