@@ -162,3 +162,33 @@ def test_a_second_proxy_refuses_a_busy_port_and_writes_nothing(
                 client.close()
     finally:
         _stop(first)
+
+
+def test_a_restarted_proxy_takes_the_params_of_a_trial_asked_before(
+    pg_url: str  # noqa: F811
+) -> None:
+    """Optuna's cached storage in the proxy knows only trials its own process saw: the
+    restarted proxy answered NOT_FOUND (a KeyError, exit 1 in the worker) when a queued
+    trial claimed before the restart wrote its fixed params (seen in the fault test)."""
+    from dm_tune.cluster.proxy import open_grpc_storage, start_proxy
+
+    first = start_proxy(pg_url, port=0, heartbeat_interval=None)
+    port = first.port
+    client = open_grpc_storage(f"grpc://127.0.0.1:{port}")
+    try:
+        study = optuna.create_study(study_name="restart", storage=client)
+        study.enqueue_trial({"x": 0.5})  # a warm-start point: suggesting reads no trials
+        trial = study.ask()  # through the first proxy
+        first.stop()
+        second = start_proxy(pg_url, port=port, heartbeat_interval=None)
+        try:
+            assert trial.suggest_float("x", 0.0, 1.0) == 0.5  # through the second one
+            stored = optuna.storages.RDBStorage(pg_url)
+            try:
+                assert list(stored.get_trial(trial._trial_id).params) == ["x"]
+            finally:
+                stored.engine.dispose()
+        finally:
+            second.stop()
+    finally:
+        client.close()

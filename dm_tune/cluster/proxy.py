@@ -308,8 +308,9 @@ def start_proxy(
         raise StorageError(f"pool_size must be at least 1, got {pool_size}")
     _check_port_free(host, port)  # before the database is opened (or created)
     rdb = _open_rdb(storage_url, pool_size, heartbeat_interval, grace_period, max_retry)
-    # Optuna's advice: serve the cached wrapper (finished trials are read once).
-    storage = optuna.storages.get_storage(rdb)
+    # Optuna's advice: serve the cached wrapper (finished trials are read once); ours also
+    # takes the params of trials a previous proxy process handed out
+    storage = _optuna.proxy_cached_storage(rdb)
     coordination = _Coordination(rdb, storage, max_retry)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dm-tune-proxy")
     # What optuna.storages.run_grpc_proxy_server builds (its make_server), plus keepalive
