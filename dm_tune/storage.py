@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 import sqlalchemy
@@ -48,6 +49,7 @@ __all__ = [
     "check_storage_url",
     "has_password",
     "open_storage",
+    "read_only_sqlite_url",
     "redact_url",
     "resolve_storage_url",
     "table_names",
@@ -354,6 +356,11 @@ def open_storage(
         from dm_tune.cluster.proxy import open_grpc_storage
 
         return open_grpc_storage(raw)
+    if not create:  # a reader (export, report, status, dashboard) of a file it cannot write
+        given = _parse(raw)
+        if given.get_backend_name() == "sqlite":
+            _check_sqlite_file(given, raw, create)
+            raw = read_only_sqlite_url(raw)
     parsed = _parse(raw)
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_file(parsed, raw, create)
@@ -383,6 +390,29 @@ def open_storage(
         ) from None
     _tune_sqlite(storage, parsed)
     return storage
+
+
+def _writable(path: Path) -> bool:
+    # os.access also answers for root: an immutable file (chattr +i) is not writable.
+    return os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0))
+
+
+def read_only_sqlite_url(url: str) -> str:
+    """The URL itself, or for a SQLite file (or its folder) that cannot be written, a
+    read-only SQLite URI: ``mode=ro`` when a -wal file holds commits, else ``immutable=1``
+    (SQLite then needs no -shm file, which an unwritable folder could not hold)."""
+    try:
+        path = sqlite_file(url)
+    except Exception:  # noqa: BLE001 - a bad URL is open_storage's to report
+        return url
+    if path is None or not path.is_file():
+        return url
+    path = path.resolve()
+    if _writable(path) and _writable(path.parent):
+        return url
+    wal = path.with_name(f"{path.name}-wal")
+    mode = "mode=ro" if wal.is_file() and wal.stat().st_size > 0 else "immutable=1"
+    return f"sqlite:///file:{quote(str(path))}?{mode}&uri=true"
 
 
 def check_storage_url(url: str | None, create: bool = True) -> None:

@@ -259,3 +259,29 @@ def test_a_population_that_cannot_fit_is_refused_though_one_trial_fits(tmp_path:
     population = edit('name = "mlp"', model, "[search]\n", "[search]\npopulation = 64\n")
     run_case(Case(RUN, ("a population of 64 trials needs at least", "available"),
                   population), tmp_path)
+
+
+@pytest.mark.parametrize("frozen", [("ro/c.db",), ("ro/c.db", "ro")], ids=["file", "folder"])
+@pytest.mark.parametrize("command", ["export", "report"])
+def test_export_and_report_read_a_read_only_database(command: str, frozen: tuple[str, ...],
+                                                     finished_db: Path, tmp_path: Path) -> None:
+    """They failed with `attempt to write a readonly database` (status worked): readers
+    now open a SQLite file they cannot write through a read-only connection."""
+    from tests.test_bad_inputs import read_only
+
+    (tmp_path / "c.toml").write_text(BASE)
+    with_db(finished_db, "ro/c.db")(tmp_path)
+    out = tmp_path / "out"
+    args = [command, "c.toml", "--storage", "sqlite:///ro/c.db", "--out",
+            str(out / "e.json" if command == "export" else out)]
+    if command == "report":
+        args.append("--no-png")
+    out.mkdir()
+    with read_only([tmp_path / p for p in frozen]):
+        before = snapshot(tmp_path / "ro")
+        result = dm_tune(args, tmp_path)
+        after = snapshot(tmp_path / "ro")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and after == before
+    written = out / "e.json" if command == "export" else out / "report.html"
+    assert written.is_file() and written.stat().st_size > 0

@@ -12,7 +12,6 @@ import os
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
-from urllib.parse import quote
 
 import typer
 
@@ -213,18 +212,10 @@ def _check_sqlite_writable(storage_url: str) -> None:
 
 
 def _read_only_sqlite_url(storage_url: str) -> str:
-    """The URL itself, or for a SQLite file (or its folder) that cannot be written, a
-    read-only SQLite URI: ``mode=ro`` when a -wal file holds commits, else ``immutable=1``
-    (SQLite then needs no -shm file, which an unwritable folder could not hold)."""
-    path = _local_sqlite_file(storage_url)
-    if path is None or not path.is_file():
-        return storage_url
-    path = path.resolve()
-    if _writable(path) and _writable(path.parent):
-        return storage_url
-    wal = path.with_name(f"{path.name}-wal")
-    mode = "mode=ro" if wal.is_file() and wal.stat().st_size > 0 else "immutable=1"
-    return f"sqlite:///file:{quote(str(path))}?{mode}&uri=true"
+    """:func:`dm_tune.storage.read_only_sqlite_url`, for a URL the checks above accept."""
+    from dm_tune.storage import read_only_sqlite_url
+
+    return read_only_sqlite_url(storage_url)
 
 
 def in_memory_storage(storage_url: str) -> bool:
