@@ -345,11 +345,21 @@ def parse_campaign_config(data: dict[str, Any], source: Path | str = "<config>")
     return config
 
 
+#: the largest campaign file read (a campaign file is a few KiB; more is not one)
+MAX_CAMPAIGN_BYTES = 1024 * 1024
+
+
 def load_campaign_config(path: Path | str) -> CampaignConfig:
     """Read and validate a campaign file; ``ConfigError`` names the file and the key."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:  # at most the cap: /dev/zero is a "file" too
+            raw = file.read(MAX_CAMPAIGN_BYTES + 1)
+        if len(raw) > MAX_CAMPAIGN_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CAMPAIGN_BYTES / 2**20:g} MiB, not a "
+                              "campaign file (they are a few KiB of TOML)")
+        # as read_text does: universal newlines
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except FileNotFoundError:
         raise ConfigError(f"{path}: campaign file not found") from None
     except UnicodeDecodeError as error:  # TOML is UTF-8; name the byte, not the codec

@@ -18,7 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna_dashboard
 
-from dm_tune.errors import DashboardRefused
+from dm_tune.errors import DashboardRefused, DMTuneError
 from dm_tune.storage import open_storage, redact_url, resolve_storage_url
 
 __all__ = ["DashboardRefused", "exposure", "is_loopback", "serve_dashboard"]
@@ -115,7 +115,7 @@ def serve_dashboard(
     Raises:
         DashboardRefused: ``host`` is not loopback and ``allow_remote`` is False.
         StorageError: the storage cannot be opened (a missing SQLite file is not created).
-        OSError: the address cannot be bound (e.g. the port is in use).
+        DMTuneError: the address cannot be bound (e.g. the port is in use).
     """
     host, warning = exposure(host, allow_remote, "the dashboard",
                              "can read and change the studies")
@@ -128,7 +128,13 @@ def serve_dashboard(
     app = optuna_dashboard.wsgi(storage)
     server_class = _Server6 if ":" in host else _Server
     handler = _QuietHandler if quiet else WSGIRequestHandler
-    server = make_server(host, port, app, server_class=server_class, handler_class=handler)
+    try:
+        server = make_server(host, port, app, server_class=server_class, handler_class=handler)
+    except OSError as error:  # the port is busy, or not an address of this machine
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
+        raise DMTuneError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     print(
         f"dm-tune dashboard for {redact_url(url)}\n"
         f"open {_browse_url(host, server.server_port)}  (Ctrl-C to stop)",

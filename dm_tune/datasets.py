@@ -458,9 +458,13 @@ def load_npz(root: str | None, download: bool, stream: bool = False) -> RawDatas
         _check_range(noisy, num_classes, "noisy_y")
         kw |= {"noisy_labels": {"noisy_y": _readonly(noisy)}, "default_noisy": "noisy_y"}
     x_test, y_test = _npz_test(arrays, num_classes)
+    _check_example_shapes(x, x_test, path)
     if x.ndim in (3, 4):
         x = _to_nchw(x, "x")
         x_test = None if x_test is None else _to_nchw(x_test, "x_test")
+        if x_test is not None and tuple(x_test.shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(f"root: {path}: x_test: images of shape {tuple(x_test.shape[1:])} "
+                             f"(as NCHW) but x's are {tuple(x.shape[1:])}")
         return _image_dataset(x, y, num_classes, x_test, y_test, **kw)
     with np.errstate(over="ignore"):  # beyond float32: inf, refused with the NaNs by data.py
         x = x.reshape(len(x), -1).astype(np.float32)
@@ -470,6 +474,33 @@ def load_npz(root: str | None, download: bool, stream: bool = False) -> RawDatas
         x_test=None if x_test is None else _readonly(x_test),
         y_test=None if y_test is None else _readonly(y_test), **kw,
     )
+
+
+def _check_example_shapes(x, x_test, path: Path) -> None:
+    """Refuse degenerate arrays and a test split shaped unlike the training examples:
+    x must be 2-d features (examples x features) or 3/4-d images, with no empty axis;
+    x_test the same per example (images are compared again as NCHW)."""
+    shape = tuple(x.shape)
+    if len(shape) not in (2, 3, 4):
+        raise ValueError(f"root: {path}: x: expected examples x features (2-d) or images "
+                         f"(3-d or 4-d), got shape {shape}")
+    if 0 in shape[1:]:
+        raise ValueError(f"root: {path}: x: examples of shape {shape[1:]} hold no value "
+                         "(an axis of length 0)")
+    if x_test is None:
+        return
+    test = tuple(x_test.shape)
+    if len(test) == 0 or test[0] == 0:
+        raise ValueError(f"root: {path}: x_test is empty; drop x_test/y_test to split the "
+                         "test examples from x")
+    if len(shape) == 2:
+        width = int(np.prod(test[1:], dtype=np.int64))
+        if len(test) < 2 or width != shape[1]:
+            raise ValueError(f"root: {path}: x_test: {width if len(test) >= 2 else 0} "
+                             f"feature(s) per example but x has {shape[1]}")
+    elif len(test) != len(shape):
+        raise ValueError(f"root: {path}: x_test: images of shape {test[1:]} but x's are "
+                         f"{shape[1:]}")
 
 
 def _few(values: list[int], shown: int = 5) -> str:

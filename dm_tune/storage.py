@@ -22,12 +22,17 @@ Example:
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import os
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 import sqlalchemy
@@ -42,9 +47,12 @@ __all__ = [
     "StorageError",
     "check_connection",
     "check_storage_url",
+    "has_password",
     "open_storage",
+    "read_only_sqlite_url",
     "redact_url",
     "resolve_storage_url",
+    "table_names",
 ]
 
 DEFAULT_STORAGE = "sqlite:///dm_tune.db"
@@ -55,6 +63,9 @@ SQLITE_BUSY_TIMEOUT_S = 60
 PG_CONNECT_TIMEOUT_S = 5
 POOL_TIMEOUT_S = 120  # a call waits this long for a free pooled connection (bounded pool)
 _PG_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
+# advisory lock key of table creation: the first 8 bytes of sha256(b"dm-tune/schema")
+_SCHEMA_KEY = int.from_bytes(hashlib.sha256(b"dm-tune/schema").digest()[:8], "big",
+                             signed=True)
 
 _logger = logging.getLogger(__name__)
 
@@ -100,6 +111,15 @@ def _secrets(raw: str, parsed: URL | None) -> list[str]:
         found.append(str(parsed.password))
     # Longest first so a secret that contains another one is removed whole.
     return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def has_password(url: str) -> bool:
+    """Whether a storage URL carries a password (user:password@ or a password query)."""
+    try:
+        parsed: URL | None = make_url(url)
+    except Exception:  # noqa: BLE001 - an unparsable URL may still hold one
+        parsed = None
+    return bool(_secrets(url, parsed)) or bool(_QUERY_SECRET.search(url))
 
 
 def _first_line(exc: BaseException, secrets: list[str]) -> str:
@@ -155,7 +175,15 @@ def sqlite_file(url: str | URL | None) -> Path | None:
 def _check_sqlite_file(url: URL, raw: str, create: bool) -> None:
     """Refuse a missing SQLite file when create=False and a missing directory always."""
     path = _sqlite_path(url)
-    if path is None or path.exists():
+    if path is None:
+        return
+    try:  # a symlink loop "does not exist" to exists(), and resolve() raises RuntimeError
+        path.resolve()
+    except (RuntimeError, OSError) as error:
+        reason = "a symlink loop" if isinstance(error, RuntimeError) else error.strerror
+        raise StorageError(f"SQLite database {str(path)!r} cannot be opened: {reason} "
+                           f"({redact_url(raw)})") from None
+    if path.exists():
         return
     if not create:
         raise StorageError(f"SQLite database {str(path)!r} does not exist ({redact_url(raw)})")
@@ -206,6 +234,53 @@ def _engine_kwargs(url: URL, pool_size: int | None = None) -> dict[str, Any]:
         # Fail fast on an unreachable host rather than hanging a worker for minutes.
         "connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S},
     }
+
+
+def schema_lock_file(database: Path) -> Path:
+    """The file whose ``flock`` serialises creating Optuna's tables in a SQLite file."""
+    return database.with_name(f"{database.name}.schema.lock")
+
+
+@contextmanager
+def _schema_lock(url: URL) -> Iterator[None]:
+    """Hold a lock while RDBStorage creates Optuna's tables and stamps their version, so
+    that two commands opening one new database at once do not both create them (one
+    failed with ``UNIQUE constraint failed: alembic_version.version_num``).
+
+    SQLite: ``flock`` on :func:`schema_lock_file`; PostgreSQL: a session advisory lock
+    on a connection of its own. Where the lock cannot be had (an unwritable folder, a
+    server that refuses the connection) nothing is locked: opening reports the cause.
+    """
+    if url.get_backend_name() == "sqlite":
+        path = _sqlite_path(url)
+        if path is None:
+            yield
+            return
+        try:
+            fd = os.open(schema_lock_file(path), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      **_engine_kwargs(url))
+    try:
+        connection = engine.connect()
+    except sqlalchemy.exc.SQLAlchemyError:
+        engine.dispose()
+        yield
+        return
+    try:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_KEY})
+        yield
+    finally:
+        connection.close()  # ends the session, and with it the advisory lock
+        engine.dispose()
 
 
 def _sqlite_connection_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -281,6 +356,11 @@ def open_storage(
         from dm_tune.cluster.proxy import open_grpc_storage
 
         return open_grpc_storage(raw)
+    if not create:  # a reader (export, report, status, dashboard) of a file it cannot write
+        given = _parse(raw)
+        if given.get_backend_name() == "sqlite":
+            _check_sqlite_file(given, raw, create)
+            raw = read_only_sqlite_url(raw)
     parsed = _parse(raw)
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_file(parsed, raw, create)
@@ -291,7 +371,7 @@ def open_storage(
     # that a literal brace can never break the format call.
     full = full.replace("{", "{{").replace("}", "}}")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), (_schema_lock(parsed) if create else nullcontext()):
             # Heartbeats are "experimental" in Optuna since 2.9; the warnings are noise to users.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
@@ -312,6 +392,29 @@ def open_storage(
     return storage
 
 
+def _writable(path: Path) -> bool:
+    # os.access also answers for root: an immutable file (chattr +i) is not writable.
+    return os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0))
+
+
+def read_only_sqlite_url(url: str) -> str:
+    """The URL itself, or for a SQLite file (or its folder) that cannot be written, a
+    read-only SQLite URI: ``mode=ro`` when a -wal file holds commits, else ``immutable=1``
+    (SQLite then needs no -shm file, which an unwritable folder could not hold)."""
+    try:
+        path = sqlite_file(url)
+    except Exception:  # noqa: BLE001 - a bad URL is open_storage's to report
+        return url
+    if path is None or not path.is_file():
+        return url
+    path = path.resolve()
+    if _writable(path) and _writable(path.parent):
+        return url
+    wal = path.with_name(f"{path.name}-wal")
+    mode = "mode=ro" if wal.is_file() and wal.stat().st_size > 0 else "immutable=1"
+    return f"sqlite:///file:{quote(str(path))}?{mode}&uri=true"
+
+
 def check_storage_url(url: str | None, create: bool = True) -> None:
     """Refuse what :func:`open_storage` would refuse without connecting: a malformed URL,
     an unsupported backend, a missing SQLite folder (or file, when ``create=False``).
@@ -322,6 +425,31 @@ def check_storage_url(url: str | None, create: bool = True) -> None:
     parsed = _parse(raw)
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_file(parsed, raw, create)
+
+
+def table_names(url: str | None) -> list[str]:
+    """The tables of the database behind ``url`` (its default schema); [] for a missing
+    SQLite file, an in-memory database, the proxy, or one that cannot be read (opening it
+    then reports why). Creates nothing."""
+    raw = resolve_storage_url(url)
+    if raw.startswith(GRPC_SCHEME):
+        return []
+    try:
+        parsed = _parse(raw)
+    except StorageError:
+        return []
+    if parsed.get_backend_name() == "sqlite":
+        path = _sqlite_path(parsed)
+        if path is None or not path.is_file():
+            return []
+    engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool,
+                                      **_engine_kwargs(parsed))
+    try:
+        return list(sqlalchemy.inspect(engine).get_table_names())
+    except sqlalchemy.exc.SQLAlchemyError:
+        return []
+    finally:
+        engine.dispose()
 
 
 def check_connection(url: str | None) -> None:

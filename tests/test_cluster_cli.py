@@ -73,6 +73,7 @@ def test_launch_slurm_submits_nothing_when_every_budget_is_met(
 ) -> None:
     config, url = _finished_campaign(tmp_path)
     submitted = []
+    monkeypatch.setattr("dm_tune.cluster.slurm.slurm_unavailable_reason", lambda: None)
     monkeypatch.setattr("dm_tune.cluster.slurm.submit_worker_array",
                         lambda *a, **k: submitted.append((a, k)) or ["1_0"])
     result = runner.invoke(app, ["launch", str(config), "--slurm", "--slurm-array", "4",
@@ -93,6 +94,7 @@ def test_launch_slurm_hands_the_url_to_the_environment_only(
         calls.append((config_path, array_size, kwargs))
         return ["77_0", "77_1"]
 
+    monkeypatch.setattr("dm_tune.cluster.slurm.slurm_unavailable_reason", lambda: None)
     monkeypatch.setattr("dm_tune.cluster.slurm.submit_worker_array", fake_submit)
     result = runner.invoke(app, [
         "launch", str(config), "--slurm", "--slurm-array", "2", "--slurm-partition", "gpu",

@@ -51,10 +51,10 @@ def _file_resources() -> list[dict[str, Any]]:
 
 
 def _render(tmp_path: Path) -> list[dict[str, Any]]:
-    """`kubectl kustomize` on a copy holding a throw-away password file."""
+    """`kubectl kustomize` on a copy without any password file (the Secret is made by
+    `kubectl create secret`, not by the kustomization: a preview renders anywhere)."""
     copy = tmp_path / "k8s"
-    shutil.copytree(K8S, copy)
-    (copy / "secrets" / "postgres.env").write_text(f"password={secrets.token_hex(16)}\n")
+    shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("postgres.env"))
     result = subprocess.run(["kubectl", "kustomize", str(copy)], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -122,7 +122,7 @@ def test_rendered_kustomization_is_valid(tmp_path: Path) -> None:
         pytest.skip("kubectl not installed (Debian has no package): validated each file only")
     rendered = _render(tmp_path)
     kinds = sorted(r["kind"] for r in rendered)
-    assert kinds == sorted(["Namespace", "ConfigMap", "Secret", "Service", "NetworkPolicy",
+    assert kinds == sorted(["Namespace", "ConfigMap", "Service", "NetworkPolicy",
                             "StatefulSet", "Job", "Job", "Deployment"])
     for resource in rendered:
         _validate(resource)
@@ -130,14 +130,21 @@ def test_rendered_kustomization_is_valid(tmp_path: Path) -> None:
             assert resource["metadata"]["namespace"] == "dm-tune"
 
 
-def test_kustomize_fails_clearly_without_the_password_file(tmp_path: Path) -> None:
+def test_kustomize_renders_a_preview_without_a_secret_file(tmp_path: Path) -> None:
+    """No password file, not even an empty one: the render works and holds no Secret;
+    a password file in the folder changes nothing of it (the Secret is made apart)."""
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl not installed")
-    copy = tmp_path / "k8s"
-    shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("postgres.env"))
+    bare = _render(tmp_path / "bare")
+    assert not _by_kind(bare, "Secret")
+    copy = tmp_path / "with-file" / "k8s"
+    shutil.copytree(K8S, copy)
+    password = secrets.token_hex(16)
+    (copy / "secrets" / "postgres.env").write_text(f"password={password}\n")
     result = subprocess.run(["kubectl", "kustomize", str(copy)], capture_output=True,
                             text=True, timeout=120)
-    assert result.returncode != 0 and "postgres.env" in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert password not in result.stdout and _documents(result.stdout) == bare
 
 
 # ------------------------------------------------------------------ promises
@@ -250,3 +257,78 @@ def test_password_file_is_git_ignored() -> None:
         ["git", "check-ignore", "-q", "deploy/k8s/secrets/postgres.env"], cwd=REPO
     )
     assert result.returncode == 0, "deploy/k8s/secrets/postgres.env is not git-ignored"
+
+
+# ------------------------------------------------------------------ Pod Security "restricted"
+
+
+def _pods(resources: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    pods = list(_pod_templates(resources))
+    assert {name for name, _ in pods} == {"postgres", "dm-tune-create", "dm-tune-workers",
+                                           "dm-tune-dashboard"}
+    return pods
+
+
+def test_every_pod_and_container_meets_pod_security_restricted(
+    resources: list[dict[str, Any]]
+) -> None:
+    """The "restricted" profile's fields (kubernetes.io/docs/concepts/security/
+    pod-security-standards), PostgreSQL included, and no service-account token."""
+    for name, template in _pods(resources):
+        spec = template["spec"]
+        pod = spec.get("securityContext", {})
+        assert spec.get("automountServiceAccountToken") is False, name
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(key), f"{name}: {key}"
+        assert all("hostPath" not in v for v in spec.get("volumes", [])), name
+        for container in _containers(template):
+            where = f"{name}/{container['name']}"
+            own = container.get("securityContext", {})
+            assert own.get("allowPrivilegeEscalation") is False, where
+            assert not own.get("privileged"), where
+            capabilities = own.get("capabilities", {})
+            assert capabilities.get("drop") == ["ALL"], where
+            assert set(capabilities.get("add", [])) <= {"NET_BIND_SERVICE"}, where
+            assert own.get("runAsNonRoot", pod.get("runAsNonRoot")) is True, where
+            assert own.get("runAsUser", pod.get("runAsUser", 0)) != 0, where
+            seccomp = own.get("seccompProfile", pod.get("seccompProfile", {}))
+            assert seccomp.get("type") in ("RuntimeDefault", "Localhost"), where
+            assert all("hostPort" not in p for p in container.get("ports", [])), where
+
+
+def test_images_are_pinned_to_a_version(resources: list[dict[str, Any]]) -> None:
+    """No `latest` and no floating major (postgres:16): major.minor at least; dm-tune's
+    image is the package's version."""
+    from dm_tune import __version__
+
+    for name, template in _pods(resources):
+        for container in _containers(template):
+            image = container["image"]
+            repository, _, tag = image.rpartition(":")
+            assert repository and "/" not in tag, f"{name}: {image} has no tag"
+            assert re.fullmatch(r"\d+\.\d+(\.\d+)?(-[\w.]+)?", tag), f"{name}: {image}"
+            if repository.endswith("dm-tune"):
+                assert tag == __version__, f"{name}: {image} is not dm-tune {__version__}"
+
+
+def test_jobs_end_with_a_ttl_and_workers_retry_per_index(resources: list[dict[str, Any]]) -> None:
+    for job in _by_kind(resources, "Job"):
+        assert job["spec"]["ttlSecondsAfterFinished"] > 0, job["metadata"]["name"]
+    workers = _one(resources, "Job", "dm-tune-workers")["spec"]
+    # Kubernetes accepts backoffLimitPerIndex only for an Indexed Job of restartPolicy Never
+    assert workers["backoffLimitPerIndex"] >= 1 and workers["completionMode"] == "Indexed"
+    assert workers["template"]["spec"]["restartPolicy"] == "Never"
+    assert "backoffLimit" not in workers  # per index instead of one budget for all
+
+
+def test_the_studies_are_created_once(resources: list[dict[str, Any]]) -> None:
+    """Only the create Job runs `dm-tune create`; a worker pod waits, read-only."""
+    creators = [(name, c["name"]) for name, template in _pods(resources)
+                for c in _containers(template) if (c.get("args") or [""])[0] == "create"]
+    assert creators == [("dm-tune-create", "create")]
+    workers = _one(resources, "Job", "dm-tune-workers")["spec"]["template"]["spec"]
+    (wait,) = workers["initContainers"]
+    script = " ".join(wait.get("command", []) + wait.get("args", []))
+    assert "dm-tune status" in script and "dm-tune create" not in script
+    # `$$` keeps Kubernetes from expanding the shell's $(( )) and $VAR as its own
+    assert "$$CAMPAIGN" in script and "$((" not in script.replace("$$((", "")

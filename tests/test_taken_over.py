@@ -189,3 +189,28 @@ def test_a_trial_reaped_before_its_params_are_suggested_is_dropped(tmp_path, mon
     run_worker(storage, config, "cpu", name="w1", **train)
     for trials in _finished_per_study(storage, config):
         assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_a_trial_reaped_between_report_and_should_prune_is_taken_over(tmp_path):
+    """Hyperband's should_prune writes the trial's rung: a trial failed as stale right
+    after its report must end as taken over, not as UpdateFinishedTrialError (exit 1;
+    seen through the storage proxy, tests/test_proxy_faults.py)."""
+    from dm_tune.campaign.claims import StudyCache, claim_trial
+    from dm_tune.campaign.run_trial import TrialTakenOver, report_and_prune
+
+    config = load_campaign_config(write_tiny(tmp_path, epochs=3, trials=2, baselines=()))
+    storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}", heartbeat_interval=1,
+                           grace_period=1)
+    create_campaign(config, storage)
+    claimed = claim_trial(storage, config, StudyCache(storage, config, 0))
+    assert config.search.pruner == "hyperband" and claimed.role == "dm"
+    trial, report = claimed.trial, claimed.trial.report
+
+    def report_then_reaped(value: float, step: int) -> None:
+        report(value, step)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # the sweep's write
+
+    trial.report = report_then_reaped
+    with pytest.raises(TrialTakenOver):
+        report_and_prune(claimed, 0.5, 1)
+    assert storage.get_trial(trial._trial_id).state == TrialState.FAIL

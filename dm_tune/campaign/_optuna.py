@@ -25,6 +25,7 @@ from dm_tune.campaign import liveness
 __all__ = [
     "HeartbeatGrpcClient",
     "add_storage_servicer",
+    "proxy_cached_storage",
     "budgets",
     "fail_stale_trials",
     "frozen_trial",
@@ -207,6 +208,28 @@ __all__ += ["has_retry", "requeue"]
 # parts of that which are Optuna's private modules and methods live here.
 
 
+def proxy_cached_storage(rdb: optuna.storages.RDBStorage) -> optuna.storages.BaseStorage:
+    """What ``optuna.storages.get_storage(rdb)`` returns (Optuna's cached wrapper, which a
+    proxy should serve), minus one flaw: its ``set_trial_param`` knows only the trials this
+    process created or read, so a restarted proxy refused (NOT_FOUND) the params of a
+    trial claimed through the proxy before it; those go to the database directly."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    class _ProxyCache(_CachedStorage):
+        def set_trial_param(self, trial_id: int, param_name: str,
+                            param_value_internal: float, distribution: Any) -> None:
+            with self._lock:
+                known = trial_id in self._trial_id_to_study_id_and_number
+            if known:
+                super().set_trial_param(trial_id, param_name, param_value_internal,
+                                        distribution)
+            else:
+                self._backend.set_trial_param(trial_id, param_name, param_value_internal,
+                                              distribution)
+
+    return _ProxyCache(rdb)
+
+
 def add_storage_servicer(server: Any, storage: optuna.storages.BaseStorage) -> None:
     """Add Optuna's gRPC storage service for ``storage`` to a ``grpc.server``.
 
@@ -319,3 +342,13 @@ def requeue_running(study: optuna.Study, keep: tuple[str, ...]) -> int:
 
 
 __all__ += ["fail_and_requeue", "orphan_trial_ids", "requeue_running"]
+
+
+def optuna_table_names() -> frozenset[str]:
+    """The tables an Optuna RDB storage creates (its models), and alembic's version table."""
+    from optuna.storages._rdb import models
+
+    return frozenset(models.BaseModel.metadata.tables) | {"alembic_version"}
+
+
+__all__ += ["optuna_table_names"]

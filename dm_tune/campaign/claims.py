@@ -19,7 +19,7 @@ from dm_tune.campaign import _optuna
 from dm_tune.campaign.create import lock_name
 from dm_tune.campaign.locks import campaign_lock
 from dm_tune.campaign.progress import StudyProgress, campaign_progress
-from dm_tune.campaign.records import JOB_ATTRS, ROLE_DM
+from dm_tune.campaign.records import JOB_ATTRS, ROLE_DM, WORKER_JOINS
 from dm_tune.campaign.settings import Setting, settings_of
 from dm_tune.config import CampaignConfig
 
@@ -29,6 +29,7 @@ __all__ = [
     "claim_locked",
     "claim_trial",
     "fail_stale_everywhere",
+    "join_seed",
     "seed_of",
     "worker_name",
 ]
@@ -42,6 +43,27 @@ def worker_name() -> str:
 def seed_of(name: str) -> int:
     """A stable small integer for a worker name (sampler seeds differ across workers)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
+
+
+#: a worker seed's studies get seeds worker_seed + 0, 1, ... (StudyCache): joins lie this
+#: far apart, so that two processes' seeds never meet in one study
+JOIN_STRIDE = 65_536
+
+
+def join_seed(storage: optuna.storages.BaseStorage, config: CampaignConfig) -> int:
+    """The worker seed of a process joining the campaign: ``JOIN_STRIDE`` times the number
+    of processes that joined before it (counted in the database, under the campaign lock).
+
+    The first process of a campaign gets 0, the seed a lone ``dm-tune run`` always had,
+    so that it still reproduces a campaign; every later or concurrent process (a second
+    ``run``, each worker of ``launch`` or Slurm, on any machine) gets a seed of its own.
+    """
+    name = settings_of(config)[0].study_name(config.name, ROLE_DM)
+    with campaign_lock(storage, lock_name(config)):
+        study_id = storage.get_study_id_from_name(name)
+        joined = int(storage.get_study_system_attrs(study_id).get(WORKER_JOINS, 0))
+        storage.set_study_system_attr(study_id, WORKER_JOINS, joined + 1)
+    return joined * JOIN_STRIDE
 
 
 def _sampler(config: CampaignConfig, worker_seed: int) -> optuna.samplers.BaseSampler:
@@ -165,7 +187,11 @@ def _fail_orphans(storage: optuna.storages.BaseStorage, study: optuna.Study) -> 
     # that never beat; after the grace period it is failed and its job queued again.
     interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
     engine = getattr(storage, "engine", None)
-    if not interval or engine is None:
+    proxied = getattr(storage, "orphan_trial_ids", None)  # the proxy finds them itself
+    if not interval or (engine is None and not callable(proxied)):
         return
-    for trial_id in _optuna.orphan_trial_ids(engine, study.study_name, 2 * interval + 5):
+    older = 2 * interval + 5
+    found = (proxied(study.study_name, older) if callable(proxied)
+             else _optuna.orphan_trial_ids(engine, study.study_name, older))
+    for trial_id in found:
         _optuna.fail_and_requeue(study, trial_id, JOB_ATTRS)

@@ -39,6 +39,7 @@ __all__ = [
     "ROLE_GCE_Q",
     "StudyKey",
     "TrialKey",
+    "WORKER_JOINS",
     "curve_attrs",
     "finite_or_none",
     "partial_attrs",
@@ -122,6 +123,11 @@ class TrialKey:
     STOPPED = "stopped"
     ERROR = "error"
 
+
+#: a system attr of the campaign's first DM study: how many worker processes (`run`,
+#: `worker`, each of `launch`'s) joined the campaign; each takes the next number, and
+#: its samplers' seeds derive from it, so that no two processes propose the same point
+WORKER_JOINS = "dm_tune:worker_joins"
 
 #: user attrs that define a queued job: a re-queued trial carries them and nothing else
 JOB_ATTRS = (TrialKey.LOSS, TrialKey.LOSS_PARAMS, TrialKey.SEED, TrialKey.SOURCE_TRIAL,

@@ -7,6 +7,11 @@ re-queue) goes through :func:`retrying`: it waits with bounded exponential backo
 logs one line when an outage starts (with the driver's own reason) and one when it
 ends, and gives up with :class:`StorageOutage` (exit 2) only after the outage limit.
 Connections come back by themselves: the engine's ``pool_pre_ping`` replaces dead ones.
+
+Behind the gRPC storage proxy (``grpc://``) the proxy is part of the weather: a proxy
+that is down or restarting (gRPC ``UNAVAILABLE``), or one that answers that *its*
+database connection failed, is an outage like the database's; the channel reconnects
+by itself once the proxy listens again.
 """
 
 from __future__ import annotations
@@ -81,11 +86,36 @@ def _chain(error: BaseException) -> list[BaseException]:
     return seen
 
 
+def _grpc_status(error: BaseException) -> tuple[str, str] | None:
+    """(status code name, details) of a gRPC call's error; None for anything else."""
+    code, details = getattr(error, "code", None), getattr(error, "details", None)
+    if not (callable(code) and callable(details)) or type(error).__module__.split(".")[0] != "grpc":
+        return None
+    try:
+        status, text = code(), details()
+    except Exception:  # noqa: BLE001 - a gRPC error that cannot describe itself
+        return None
+    return getattr(status, "name", str(status)), str(text or "")
+
+
+def _grpc_transient(status: tuple[str, str]) -> bool:
+    """The proxy is down or restarting (UNAVAILABLE), or it reports a lost connection to
+    its own database (its handlers' errors arrive as UNKNOWN or INTERNAL with the text)."""
+    name, details = status
+    if name == "UNAVAILABLE":
+        return True
+    return name in ("UNKNOWN", "INTERNAL") and any(
+        marker in details.lower() for marker in _TRANSIENT_TEXT)
+
+
 def is_transient(error: BaseException) -> bool:
-    """Whether ``error`` is a lost or refused database connection (worth a retry)."""
+    """Whether ``error`` is a lost or refused database (or storage proxy) connection."""
     import sqlalchemy
 
     for item in _chain(error):
+        status = _grpc_status(item)
+        if status is not None and _grpc_transient(status):
+            return True
         if isinstance(item, sqlalchemy.exc.DBAPIError) and item.connection_invalidated:
             return True
         if isinstance(item, sqlalchemy.exc.DisconnectionError | sqlalchemy.exc.TimeoutError):
@@ -99,6 +129,11 @@ def is_transient(error: BaseException) -> bool:
 
 def cause_of(error: BaseException) -> str:
     """The driver's first message line (the true cause, not a wrapper's)."""
+    for item in _chain(error):
+        status = _grpc_status(item)
+        if status is not None:
+            details = " ".join(status[1].split())[:300]
+            return f"storage proxy: {status[0]}" + (f": {details}" if details else "")
     innermost = _chain(error)[-1] if _chain(error) else error
     for item in _chain(error):
         if type(item).__module__.startswith("psycopg"):

@@ -233,7 +233,8 @@ def report_and_prune(claimed: ClaimedTrial, value: float, epoch: int) -> bool:
     trial = claimed.trial
     with _unless_taken_over(claimed):
         retrying(lambda: trial.report(value, epoch), "trial.report")
-    return claimed.role == ROLE_DM and retrying(trial.should_prune, "should_prune")
+        # Hyperband's should_prune writes the rung (a system attr): refused the same way
+        return claimed.role == ROLE_DM and retrying(trial.should_prune, "should_prune")
 
 
 def beat_failed(trial: optuna.Trial) -> Callable[[BaseException], None]:

@@ -18,7 +18,7 @@ from dm_tune.campaign.claims import (
     StudyCache,
     claim_trial,
     fail_stale_everywhere,
-    seed_of,
+    join_seed,
     worker_name,
 )
 from dm_tune.campaign.create import check_campaign
@@ -88,9 +88,11 @@ def run_worker(
 ) -> WorkerSummary:
     """Take trials until every study meets its budget, ``max_trials`` or a stop request.
 
-    ``sampler_seed`` seeds the samplers (with the campaign seed); by default it derives
-    from the worker's name, so that parallel workers propose different trials. A single
-    worker given a fixed seed reproduces a campaign exactly on CPU.
+    ``sampler_seed`` seeds the samplers (with the campaign seed); by default it is
+    :func:`~dm_tune.campaign.claims.join_seed`: 0 for the campaign's first process, a
+    seed of its own for every other, so that processes never propose the same trials
+    (names repeat: ``cpu0`` on two machines). A single worker given a fixed seed
+    reproduces a campaign exactly on CPU.
 
     Storage calls ride out database outages (:mod:`dm_tune.campaign.retry`): the trial
     in flight continues once the database is back.
@@ -112,7 +114,9 @@ def run_worker(
     # refuse other labels up front (through an outage: workers may start during one)
     retrying(lambda: check_campaign(storage, config, require_created=True), "joining")
     liveness.touch()  # joined ($DM_TUNE_HEARTBEAT_FILE, for a k8s probe); again each pass
-    cache = StudyCache(storage, config, seed_of(name) if sampler_seed is None else sampler_seed)
+    if sampler_seed is None:
+        sampler_seed = retrying(lambda: join_seed(storage, config), "joining")
+    cache = StudyCache(storage, config, sampler_seed)
     summary = WorkerSummary(name)
 
     def ended(claimed: ClaimedTrial, outcome: TrialOutcome) -> None:

@@ -8,7 +8,9 @@ typer's usage block and error box (see :func:`run_app`).
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -59,6 +61,24 @@ def refuse(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+#: write errors that are the output's destination's, not a bug: a full disk or /dev/full,
+#: a closed pipe (`| head`), a quota, a file-size limit, a device error
+_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EPIPE, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+def _output_refused(error: OSError) -> typer.Exit:
+    """One line for an output that cannot be written; stdout is pointed at /dev/null so
+    that Python's flush at exit does not print a second complaint."""
+    where = f"{error.filename}" if error.filename else "to standard output"
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout closed or replaced: nothing to silence
+        pass
+    return refuse(f"cannot write {where}: {os.strerror(error.errno)}")
+
+
 def command(name: str | None = None) -> Callable[[F], F]:
     """Register a command whose refusals exit 2 with one line, and bugs exit 1."""
 
@@ -66,24 +86,35 @@ def command(name: str | None = None) -> Callable[[F], F]:
         @functools.wraps(func)
         def guarded(*args: Any, **kwargs: Any) -> Any:
             try:
-                return func(*args, **kwargs)
+                value = func(*args, **kwargs)
+                sys.stdout.flush()  # an unwritable stdout fails here, not at exit
+                return value
             except (Exit, Abort, TyperException):  # typer's own exits and usage errors
                 raise
+            except OSError as error:
+                if error.errno not in _OUTPUT_ERRNOS:
+                    return _unexpected(error)
+                raise _output_refused(error) from None
             except ValueError as error:  # DMTuneError and every ValueError from user input
                 raise refuse(one_line(error)) from None
             except KeyboardInterrupt:
                 warn("dm-tune: interrupted")
                 raise typer.Exit(130) from None
             except Exception as error:
-                frames = traceback.format_exception(error, limit=-TRACEBACK_FRAMES)
-                warn("".join(frames).rstrip())
-                warn(f"dm-tune: unexpected error: {type(error).__name__}: {one_line(error)}")
-                raise typer.Exit(1) from None
+                return _unexpected(error)
 
         app.command(name)(guarded)
         return func
 
     return register
+
+
+def _unexpected(error: Exception) -> Any:
+    """A bug: a short traceback, one summary line, exit 1."""
+    frames = traceback.format_exception(error, limit=-TRACEBACK_FRAMES)
+    warn("".join(frames).rstrip())
+    warn(f"dm-tune: unexpected error: {type(error).__name__}: {one_line(error)}")
+    raise typer.Exit(1) from None
 
 
 def _usage_hint(error: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ import typer
 from dm_tune.cli.app import command, console, refuse, say
 from dm_tune.cli.options import (
     DEFAULT_STORAGE,
+    AllowForeignOpt,
     ConfigArg,
     DeviceOpt,
     OutOpt,
@@ -32,16 +34,23 @@ def _print_status(store, config, sentences: bool = True) -> None:
     console.print(status_table(config.name, status_rows(store, config), sentences))
 
 
-def _workers_failed(codes: dict[str, int]) -> None:
-    failed = {label: code for label, code in codes.items() if code != 0}
+def _workers_failed(codes: dict[str, int], stopped: bool = False) -> None:
+    """Exit 1 when a worker failed; after a stop signal, a worker the signal killed while
+    it started (before its own handlers) was stopped, not failed."""
+    from dm_tune.campaign.launcher import stop_exit
+
+    failed = {label: code for label, code in codes.items()
+              if code != 0 and not (stopped and stop_exit(code))}
     if failed:
         raise refuse(f"worker(s) exited non-zero: {failed}", code=1)
 
 
 @command()
-def create(config_path: ConfigArg, storage: StorageOpt = DEFAULT_STORAGE) -> None:
+def create(config_path: ConfigArg, storage: StorageOpt = DEFAULT_STORAGE,
+           allow_foreign_tables: AllowForeignOpt = False) -> None:
     """Create the campaign's studies (idempotent); run once before starting workers."""
-    config, store = open_campaign(config_path, storage)
+    config, store = open_campaign(config_path, storage,
+                                  allow_foreign_tables=allow_foreign_tables)
     from dm_tune.campaign.create import create_campaign  # after the checks: fast refusals
 
     names = create_campaign(config, store)
@@ -72,6 +81,7 @@ def run(
         "--confirm/--no-confirm",
         help="End by re-training the candidates and baselines with new seeds (the "
         "campaign file's \\[confirm] table; GCE's q is tuned first).")] = True,
+    allow_foreign_tables: AllowForeignOpt = False,
 ) -> None:
     """Create what is missing and run the campaign to its budget (resumes an interrupted run).
 
@@ -85,19 +95,28 @@ def run(
             raise DMTuneError(f"--device {device} is for --jobs 1: --jobs {jobs} starts CPU "
                               "workers (for GPUs: dm-tune launch --gpus)")
     resolved = resolve_device(device) if jobs == 1 else "cpu"
-    config, store = open_campaign(config_path, storage)
+    config, store = open_campaign(config_path, storage, device=resolved,
+                                  allow_foreign_tables=allow_foreign_tables)
     from dm_tune.campaign.create import create_campaign  # after the checks: fast refusals
+    from dm_tune.campaign.worker import stop_signals
 
     create_campaign(config, store)
     if jobs == 1:
+        from dm_tune.campaign.claims import join_seed
+        from dm_tune.campaign.retry import retrying
+
         prepare_training_process(None, config)
+        # one seed for both phases; another `run` of the campaign gets another one
+        seed = retrying(lambda: join_seed(store, config), "joining")
 
     def work(phase_config) -> bool:
         """One pass of the worker(s) until every budget is met; True if stopped."""
+        if stop.is_set():  # a signal between the phases: the next one does not start
+            return True
         if jobs == 1:
             from dm_tune.cli.views import run_with_progress
 
-            return run_with_progress(store, phase_config, resolved, console)
+            return run_with_progress(store, phase_config, resolved, console, seed)
         from dm_tune.campaign.launcher import plan_slots
         from dm_tune.cli.views import live_launch
 
@@ -105,14 +124,18 @@ def run(
         # between them: one worker claiming all of it would leave the others idle
         wider = phase_config.search.population
         population = max(config.search.population, -(-wider // jobs))
-        _workers_failed(live_launch(
+        codes = live_launch(
             store, phase_config, plan_slots(None, 1, jobs), str(config_path), storage, console,
-            population if population != config.search.population else None))
-        return False
+            population if population != config.search.population else None, stop=stop)
+        _workers_failed(codes, stopped=stop.is_set())
+        return stop.is_set()
 
-    stopped = work(config)
-    if not stopped and confirm:
-        stopped = _confirm_after_search(store, config, work)
+    # SIGTERM/SIGINT are a stop in every phase: during the search, the confirmation, a
+    # worker's start, or between them (the workers get it forwarded)
+    with stop_signals() as stop:
+        stopped = work(config)
+        if not stopped and confirm:
+            stopped = _confirm_after_search(store, config, work)
     # the outputs end with the same sentences after the recommendations: say them once
     _print_status(store, config, sentences=stopped or not report)
     say(f"database: {database_location(storage)}")
@@ -180,7 +203,8 @@ def worker(
     from dm_tune.config import with_population
 
     resolved = resolve_device(device)
-    config, store = open_campaign(config_path, storage, create=False, heartbeat=heartbeat)
+    config, store = open_campaign(config_path, storage, create=False, heartbeat=heartbeat,
+                                  device=resolved)
     if population is not None:
         config = with_population(config, population)
     prepare_training_process(threads, config)
@@ -232,6 +256,7 @@ def launch(
     worker_heartbeat: Annotated[int, typer.Option(
         "--worker-heartbeat", min=1, help="The Slurm workers' --heartbeat (s).",
         rich_help_panel="Slurm")] = 60,
+    allow_foreign_tables: AllowForeignOpt = False,
 ) -> None:
     """Start one worker process per slot, show progress, forward signals, report failures.
 
@@ -250,7 +275,8 @@ def launch(
 
         launch_slurm(config_path, storage, array=slurm_array, partition=slurm_partition,
                      gpus_per_task=slurm_gpus_per_task, time=slurm_time, extra=slurm_extra,
-                     worker_heartbeat=worker_heartbeat, workdir=slurm_workdir)
+                     worker_heartbeat=worker_heartbeat, workdir=slurm_workdir,
+                     allow_foreign_tables=allow_foreign_tables)
         return
     if gpus is not None and cpus is not None:
         raise refuse("give either --gpus or --cpus, not both")
@@ -261,10 +287,15 @@ def launch(
     if gpu_ids:
         _check_gpus(gpu_ids)  # before open_campaign: a refused launch creates nothing
     refuse_in_memory(storage, "launch starts worker processes that cannot see it")
-    config, store = open_campaign(config_path, storage)
+    config, store = open_campaign(config_path, storage,
+                                  allow_foreign_tables=allow_foreign_tables)
     create_campaign(config, store)
     slots = plan_slots(gpu_ids, per_gpu, cpus)
-    _workers_failed(live_launch(store, config, slots, str(config_path), storage, console))
+    stop = threading.Event()
+    _workers_failed(live_launch(store, config, slots, str(config_path), storage, console,
+                                stop=stop), stopped=stop.is_set())
+    if stop.is_set():
+        say("stopped early: run the same command again to resume")
 
 
 def _check_gpus(gpu_ids: list[int]) -> None:
@@ -290,7 +321,7 @@ def confirm(
     from dm_tune.cli.views import run_with_progress
 
     resolved = resolve_device(device)
-    config, store = open_campaign(config_path, storage, create=False)
+    config, store = open_campaign(config_path, storage, create=False, device=resolved)
     names = create_confirmations(store, config, top_k, seeds)
     say(f"queued confirmation trials in {len(names)} studies")
     prepare_training_process(None, config)
@@ -309,7 +340,9 @@ def dashboard(
                                                help="Allow a non-loopback host.")] = False,
 ) -> None:
     """Serve optuna-dashboard for the campaign database (no authentication: loopback only)."""
+    from dm_tune.cli.options import warn_password_in_argv
     from dm_tune.dashboard import serve_dashboard
 
+    warn_password_in_argv()  # it serves for as long as `ps` can show it
     serve_dashboard(storage, host=host, port=port, allow_remote=allow_remote)
 

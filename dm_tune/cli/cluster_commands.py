@@ -46,6 +46,7 @@ def launch_slurm(
     extra: list[str] | None = None,
     worker_heartbeat: int = 60,
     workdir: Path | None = None,
+    allow_foreign_tables: bool = False,
 ) -> list[str]:
     """Create what is missing, then submit one job array of ``array`` workers.
 
@@ -62,7 +63,13 @@ def launch_slurm(
     from dm_tune.cluster import slurm
 
     options = parse_extra(extra)  # refuse bad options before touching the database
-    config, store = open_campaign(config_path, storage_url, heartbeat=worker_heartbeat)
+    # Slurm's tools and controller before anything is created or written: without them
+    # the studies would exist and no worker ever come
+    reason = slurm.slurm_unavailable_reason()
+    if reason is not None:
+        raise slurm.SlurmError(f"launch --slurm: {reason}; nothing was created or submitted")
+    config, store = open_campaign(config_path, storage_url, heartbeat=worker_heartbeat,
+                                  allow_foreign_tables=allow_foreign_tables)
     create_campaign(config, store)
     fail_stale_everywhere(store, config, StudyCache(store, config, 0))
     progress = campaign_progress(store, config)
@@ -130,5 +137,8 @@ def storage_proxy(
                              "can read and change trials (never the database password)")
     if warning:
         warn(warning)
+    from dm_tune.cli.options import warn_password_in_argv
+
+    warn_password_in_argv()  # it serves for as long as `ps` can show it
     serve_proxy(storage, bare, port, pool_size, threads=threads, heartbeat_interval=heartbeat,
                 grace_period=grace)

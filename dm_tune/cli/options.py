@@ -12,7 +12,6 @@ import os
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
-from urllib.parse import quote
 
 import typer
 
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_STORAGE",
     "ConfigArg",
+    "AllowForeignOpt",
     "DeviceOpt",
     "Method",
     "MethodOpt",
@@ -39,6 +39,7 @@ __all__ = [
     "prepare_training_process",
     "refuse_in_memory",
     "resolve_device",
+    "warn_password_in_argv",
 ]
 
 ConfigArg = Annotated[
@@ -46,12 +47,35 @@ ConfigArg = Annotated[
 ]
 
 
-def _storage_given(value: str) -> str:
-    """Refuse an empty URL given explicitly (an empty $DM_TUNE_STORAGE means the default)."""
+#: set while a command's --storage URL holds a password typed on its command line
+_password_in_argv: list[bool] = []
+
+
+def _storage_given(ctx: typer.Context, param: typer.CallbackParam, value: str) -> str:
+    """Refuse an empty URL given explicitly (an empty $DM_TUNE_STORAGE means the default);
+    note a password given on the command line (:func:`warn_password_in_argv` says so)."""
     if not value.strip():
         raise typer.BadParameter(f"empty storage URL; omit --storage for the default "
                                  f"({DEFAULT_STORAGE}) or give one")
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    if getattr(source, "name", "") == "COMMANDLINE":
+        from dm_tune.storage import has_password
+
+        _password_in_argv[:] = [has_password(value)]
     return value
+
+
+def warn_password_in_argv() -> None:
+    """Once per command, when its --storage URL holds a password given on the command
+    line: any local user can read it in `ps` while the command runs. Said once the
+    storage is open (a refused command says only why it is refused)."""
+    if not any(_password_in_argv):
+        return
+    _password_in_argv.clear()
+    from dm_tune.cli.app import warn
+
+    warn(f"dm-tune: warning: the --storage URL holds a password, which any local user can "
+         f"read in `ps` while this command runs; set {STORAGE_ENV} instead")
 
 
 StorageOpt = Annotated[
@@ -84,9 +108,18 @@ OutOpt = Annotated[
 THREADS_ENV = "DM_TUNE_TORCH_THREADS"
 
 
+AllowForeignOpt = Annotated[
+    bool,
+    typer.Option("--allow-foreign-tables",
+                 help="Add the campaign's tables to a database that holds other "
+                 "applications' tables too (refused without this flag)."),
+]
+
+
 def open_campaign(
     config_path: Path, storage_url: str, create: bool = True, heartbeat: int | None = 60,
-    check_data: bool = True, read_only: bool = False,
+    check_data: bool = True, read_only: bool = False, allow_foreign_tables: bool = False,
+    device: str | None = None,
 ) -> tuple[CampaignConfig, optuna.storages.RDBStorage]:
     """Validate the campaign file (and its data), then open the storage: nothing is written
     for a campaign that would be refused.
@@ -94,6 +127,9 @@ def open_campaign(
     ``create=False`` (join a created campaign) refuses an in-memory database, which starts
     empty in every process. A SQLite file or folder that cannot be written is refused
     unless ``read_only`` (``status``), which reads it through a read-only connection.
+    With ``create``, a database that holds tables that are not Optuna's (another
+    application's) is refused unless ``allow_foreign_tables``. With ``device`` (the
+    commands that train here), trials that cannot fit its memory are refused too.
     """
     from dm_tune.config import load_campaign_config
     from dm_tune.storage import check_storage_url, open_storage
@@ -107,10 +143,12 @@ def open_campaign(
         storage_url = _read_only_sqlite_url(storage_url)
     else:
         _check_sqlite_writable(storage_url)
+    if create and not allow_foreign_tables:
+        _refuse_foreign_tables(storage_url)
     if check_data:
         from dm_tune.campaign.validate import checked_settings
 
-        for _ in checked_settings(config):
+        for _ in checked_settings(config, device):
             pass
     from dm_tune.campaign.retry import is_restarting, retrying
 
@@ -118,7 +156,26 @@ def open_campaign(
     storage = retrying(lambda: open_storage(storage_url, create=create,
                                             heartbeat_interval=heartbeat),
                        "opening the storage", transient=is_restarting)
+    warn_password_in_argv()
     return config, storage
+
+
+def _refuse_foreign_tables(storage_url: str) -> None:
+    """Refuse a database with tables that neither Optuna nor dm-tune made, where Optuna's
+    would be added beside another application's without a word (once they are there,
+    added with --allow-foreign-tables, the database is a campaign's: no more refusals)."""
+    from dm_tune.campaign._optuna import optuna_table_names
+    from dm_tune.storage import table_names
+
+    present = set(table_names(storage_url))
+    foreign = sorted(present - optuna_table_names())
+    if foreign and "studies" not in present:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                          else "")
+        raise DMTuneError(f"{database_location(storage_url)} holds tables that are not "
+                          f"Optuna's ({shown}): it belongs to another application; use "
+                          "another database, or --allow-foreign-tables to add the "
+                          "campaign's tables beside them")
 
 
 def _local_sqlite_file(storage_url: str) -> Path | None:
@@ -155,18 +212,10 @@ def _check_sqlite_writable(storage_url: str) -> None:
 
 
 def _read_only_sqlite_url(storage_url: str) -> str:
-    """The URL itself, or for a SQLite file (or its folder) that cannot be written, a
-    read-only SQLite URI: ``mode=ro`` when a -wal file holds commits, else ``immutable=1``
-    (SQLite then needs no -shm file, which an unwritable folder could not hold)."""
-    path = _local_sqlite_file(storage_url)
-    if path is None or not path.is_file():
-        return storage_url
-    path = path.resolve()
-    if _writable(path) and _writable(path.parent):
-        return storage_url
-    wal = path.with_name(f"{path.name}-wal")
-    mode = "mode=ro" if wal.is_file() and wal.stat().st_size > 0 else "immutable=1"
-    return f"sqlite:///file:{quote(str(path))}?{mode}&uri=true"
+    """:func:`dm_tune.storage.read_only_sqlite_url`, for a URL the checks above accept."""
+    from dm_tune.storage import read_only_sqlite_url
+
+    return read_only_sqlite_url(storage_url)
 
 
 def in_memory_storage(storage_url: str) -> bool:

@@ -55,9 +55,12 @@ class _CampaignBars:
 
 
 def run_with_progress(
-    storage: optuna.storages.RDBStorage, config: CampaignConfig, device: str, console: Console
+    storage: optuna.storages.RDBStorage, config: CampaignConfig, device: str, console: Console,
+    sampler_seed: int | None = None,
 ) -> bool:
-    """Run a worker in this process with live bars; True if stopped by a signal."""
+    """Run a worker in this process with live bars; True if stopped by a signal.
+
+    ``sampler_seed``: the process's worker seed (default: it joins the campaign anew)."""
     bars = _CampaignBars(storage, config, console)
     last_epoch = {"at": 0.0}
 
@@ -76,19 +79,20 @@ def run_with_progress(
 
     with bars.progress, stop_signals(threading.Event()) as stop:
         bars.refresh()
-        # one in-process worker: a fixed sampler seed makes `dm-tune run` reproducible
+        # the campaign's first process gets seed 0: a lone `dm-tune run` is reproducible
         summary = run_worker(storage, config, device, stop=stop, on_trial=on_trial,
-                             on_epoch=on_epoch, sampler_seed=0)
+                             on_epoch=on_epoch, sampler_seed=sampler_seed)
         bars.refresh(note="stopped" if summary.stopped else "done")
     return summary.stopped
 
 
 def live_launch(
     storage, config: CampaignConfig, slots: Sequence[Slot], config_path: str, storage_url: str,
-    console: Console, population: int | None = None,
+    console: Console, population: int | None = None, stop: threading.Event | None = None,
 ) -> dict[str, int]:
     """Launch worker processes with a live table of workers and study bars (``population``
-    overrides the file's ``[search] population`` in each worker)."""
+    overrides the file's ``[search] population`` in each worker; a signal sets ``stop``,
+    see :func:`dm_tune.campaign.launcher.launch_workers`)."""
     bars = _CampaignBars(storage, config, console)
     workers = {slot.label: (slot.device, None) for slot in slots}
 
@@ -109,4 +113,4 @@ def live_launch(
             live.update(render())
 
         return launch_workers(slots, config_path, storage_url, on_poll=on_poll,
-                              population=population)
+                              population=population, stop=stop)

@@ -50,6 +50,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import warnings
@@ -99,8 +100,14 @@ _SERVER_OPTIONS = [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", -1),
+    # gRPC sets SO_REUSEPORT by default: a second proxy would then share a busy port
+    # with the first, and the kernel hand each new connection to either of them
+    ("grpc.so_reuseport", 0),
 ]
+# A proxy that restarts is reconnected to within 8 s of listening again (gRPC's default
+# backoff grows to 120 s): the longest wait of dm_tune.campaign.retry's backoff.
 _CLIENT_OPTIONS = [
+    ("grpc.max_reconnect_backoff_ms", 8_000),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -188,6 +195,10 @@ class _Coordination:
     def stale_trial_ids(self, request: dict[str, Any]) -> list[int]:
         return _optuna.stale_trial_ids(self._cached, int(request["study_id"]))
 
+    def orphan_trial_ids(self, request: dict[str, Any]) -> list[int]:
+        return _optuna.orphan_trial_ids(self._rdb.engine, str(request["study_name"]),
+                                        float(request["older_than_s"]))
+
     # --- the lock: held for as long as the client keeps the call open
     def lock(self, request: dict[str, Any], context: Any) -> Iterator[dict[str, Any]]:
         name = str(request["name"])
@@ -221,6 +232,7 @@ class _Coordination:
             "Budgets": self.budgets,
             "RecordHeartbeat": self.record_heartbeat,
             "StaleTrialIds": self.stale_trial_ids,
+            "OrphanTrialIds": self.orphan_trial_ids,
         }
         methods = {
             name: grpc.unary_unary_rpc_method_handler(
@@ -259,6 +271,26 @@ class ProxyServer:
         self.rdb.engine.dispose()
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on (another proxy, even of another
+    database), before gRPC binds: its refusal comes with a log line of its own."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as error:
+        raise StorageError(f"cannot listen on {host}:{port}: {error}") from None
+    with socket.socket(family, kind, proto) as probe:
+        # as gRPC binds (a port in TIME_WAIT after a restart is free), minus SO_REUSEPORT
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise StorageError(f"cannot listen on {host}:{port}: {error.strerror or error} "
+                               "(another storage proxy or program listens there)") from None
+
+
 def start_proxy(
     storage_url: str | None = None,
     host: str = "127.0.0.1",
@@ -274,9 +306,11 @@ def start_proxy(
     _require_grpc()
     if pool_size < 1:
         raise StorageError(f"pool_size must be at least 1, got {pool_size}")
+    _check_port_free(host, port)  # before the database is opened (or created)
     rdb = _open_rdb(storage_url, pool_size, heartbeat_interval, grace_period, max_retry)
-    # Optuna's advice: serve the cached wrapper (finished trials are read once).
-    storage = optuna.storages.get_storage(rdb)
+    # Optuna's advice: serve the cached wrapper (finished trials are read once); ours also
+    # takes the params of trials a previous proxy process handed out
+    storage = _optuna.proxy_cached_storage(rdb)
     coordination = _Coordination(rdb, storage, max_retry)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dm-tune-proxy")
     # What optuna.storages.run_grpc_proxy_server builds (its make_server), plus keepalive
@@ -284,7 +318,10 @@ def start_proxy(
     server = grpc.server(pool, options=_SERVER_OPTIONS)
     _optuna.add_storage_servicer(server, storage)
     server.add_generic_rpc_handlers((coordination.handler(),))
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # newer grpcio raise, older return 0
+        bound = 0
     if bound == 0:
         rdb.engine.dispose()
         raise StorageError(f"cannot listen on {host}:{port} (in use, or not an address here)")
@@ -349,6 +386,7 @@ class ProxyStorage(_optuna.HeartbeatGrpcClient):
         self._budgets_rpc = method("Budgets")
         self._heartbeat_rpc = method("RecordHeartbeat")
         self._stale_rpc = method("StaleTrialIds")
+        self._orphans_rpc = method("OrphanTrialIds")
         self._lock_rpc = channel.unary_stream(
             f"/{SERVICE}/Lock", request_serializer=_dumps, response_deserializer=_loads)
 
@@ -373,7 +411,9 @@ class ProxyStorage(_optuna.HeartbeatGrpcClient):
     @contextmanager
     def campaign_lock(self, name: str) -> Iterator[None]:
         """Hold the campaign lock ``name`` (in the proxy) for the block."""
-        call = self._lock_rpc({"name": name}, wait_for_ready=True)
+        # no wait_for_ready: a proxy that is down fails the call at once (UNAVAILABLE),
+        # which the caller's retry waits out within the outage limit
+        call = self._lock_rpc({"name": name})
         try:
             reply = next(call)
             if not reply.get("held"):
@@ -394,6 +434,11 @@ class ProxyStorage(_optuna.HeartbeatGrpcClient):
 
     def stale_trial_ids(self, study_id: int) -> list[int]:
         return list(self._stale_rpc({"study_id": study_id}))
+
+    def orphan_trial_ids(self, study_name: str, older_than_s: float) -> list[int]:
+        """RUNNING trials that never beat (a claim cut by an outage), found in the proxy."""
+        return list(self._orphans_rpc({"study_name": study_name,
+                                       "older_than_s": older_than_s}))
 
     def get_heartbeat_interval(self) -> int | None:
         return self.settings()["heartbeat_interval"]
