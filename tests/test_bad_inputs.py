@@ -478,7 +478,7 @@ EXPORT_CASES = [
     pytest.param(Case(recommend(), ("malformed", "fields"), None,
                       export(trends={"symmetric": [{"noise_rate": 0.2}]})),
                  id="export-trend-point-missing-fields"),
-    pytest.param(Case(recommend(), ("malformed", "not a finite number"), None,
+    pytest.param(Case(recommend(), ("non-finite number (NaN)", "not a dm-tune export"), None,
                       export(trends={"symmetric": [{**POINT, "emphasis_mode": float("nan")}]})),
                  id="export-trend-nan"),
     pytest.param(Case(recommend(), ("malformed", "not sorted"), None,

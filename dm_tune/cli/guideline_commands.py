@@ -162,7 +162,7 @@ def _refuse_csv(path: Path) -> None:
         head = path.open("rb").read(64).lstrip()
     except OSError:
         return  # load_export says why, in one line
-    if path.suffix.lower() == ".csv" or (head and not head.startswith(b"{")):
+    if path.suffix.lower() == ".csv" or head.startswith(b"campaign,"):  # the CSV's header
         raise refuse(f"{path} is not the JSON export (the CSV holds one row per searched "
                      "setting, no advice between rates): pass `dm-tune export CONFIG -f json` "
                      "output to --from, or give the campaign file to read the database")
