@@ -285,3 +285,21 @@ def test_export_and_report_read_a_read_only_database(command: str, frozen: tuple
     assert "Traceback" not in result.stderr and after == before
     written = out / "e.json" if command == "export" else out / "report.html"
     assert written.is_file() and written.stat().st_size > 0
+
+
+def test_export_warns_once_about_a_password_on_the_command_line(
+    pg_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    from tests.fake_campaign import build_campaign, campaign_file
+
+    build_campaign(pg_url)
+    password = "Pw-in-argv-e4f2"
+    with_password = pg_url.replace("postgres@", f"postgres:{password}@", 1)
+    (tmp_path / "c.toml").write_text(campaign_file("fake"))
+    done = dm_tune(("export", "c.toml", "--storage", with_password, "--method", "top-k"),
+                   tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "password" in lines[0] and "DM_TUNE_STORAGE" in lines[0]
+    assert password not in done.stderr + done.stdout
+    assert '"schema": "dm-tune/recommendations"' in done.stdout

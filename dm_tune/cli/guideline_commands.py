@@ -21,6 +21,7 @@ from dm_tune.cli.options import (
     OutOpt,
     StorageOpt,
     default_report_dir,
+    warn_password_in_argv,
 )
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ def _load(campaign: str, storage, method: str = Method.surface) -> CampaignResul
     from dm_tune.guidelines import load_campaign
 
     results = load_campaign(storage, campaign, method=str(method))
+    warn_password_in_argv()  # once the storage answered (a refusal says only why)
     for kind, reason in results.fallbacks.items():
         warn(f"note: {kind}: {reason}")
     return results
