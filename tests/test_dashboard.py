@@ -78,6 +78,10 @@ def _get(url: str) -> bytes:
         return response.read()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Server:
     """A dashboard subprocess and what it printed."""
 
@@ -94,6 +98,9 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # a child inherits an ignored SIGINT (and Python then keeps ignoring it): when
+            # this test's process ignores it, Ctrl-C would never reach the dashboard
+            preexec_fn=_default_sigint,
         )
         self.base = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 30
@@ -140,7 +147,7 @@ def test_prints_url_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     srv.stop()
     assert f"http://127.0.0.1:{srv.port}/dashboard/" in srv.output
     assert url in srv.output
-    assert srv.proc.returncode == 0  # Ctrl-C is a normal exit
+    assert srv.proc.returncode == 0, srv.output  # Ctrl-C is a normal exit
     assert "Traceback" not in srv.output
 
 
