@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from dm_tune import guidelines as g
-from dm_tune.guidelines.advice import TOLERANCE, advise, determination
+from dm_tune.guidelines.advice import TOLERANCE, advise, determination, order_verified
 from dm_tune.guidelines.compare import best_configuration
 from dm_tune.guidelines.risk import COLLAPSE_MARGIN, TAIL_QUANTILE, RiskModel
 from dm_tune.guidelines.selection import FALL, fallen_points
@@ -214,3 +214,19 @@ def test_the_report_shows_the_advice_rows_and_the_surface_shades_the_collapse_re
     fig = surface_figure(data)
     regions = [t for t in fig.data if t.name == "collapse region"]
     assert regions and regions[0].contours.value == AVOID_PROBABILITY
+
+
+def test_a_verified_lead_within_seed_noise_keeps_the_risk_aware_pick():
+    incumbent, close, far = (0.5, 4.0), (0.6, 8.0), (0.7, 12.0)
+    # close leads by 0.4 points with a standard error of the difference of ~0.58 points
+    groups = {incumbent: [0.900, 0.910, 0.905], close: [0.905, 0.915, 0.907]}
+    assert order_verified(groups, incumbent)[0] == incumbent
+    # without a known incumbent the best mean is first (the confirmation's rule)
+    assert order_verified(groups, None)[0] == close
+    # a lead of 3 points against the same noise displaces it; the rest follow by mean
+    groups[far] = [0.930, 0.935, 0.940]
+    assert order_verified(groups, incumbent) == [far, close, incumbent]
+    # one run each: the lead's noise is unknown, the incumbent stays
+    assert order_verified({incumbent: [0.80], far: [0.95]}, incumbent)[0] == incumbent
+    # margin 0: any positive lead with known noise displaces it
+    assert order_verified(groups, incumbent, margin=0.0)[0] == far

@@ -112,13 +112,28 @@ def test_verify_resumes_a_killed_run_with_an_exact_budget(campaign):
     states = [t.state for t in _trials(url)]
     assert states.count(TrialState.COMPLETE) == 4 and states.count(TrialState.FAIL) == 2
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    # the two jobs killed before they suggested anything trained their own candidates
+    # again, not settings the sampler chose: each candidate has both its seeds
+    trained_jobs = sorted((round(t.params["emphasis_mode"], 6),
+                           round(t.params["emphasis_variance"], 6), t.user_attrs["seed"])
+                          for t in _trials(url) if t.state == TrialState.COMPLETE)
+    assert trained_jobs == sorted((round(m, 6), round(v, 6), s) for m, v, _ in plan.candidates
+                                  for s in plan.seeds)
     assert optuna.load_study(study_name=STUDY, storage=url).user_attrs["budget"] == 4
     # a re-run (even asking for more candidates) queues and trains nothing
     again = plan_verification(storage, config, "symmetric", 0.3, candidates=3, seeds=2)
     assert (again.runs, again.remaining, again.candidates) == (4, 0, plan.candidates)
     assert run_verification(storage, config, again) == 0
-    pick = verified_pick(load_campaign(url, "tiny").verified["symmetric"], again)
+    results = load_campaign(url, "tiny")
+    pick = verified_pick(results.verified["symmetric"], again)
     assert pick is not None and pick.n_seeds == 2
+    # the verify runs carry their candidate's index; the CLI's pick (advise) and
+    # verified_pick apply the one rule to the one incumbent
+    sources = sorted({p.source_trial for _, p in results.verified["symmetric"]})
+    assert sources == [0, 1]
+    first = recommend(results, "symmetric", 0.3)
+    assert (first.emphasis_mode, first.emphasis_variance) == pytest.approx(
+        (pick.emphasis_mode, pick.emphasis_variance))
 
 
 def test_verify_refuses_bad_requests_before_writing(campaign):

@@ -325,10 +325,17 @@ def fail_and_requeue(study: optuna.Study, trial_id: int, keep: tuple[str, ...]) 
     frozen = storage.get_trial(trial_id)
     if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
         return
+    # a job claimed but killed before its trial suggested anything has no params yet: its
+    # queued values are still in Optuna's "fixed_params" (``enqueue_trial``), and a re-queue
+    # without them would let the sampler train some other setting under the job's identity
+    fixed = {**frozen.system_attrs.get("fixed_params", {}), **frozen.params}
+    system_attrs = {"failed_trial": frozen.number}
+    if set(fixed) - set(frozen.params):
+        system_attrs["fixed_params"] = fixed
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
         user_attrs={k: v for k, v in frozen.user_attrs.items() if k in keep},
-        system_attrs={"failed_trial": frozen.number},
+        system_attrs=system_attrs,
     ))
 
 

@@ -211,7 +211,11 @@ def run_verification(
 def verified_pick(
     runs: Sequence[tuple[float, object]], plan: VerifyPlan,
 ) -> VerifiedPick | None:
-    """The plan's candidate with the best mean clean-val over its verify runs at the rate."""
+    """The plan's verified candidate at the rate: its first (risk-aware) candidate unless
+    another's mean clean-val over the verify runs leads by more than seed noise
+    (``guidelines.advice.order_verified``)."""
+    from dm_tune.guidelines.advice import order_verified
+
     by_params: dict[tuple[float, float], list] = {}
     for rate, point in runs:
         if abs(rate - plan.setting.rate) > 1e-6:
@@ -222,8 +226,11 @@ def verified_pick(
     scored = [(key, points) for key, points in by_params.items() if key in origins]
     if not scored:
         return None
-    (mode, variance), points = max(
-        scored, key=lambda kv: (statistics.fmean(p.val_accuracy for p in kv[1]), kv[0]))
+    groups = dict(scored)
+    incumbent = (round(plan.candidates[0][0], 6), round(plan.candidates[0][1], 6))
+    mode, variance = order_verified(
+        {k: [p.val_accuracy for p in v] for k, v in groups.items()}, incumbent)[0]
+    points = groups[(mode, variance)]
     vals = [p.val_accuracy for p in points]
     tests = [p.test_accuracy for p in points if p.test_accuracy is not None]
     return VerifiedPick(

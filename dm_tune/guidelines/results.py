@@ -46,6 +46,8 @@ class TrialPoint:
     test_accuracy: float | None = None
     test_accuracy_at_best_val: float | None = None
     memorized_noisy_fraction: float | None = None
+    # the job's source: a confirmation's searched trial, a verification's candidate index
+    source_trial: int | None = None
 
 
 @dataclass(frozen=True)

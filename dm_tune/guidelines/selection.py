@@ -115,7 +115,13 @@ def _to_point_values(t: FrozenTrial, value: float) -> TrialPoint:
         test_accuracy=float_attr(t, TrialKey.TEST_ACCURACY),
         test_accuracy_at_best_val=float_attr(t, TrialKey.TEST_ACCURACY_AT_BEST_VAL),
         memorized_noisy_fraction=float_attr(t, TrialKey.MEMORIZED_NOISY_FRACTION),
+        source_trial=_int_attr(t, TrialKey.SOURCE_TRIAL),
     )
+
+
+def _int_attr(t: FrozenTrial, key: str) -> int | None:
+    value = t.user_attrs.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 _POINT_FIELDS = ("emphasis_mode", "emphasis_variance", "val_accuracy", "test_accuracy",
