@@ -150,32 +150,50 @@ def verify(path: Path, db: Path, label: str) -> dict[tuple[str, float], tuple]:
     return out
 
 
-def retrain(config: CampaignConfig, jobs: list[tuple[str, float, tuple]], quick: bool
-            ) -> tuple[np.ndarray, int]:
-    """Final test accuracy [job, draw] of each (kind, rate, (mode, variance)); classes."""
+def _job_key(config: CampaignConfig, kind: str, rate: float, params: tuple, draw: int) -> str:
+    """A re-trained run's identity: the dataset, epochs, setting, parameters and draw."""
+    return (f"{config.data.dataset}|{config.training.epochs}|{kind}|{rate:g}|"
+            f"{params[0]:.6f}|{params[1]:.6f}|{draw}")
+
+
+def retrain(config: CampaignConfig, jobs: list[tuple[str, float, tuple]], quick: bool,
+            cache: dict[str, float] | None = None) -> tuple[np.ndarray, int]:
+    """Final test accuracy [job, draw] of each (kind, rate, (mode, variance)); classes.
+
+    ``cache`` (a ``--keep`` folder's, filled as runs finish) holds runs already trained:
+    one draw's run of a setting trains alone in its population member, so a later
+    ``--reuse`` re-trains only settings it has not seen (the grid is 80 of ~116 jobs).
+    """
     draws = DRAW_SEEDS[:2] if quick else DRAW_SEEDS
     test = np.full((len(jobs), len(draws)), np.nan)
+    cache = {} if cache is None else cache
     classes = 0
     for d, draw in enumerate(draws):
         drawn = config.model_copy(
             update={"campaign": config.campaign.model_copy(update={"seed": draw})})
+        keys = [_job_key(config, kind, rate, p, draw) for kind, rate, p in jobs]
+        todo = sorted({k: j for j, k in enumerate(keys) if k not in cache}.values())
         datas = {}
         for kind, rate, _ in jobs:
             if (kind, rate) not in datas:
                 datas[(kind, rate)] = prepare_data(data_spec(drawn, Setting(kind, rate)))
         classes = next(iter(datas.values())).num_classes
-        members = [Member(datas[(kind, rate)], "dm",
-                          {"emphasis_mode": mode, "emphasis_variance": variance},
-                          draw + TRAIN_SEED_OFFSET)
-                   for kind, rate, (mode, variance) in jobs]
-        spec = train_spec(drawn, "cpu", draw + TRAIN_SEED_OFFSET)
-        start = time.perf_counter()
-        results = train_population(members, spec)
-        log(f"draw {draw}: {len(members)} members x {spec.epochs} epochs in "
-            f"{time.perf_counter() - start:.0f} s")
-        for j, result in enumerate(results):
-            if result.status == "complete" and result.test_accuracy_per_epoch:
-                test[j, d] = result.test_accuracy_per_epoch[-1]
+        if todo:
+            members = [Member(datas[(jobs[j][0], jobs[j][1])], "dm",
+                              {"emphasis_mode": jobs[j][2][0],
+                               "emphasis_variance": jobs[j][2][1]},
+                              draw + TRAIN_SEED_OFFSET)
+                       for j in todo]
+            spec = train_spec(drawn, "cpu", draw + TRAIN_SEED_OFFSET)
+            start = time.perf_counter()
+            results = train_population(members, spec)
+            log(f"draw {draw}: {len(members)} members x {spec.epochs} epochs in "
+                f"{time.perf_counter() - start:.0f} s ({len(jobs) - len(todo)} cached)")
+            for j, result in zip(todo, results, strict=True):
+                done = result.status == "complete" and result.test_accuracy_per_epoch
+                cache[keys[j]] = result.test_accuracy_per_epoch[-1] if done else float("nan")
+        for j, key in enumerate(keys):
+            test[j, d] = cache[key]
         clear_data_cache()
     return test, classes
 
@@ -239,7 +257,11 @@ def main() -> None:
         kinds = ("advice", "interp") + (() if args.no_verify else ("verified",))
         jobs += [(k, r, recs[s][(k, r)][which]) for which in kinds
                  for s in seeds for k, r in HELD_OUT]
-        test, classes = retrain(config, jobs, args.quick)
+        cache_file = work / "retrain-cache.json"
+        cache = json.loads(cache_file.read_text()) if folder and cache_file.exists() else {}
+        test, classes = retrain(config, jobs, args.quick, cache)
+        if folder:
+            cache_file.write_text(json.dumps(cache, indent=0, sort_keys=True))
         test *= 100
         chance = 100.0 / classes + 10.0
         n_grid = len(grid)
