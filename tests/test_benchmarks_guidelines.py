@@ -106,6 +106,36 @@ def test_heldout_reference_is_cross_fitted_and_the_synthetic_campaign_is_the_dem
     assert not searched & set(bench.HELD_OUT)
 
 
+def test_heldout_retrain_trains_only_what_its_cache_lacks(monkeypatch):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from dm_tune.config import load_campaign_config
+
+    bench = _module("guideline_heldout")
+    config = load_campaign_config(ROOT / "studies" / "digits-quick.toml")
+    config = config.model_copy(update={"training": config.training.model_copy(
+        update={"epochs": 2, "min_epochs": 1})})
+    jobs = [("symmetric", 0.3, (0.2, 6.0)), ("symmetric", 0.3, (0.4, 12.0))]
+    draws = bench.DRAW_SEEDS[:2]
+    trained = []
+
+    def fake_population(members, spec):
+        trained.append([dict(m.loss_params) for m in members])
+        return [SimpleNamespace(status="complete", test_accuracy_per_epoch=[0.5, 0.25])
+                for _ in members]
+
+    monkeypatch.setattr(bench, "train_population", fake_population)
+    cache = {bench._job_key(config, "symmetric", 0.3, (0.2, 6.0), d): 0.9 for d in draws}
+    test, classes = bench.retrain(config, jobs, quick=True, cache=cache)
+    assert classes == 10
+    # the cached setting is read back, only the other one trains (once per draw)
+    assert trained == [[{"emphasis_mode": 0.4, "emphasis_variance": 12.0}]] * 2
+    np.testing.assert_allclose(test, [[0.9, 0.9], [0.25, 0.25]])
+    assert len(cache) == 4
+
+
 @pytest.mark.slow
 def test_guideline_heldout_quick_prints_the_four_figures():
     out = _run([sys.executable, "benchmarks/guideline_heldout.py", "--quick", "--seeds", "0",
