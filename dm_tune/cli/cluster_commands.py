@@ -17,7 +17,8 @@ from dm_tune.cli.app import command, say, warn
 from dm_tune.cli.options import DEFAULT_STORAGE, StorageOpt
 from dm_tune.errors import DMTuneError
 
-__all__ = ["launch_slurm", "parse_extra", "print_slurm_jobs", "slurm_tasks", "storage_proxy"]
+__all__ = ["launch_slurm", "parse_extra", "print_slurm_jobs", "record_slurm_job", "slurm_tasks",
+           "storage_proxy"]
 
 
 def parse_extra(pairs: list[str] | None) -> dict[str, str | None]:
@@ -86,7 +87,7 @@ def launch_slurm(
         campaign=config.name, worker_args=["--heartbeat", str(worker_heartbeat)],
     )
     array_id = ids[0].split("_")[0]
-    _record_slurm_job(store, progress, array_id)
+    record_slurm_job(store, config, array_id)
     say(f"submitted Slurm job {array_id} ({len(ids)} worker task(s), "
         f"{slurm.job_name(config.name)}) for campaign {config.name}")
     return ids
@@ -131,11 +132,14 @@ def print_slurm_jobs(campaign: str, job_ids: Sequence[str] = ()) -> list[tuple[s
     return tasks
 
 
-def _record_slurm_job(store, progress: list, array_id: str) -> None:
-    """Add the array's id to the campaign's DM studies (StudyKey.SLURM_JOBS)."""
+def record_slurm_job(store, config, array_id: str) -> None:
+    """Add a submitted array's id to the campaign's DM studies (StudyKey.SLURM_JOBS):
+    `status` asks Slurm about the recorded arrays only. ``launch --slurm`` calls it;
+    call it after submitting with :func:`dm_tune.cluster.slurm.submit_worker_array`."""
+    from dm_tune.campaign.progress import campaign_progress
     from dm_tune.campaign.records import ROLE_DM, StudyKey
 
-    for item in progress:
+    for item in campaign_progress(store, config):
         if item.role != ROLE_DM:
             continue
         study_id = store.get_study_id_from_name(item.study_name)
