@@ -134,8 +134,7 @@ def test_status_never_fails_for_slurm(
     out = capsys.readouterr()
     assert out.out == "Slurm tasks of dm-tune-c: 9_0 running\n"
     assert out.err == ("dm-tune: Slurm jobs 9 unknown: squeue failed: slurm_load_jobs error: "
-                       "Unable to contact\n"
-                       "dm-tune: Slurm jobs 9 unknown: squeue is not installed here\n")
+                       "Unable to contact\n")  # none without squeue: off the cluster
 
 
 # ------------------------------------------------------------------ storage-proxy, grpc://

@@ -101,15 +101,16 @@ STATUS_SLURM_TIMEOUT_S = 3.0
 def slurm_tasks(job_ids: Sequence[str]) -> tuple[list[tuple[str, str]] | None, str | None]:
     """The queued and running tasks of the recorded job arrays, and why they are unknown.
 
-    No recorded job: Slurm is not asked at all (``([], None)``); squeue missing, failing
-    or slower than :data:`STATUS_SLURM_TIMEOUT_S`: ``(None, reason)``.
+    No recorded job: Slurm is not asked at all (``([], None)``); no squeue here (a
+    machine off the cluster): ``(None, None)``, nothing to warn about; squeue failing or
+    slower than :data:`STATUS_SLURM_TIMEOUT_S`: ``(None, reason)``.
     """
     if not job_ids:
         return [], None
     from dm_tune.cluster import slurm
 
     if shutil.which("squeue") is None:
-        return None, "squeue is not installed here"
+        return None, None
     try:
         return slurm.running_jobs(list(job_ids), timeout=STATUS_SLURM_TIMEOUT_S), None
     except slurm.SlurmError as error:
@@ -119,12 +120,12 @@ def slurm_tasks(job_ids: Sequence[str]) -> tuple[list[tuple[str, str]] | None, s
 def print_slurm_jobs(campaign: str, job_ids: Sequence[str] = ()) -> list[tuple[str, str]] | None:
     """One line listing the queued and running tasks of the campaign's recorded Slurm job
     arrays (``launch --slurm`` records them); nothing, and no call to Slurm, for a
-    campaign without one. A Slurm that does not answer is one warning line, never a
-    failure of ``status``. Returns the tasks (None: unknown)."""
+    campaign without one or on a machine without squeue. A Slurm that does not answer is
+    one warning line, never a failure of ``status``. Returns the tasks (None: unknown)."""
     from dm_tune.cluster import slurm
 
     tasks, reason = slurm_tasks(job_ids)
-    if tasks is None:
+    if reason is not None:
         warn(f"dm-tune: Slurm jobs {', '.join(job_ids)} unknown: {reason}")
     elif tasks:
         shown = ", ".join(f"{job_id} {state.lower()}" for job_id, state in tasks)
