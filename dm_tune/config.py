@@ -256,6 +256,14 @@ class BaselinesConfig(_Strict):
         return self
 
 
+#: DM settings per rate that a confirmation re-trains with new seeds, one default for both
+#: ways in: `run`'s confirmation (the surface's argmax and ``[confirm] candidates`` =
+#: CONFIRM_SETTINGS - 1 more) and `dm-tune confirm --top-k` (the top CONFIRM_SETTINGS)
+CONFIRM_SETTINGS = 3
+#: new seeds per confirmed setting: ``[confirm] seeds`` and `dm-tune confirm --seeds`
+CONFIRM_SEEDS = 3
+
+
 class ConfirmConfig(_Strict):
     """``[confirm]``: what ``dm-tune run`` re-trains with new seeds once the search is done.
 
@@ -265,8 +273,9 @@ class ConfirmConfig(_Strict):
     ``q``), whose best ``q`` is then confirmed like the other baselines.
     """
 
-    seeds: Annotated[int, Field(ge=0, le=64)] = 3
-    candidates: Annotated[int, Field(ge=0, le=32)] = 2
+    seeds: Annotated[int, Field(ge=0, le=64)] = CONFIRM_SEEDS
+    # the argmax counts as one: CONFIRM_SETTINGS settings in all, as `confirm --top-k`
+    candidates: Annotated[int, Field(ge=0, le=32)] = CONFIRM_SETTINGS - 1
     gce_q_trials: Annotated[int, Field(ge=0, le=1000)] = 6
 
 

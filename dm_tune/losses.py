@@ -123,7 +123,8 @@ _NEG_INF = float("-inf")
 
 
 class _ManipulatedDerivative(torch.autograd.Function):
-    """Value: sum_i w_i CE_i / sum_j w_j. Gradient: DM's manipulated derivative.
+    """Value: mean_i (1 - p_{i,y_i}) (see :func:`dm_loss`). Gradient: DM's manipulated
+    derivative, set by ``backward`` (the value is for logging and is not differentiated).
 
     One autograd node instead of the ~10 a composed surrogate needs: on a digits-sized
     MLP the loss's per-op overhead is most of DM's extra cost over fused cross-entropy.
@@ -151,7 +152,9 @@ class _ManipulatedDerivative(torch.autograd.Function):
             coefficients = torch.sigmoid(log_one_minus_p + log_scale).mul_(weights).mul_(0.5)
         # intermediates on ctx, not save_for_backward: no version-counter bookkeeping
         ctx.direction_terms = (shifted, total, coefficients, index)
-        return -torch.dot(weights, log_p)
+        # logged: the mean probability off the given label, which falls as the fit improves
+        # (DM's weighted cross-entropy rises then: its weight moves to the unfitted examples)
+        return torch.exp(log_one_minus_p).mean()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -187,8 +190,14 @@ def dm_loss(
             0: the exact Eq. 7, whose gradient norms are exactly w_i / sum_j w_j).
 
     Returns:
-        The weighted cross-entropy sum_i w_i CE_i / sum_j w_j (for logging), whose logit
-        gradient is DM's manipulated derivative (weights carry no gradient).
+        A scalar to log and call ``backward()`` on: the batch's mean probability *off*
+        the given label, ``mean_i (1 - p_{i,y_i})`` (in [0, 1]; it falls as the model
+        fits the labels, towards about the noise rate on noisy labels, since DM leaves
+        the corrupted examples unfitted). Its logit gradient is DM's manipulated
+        derivative, exactly, not the derivative of that value (the weights carry no
+        gradient). DM's own weighted cross-entropy ``sum_i w_i CE_i / sum_j w_j`` (what
+        it returned before) rises while accuracy rises (the weights move to the examples
+        still unfitted, mostly the corrupted ones), which reads as divergence in a log.
     """
     validate_emphasis(emphasis_mode, emphasis_variance)
     _check_norm_epsilon(norm_epsilon)
@@ -200,7 +209,13 @@ def dm_loss(
 
 
 class DMLoss(nn.Module):
-    """``nn.Module`` holding DM's hyperparameters; the logic lives in :func:`dm_loss`."""
+    """``nn.Module`` holding DM's hyperparameters; the logic lives in :func:`dm_loss`.
+
+    ``loss = DMLoss(1 / 3, 8.0)(logits, targets)`` returns the batch's mean probability
+    off the given label, ``mean_i (1 - p_{i,y_i})``, a number in [0, 1] that falls as the
+    fit improves (log it as the training loss); ``loss.backward()`` gives the logits DM's
+    manipulated derivative exactly (not the gradient of that value).
+    """
 
     def __init__(
         self,

@@ -18,6 +18,9 @@ Example:
     >>> noisy = corrupt_labels(clean, 10, "symmetric", 0.4, seed=0)
     >>> round(noisy.realised_rate, 1)
     0.4
+    >>> import torch
+    >>> torch.as_tensor(noisy.labels).dtype  # the labels are an int64 array
+    torch.int64
 """
 
 from __future__ import annotations
@@ -79,10 +82,26 @@ ASYMMETRIC_MAPS["cifar100n"] = ASYMMETRIC_MAPS["cifar100"]
 
 
 class NoisyLabels(NamedTuple):
-    """Corrupted labels and the fraction of them that differ from the true labels."""
+    """Corrupted labels and the fraction of them that differ from the true labels.
+
+    ``labels`` is an int64 numpy array, so the common uses are one line each::
+
+        y_noisy = torch.as_tensor(corrupt_labels(y, 10, "symmetric", 0.4, seed=0).labels)
+        y_noisy = np.asarray(corrupt_labels(y, 10, "symmetric", 0.4, seed=0))  # __array__
+
+    (``torch.as_tensor`` of the tuple itself cannot work: torch reads any tuple as a
+    nested sequence, here an array and a float.) Unpacking still works:
+    ``labels, rate = corrupt_labels(...)``.
+    """
 
     labels: NDArray[np.int64]
     realised_rate: float
+
+    def __array__(self, dtype=None, copy=None) -> NDArray:
+        """The labels: ``np.asarray(noisy)`` (numpy, scikit-learn, pandas) is ``noisy.labels``."""
+        if copy:
+            return np.array(self.labels, dtype=dtype, copy=True)
+        return np.asarray(self.labels, dtype=dtype)
 
 
 def max_rate(kind: str, num_classes: int) -> float:

@@ -115,20 +115,26 @@ def test_status_never_fails_for_slurm(
 ) -> None:
     from dm_tune.cluster import slurm
 
-    monkeypatch.setattr("shutil.which", lambda name: None)  # no squeue at all
-    print_slurm_jobs("c")
+    asked = []
 
     def broken(*args, **kwargs):
+        asked.append(args)
         raise slurm.SlurmError("squeue failed: slurm_load_jobs error: Unable to contact")
 
     monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
     monkeypatch.setattr(slurm, "running_jobs", broken)
-    print_slurm_jobs("c")  # a warning, no exception
-    monkeypatch.setattr(slurm, "running_jobs", lambda prefix: [("9_0", "RUNNING")])
-    print_slurm_jobs("c")
+    assert print_slurm_jobs("c") == []  # no recorded job: Slurm is not asked at all
+    assert asked == []
+    assert print_slurm_jobs("c", ["9"]) is None  # a warning, no exception
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no squeue at all
+    assert print_slurm_jobs("c", ["9"]) is None
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(slurm, "running_jobs", lambda ids, timeout: [("9_0", "RUNNING")])
+    assert print_slurm_jobs("c", ["9"]) == [("9_0", "RUNNING")]
     out = capsys.readouterr()
-    assert "Slurm tasks of dm-tune-c: 9_0 running" in out.out
-    assert "Slurm jobs unknown" in out.err
+    assert out.out == "Slurm tasks of dm-tune-c: 9_0 running\n"
+    assert out.err == ("dm-tune: Slurm jobs 9 unknown: squeue failed: slurm_load_jobs error: "
+                       "Unable to contact\n")  # none without squeue: off the cluster
 
 
 # ------------------------------------------------------------------ storage-proxy, grpc://

@@ -208,12 +208,36 @@ def test_bf16_logits_are_promoted_and_gradient_keeps_input_dtype():
     assert torch.isfinite(logits.grad.float()).all()
 
 
-def test_reported_value_is_weighted_cross_entropy():
+def test_reported_value_is_the_mean_probability_off_the_label():
     logits, targets = _batch(n=64, seed=2)
-    weights = dm_weights(logits, targets, 1 / 3, 8.0)
-    ce = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-    expected = (weights * ce).sum()
+    p_label = torch.softmax(logits, dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    expected = (1 - p_label).mean()
     assert torch.allclose(dm_loss(logits, targets, 1 / 3, 8.0), expected, atol=1e-12)
+    assert torch.equal(DMLoss(1 / 3, 8.0)(logits, targets), dm_loss(logits, targets, 1 / 3, 8.0))
+
+
+@pytest.mark.parametrize(("mode", "variance"), [(1 / 3, 8.0), (0.0, 0.0), (0.8, 24.0)])
+def test_reported_value_falls_as_the_logits_move_toward_the_labels(mode, variance):
+    # training on noisy labels in miniature: three quarters of the examples (clean) move
+    # toward their label, one quarter (corrupted) toward the class the model learns for
+    # them instead. DM's weighted cross-entropy, the value before, rose here as in real
+    # training: the weight moves to the unfitted (corrupted) examples, whose CE grows
+    logits, targets = _batch(n=64, scale=0.5, seed=4)
+    classes = logits.shape[1]
+    toward = torch.nn.functional.one_hot(targets, classes).to(logits.dtype)
+    away = torch.nn.functional.one_hot((targets + 1) % classes, classes).to(logits.dtype)
+    clean = (torch.arange(64) % 4 != 0).unsqueeze(1)
+    values, weighted_ce = [], []
+    for step in range(0, 21):
+        z = logits.detach() + 0.75 * step * torch.where(clean, toward, away)
+        values.append(dm_loss(z, targets, mode, variance).item())
+        weights = dm_weights(z, targets, mode, variance)
+        ce = torch.nn.functional.cross_entropy(z, targets, reduction="none")
+        weighted_ce.append((weights * ce).sum().item())
+    assert all(b < a for a, b in zip(values, values[1:], strict=False)), values
+    assert values[0] > 0.85 and values[-1] == pytest.approx(0.25, abs=0.01)  # the corrupted
+    if variance > 0:
+        assert weighted_ce[-1] > weighted_ce[0] + 1.0, weighted_ce
 
 
 def test_gradcheck_of_the_surrogate_in_float64():

@@ -163,3 +163,20 @@ def test_bad_input_raises_value_error_naming_the_argument(kwargs, needle):
     args = {"labels": [0, 1, 2], "num_classes": 10, "seed": 0, **kwargs}
     with pytest.raises(ValueError, match=needle):
         corrupt_labels(**args)
+
+
+def test_noisy_labels_convert_in_one_line_and_still_unpack():
+    import torch
+
+    clean = np.repeat(np.arange(10), 30)
+    noisy = corrupt_labels(clean, 10, "symmetric", 0.4, seed=0)
+    as_tensor = torch.as_tensor(noisy.labels)
+    assert as_tensor.dtype == torch.int64 and as_tensor.tolist() == noisy.labels.tolist()
+    assert torch.equal(torch.from_numpy(np.asarray(noisy)), as_tensor)  # __array__: the labels
+    assert np.asarray(noisy).dtype == np.int64 and np.asarray(noisy).shape == (300,)
+    assert np.asarray(noisy, dtype=np.int32).dtype == np.int32
+    copied = np.array(noisy, copy=True)
+    copied[0] = -1
+    assert noisy.labels[0] != -1
+    labels, rate = noisy  # still the named tuple it was
+    assert labels is noisy.labels and rate == noisy.realised_rate == (labels != clean).mean()

@@ -231,6 +231,19 @@ def _cli(*args: str, storage: str, timeout: float = 180) -> subprocess.Completed
                           stdin=subprocess.DEVNULL)
 
 
+def _record(config_path: Path, storage: str, ids: list[str]) -> None:
+    """Record the array in the campaign's studies, as `launch --slurm` does."""
+    from dm_tune.cli.cluster_commands import record_slurm_job
+    from dm_tune.config import load_campaign_config
+    from dm_tune.storage import open_storage
+
+    store = open_storage(storage, heartbeat_interval=None, create=False)
+    try:
+        record_slurm_job(store, load_campaign_config(config_path), ids[0].split("_")[0])
+    finally:
+        store.engine.dispose()
+
+
 def _progress(config_path: Path, storage: str) -> list:
     from dm_tune.campaign.progress import campaign_progress
     from dm_tune.config import load_campaign_config
@@ -269,6 +282,7 @@ def test_worker_array_meets_budgets_exactly(
     ids = slurm.submit_worker_array(config, 2, workdir=tmp_path / "slurm", time=10,
                                     env={"DM_TUNE_STORAGE": pg_url},
                                     worker_args=["--heartbeat", "1"])
+    _record(config, pg_url, ids)  # as `launch --slurm` does: status asks about these only
     try:
         status = _cli("status", str(config), storage=pg_url)
         assert status.returncode == 0, status.stderr

@@ -83,6 +83,9 @@ class StudyKey:
     #: a verify study: the candidates `recommend --verify` re-trains at the user's rate,
     #: [[mode, variance, origin], ...], written before their jobs are queued
     VERIFY_PLAN = "verify_plan"
+    #: the DM studies: the Slurm job arrays `launch --slurm` submitted for the campaign,
+    #: [array job id, ...]; `status` asks Slurm about these jobs only
+    SLURM_JOBS = "slurm_jobs"
 
 
 class TrialKey:

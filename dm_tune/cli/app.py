@@ -29,14 +29,34 @@ app = typer.Typer(
     name="dm-tune",
     help="Tune Derivative Manipulation's emphasis mode and variance per noise type and rate.",
     no_args_is_help=True,
-    add_completion=False,
+    # typer's --install-completion / --show-completion (bash, zsh, fish, PowerShell)
+    add_completion=True,
     pretty_exceptions_enable=False,
+    # -h is --help on every command (click's contexts hand it down to the subcommands)
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 # Piped output (CI logs, `make demo | tee`) gets a width that fits the status table.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 F = TypeVar("F", bound=Callable[..., Any])
 TRACEBACK_FRAMES = 4
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from dm_tune import __version__
+
+        typer.echo(f"dm-tune {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(  # noqa: B008 - typer's declaration style
+        False, "--version", callback=_print_version, is_eager=True,
+        help="Print dm-tune's version and exit."),
+) -> None:
+    """Tune Derivative Manipulation's emphasis mode and variance per noise type and rate."""
 
 
 def one_line(error: BaseException) -> str:
@@ -48,6 +68,18 @@ def one_line(error: BaseException) -> str:
 def say(message: str) -> None:
     """Print a plain line to stdout (no rich markup: names may contain brackets)."""
     console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def print_table(renderable: Any) -> None:
+    """Print a rich table; piped, without the spaces that pad each line to the table's
+    width (a log or `| tee` gets the text and nothing after it)."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as captured:
+        console.print(renderable)
+    text = "\n".join(line.rstrip() for line in captured.get().splitlines())
+    console.file.write(text + "\n")
 
 
 def warn(message: str) -> None:
@@ -133,7 +165,7 @@ def run_app(args: list[str] | None = None) -> int:
     error; here they become ``dm-tune: <message> (see: dm-tune <command> --help)``.
     """
     try:
-        code = app(args=args, standalone_mode=False)
+        code = app(args=args, standalone_mode=False, prog_name="dm-tune")
     except (TyperException, _ClickException) as error:
         if type(error).__name__ == "NoArgsIsHelpError":  # bare `dm-tune`: the help, exit 2
             text = error.format_message().strip()  # empty when rich has printed it already

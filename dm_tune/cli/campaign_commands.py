@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from dm_tune.cli.app import command, console, refuse, say
+from dm_tune.cli.app import command, console, print_table, refuse, say, warn
 from dm_tune.cli.options import (
     DEFAULT_STORAGE,
     AllowForeignOpt,
@@ -23,15 +25,24 @@ from dm_tune.cli.options import (
     refuse_in_memory,
     resolve_device,
 )
-from dm_tune.config import MAX_POPULATION
+from dm_tune.config import CONFIRM_SEEDS, CONFIRM_SETTINGS, MAX_POPULATION
 from dm_tune.errors import DMTuneError
 
 
-def _print_status(store, config, sentences: bool = True) -> None:
+def _print_status(store, config, sentences: bool = True, rows=None) -> None:
     from dm_tune.cli.tables import status_table
     from dm_tune.guidelines.status import status_rows
 
-    console.print(status_table(config.name, status_rows(store, config), sentences))
+    if rows is None:
+        rows = status_rows(store, config)
+    print_table(status_table(config.name, rows, sentences))
+
+
+class StatusFormat(StrEnum):
+    """`dm-tune status --format`: the table, or JSON (docs/status-json.md)."""
+
+    table = "table"
+    json = "json"
 
 
 def _workers_failed(codes: dict[str, int], stopped: bool = False) -> None:
@@ -58,14 +69,38 @@ def create(config_path: ConfigArg, storage: StorageOpt = DEFAULT_STORAGE,
 
 
 @command()
-def status(config_path: ConfigArg, storage: StorageOpt = DEFAULT_STORAGE) -> None:
+def status(
+    config_path: ConfigArg,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    format: Annotated[StatusFormat, typer.Option(
+        "--format", "-f", help="table, or json (a stable shape: docs/status-json.md).")
+    ] = StatusFormat.table,
+) -> None:
     """Per setting: trial counts, the selected parameters (as export names them), baselines."""
-    from dm_tune.cli.cluster_commands import print_slurm_jobs
+    from dm_tune.cli.cluster_commands import print_slurm_jobs, slurm_tasks
+    from dm_tune.guidelines.status import campaign_record, status_document, status_rows
 
     config, store = open_campaign(config_path, storage, create=False, heartbeat=None,
                                   check_data=False, read_only=True)
-    _print_status(store, config)
-    print_slurm_jobs(config.name)
+    record = campaign_record(store, config)
+    if not record.studies:
+        raise refuse(f"campaign {config.name!r} has no study in "
+                     f"{database_location(storage)}; run `dm-tune create {config_path}` "
+                     "first (or give the database it was run in with --storage)")
+    if record.hash_differs(config):
+        warn(f"dm-tune: warning: {config_path}'s config hash {config.config_hash()} differs "
+             f"from the stored one ({', '.join(record.stored_hashes)}): the file changed "
+             "since the campaign was created; shown: the stored results")
+    rows = status_rows(store, config)
+    if format == StatusFormat.json:
+        tasks, reason = slurm_tasks(record.slurm_jobs)
+        if reason is not None:
+            warn(f"dm-tune: Slurm jobs {', '.join(record.slurm_jobs)} unknown: {reason}")
+        document = status_document(config, rows, record, database_location(storage), tasks)
+        typer.echo(json.dumps(document, indent=2, allow_nan=False))
+        return
+    _print_status(store, config, rows=rows)
+    print_slurm_jobs(config.name, record.slurm_jobs)
 
 
 @command()
@@ -312,8 +347,12 @@ def _check_gpus(gpu_ids: list[int]) -> None:
 def confirm(
     config_path: ConfigArg,
     storage: StorageOpt = DEFAULT_STORAGE,
-    top_k: Annotated[int, typer.Option("--top-k", min=1)] = 3,
-    seeds: Annotated[int, typer.Option(min=1)] = 3,
+    top_k: Annotated[int, typer.Option(
+        "--top-k", min=1, help="DM settings per rate to re-train: the best trials (the "
+        "same count as `run`'s confirmation: its argmax and \\[confirm] candidates = "
+        f"{CONFIRM_SETTINGS - 1} more).")] = CONFIRM_SETTINGS,
+    seeds: Annotated[int, typer.Option(min=1, help="New seeds per setting (as \\[confirm] "
+                                       "seeds).")] = CONFIRM_SEEDS,
     device: DeviceOpt = "auto",
 ) -> None:
     """Retrain each setting's top-k with new seeds; guidelines prefer confirmed results."""

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,8 @@ from dm_tune.cli.app import command, say, warn
 from dm_tune.cli.options import DEFAULT_STORAGE, StorageOpt
 from dm_tune.errors import DMTuneError
 
-__all__ = ["launch_slurm", "parse_extra", "print_slurm_jobs", "storage_proxy"]
+__all__ = ["launch_slurm", "parse_extra", "print_slurm_jobs", "record_slurm_job", "slurm_tasks",
+           "storage_proxy"]
 
 
 def parse_extra(pairs: list[str] | None) -> dict[str, str | None]:
@@ -85,26 +87,66 @@ def launch_slurm(
         campaign=config.name, worker_args=["--heartbeat", str(worker_heartbeat)],
     )
     array_id = ids[0].split("_")[0]
+    record_slurm_job(store, config, array_id)
     say(f"submitted Slurm job {array_id} ({len(ids)} worker task(s), "
         f"{slurm.job_name(config.name)}) for campaign {config.name}")
     return ids
 
 
-def print_slurm_jobs(campaign: str) -> None:
-    """One line listing the campaign's queued and running Slurm tasks; nothing without
-    Slurm (status must never fail because Slurm is missing or unreachable)."""
-    if shutil.which("squeue") is None:
-        return
+#: seconds `status` waits for squeue: a cluster whose controller is down answers only
+#: after its MessageTimeout (10 s by default), and status is a glance, not a wait
+STATUS_SLURM_TIMEOUT_S = 3.0
+
+
+def slurm_tasks(job_ids: Sequence[str]) -> tuple[list[tuple[str, str]] | None, str | None]:
+    """The queued and running tasks of the recorded job arrays, and why they are unknown.
+
+    No recorded job: Slurm is not asked at all (``([], None)``); no squeue here (a
+    machine off the cluster): ``(None, None)``, nothing to warn about; squeue failing or
+    slower than :data:`STATUS_SLURM_TIMEOUT_S`: ``(None, reason)``.
+    """
+    if not job_ids:
+        return [], None
     from dm_tune.cluster import slurm
 
+    if shutil.which("squeue") is None:
+        return None, None
     try:
-        jobs = slurm.running_jobs(slurm.job_name(campaign))
+        return slurm.running_jobs(list(job_ids), timeout=STATUS_SLURM_TIMEOUT_S), None
     except slurm.SlurmError as error:
-        warn(f"dm-tune: Slurm jobs unknown: {error}")
-        return
-    if jobs:
-        shown = ", ".join(f"{job_id} {state.lower()}" for job_id, state in jobs)
+        return None, str(error)
+
+
+def print_slurm_jobs(campaign: str, job_ids: Sequence[str] = ()) -> list[tuple[str, str]] | None:
+    """One line listing the queued and running tasks of the campaign's recorded Slurm job
+    arrays (``launch --slurm`` records them); nothing, and no call to Slurm, for a
+    campaign without one or on a machine without squeue. A Slurm that does not answer is
+    one warning line, never a failure of ``status``. Returns the tasks (None: unknown)."""
+    from dm_tune.cluster import slurm
+
+    tasks, reason = slurm_tasks(job_ids)
+    if reason is not None:
+        warn(f"dm-tune: Slurm jobs {', '.join(job_ids)} unknown: {reason}")
+    elif tasks:
+        shown = ", ".join(f"{job_id} {state.lower()}" for job_id, state in tasks)
         say(f"Slurm tasks of {slurm.job_name(campaign)}: {shown}")
+    return tasks
+
+
+def record_slurm_job(store, config, array_id: str) -> None:
+    """Add a submitted array's id to the campaign's DM studies (StudyKey.SLURM_JOBS):
+    `status` asks Slurm about the recorded arrays only. ``launch --slurm`` calls it;
+    call it after submitting with :func:`dm_tune.cluster.slurm.submit_worker_array`."""
+    from dm_tune.campaign.progress import campaign_progress
+    from dm_tune.campaign.records import ROLE_DM, StudyKey
+
+    for item in campaign_progress(store, config):
+        if item.role != ROLE_DM:
+            continue
+        study_id = store.get_study_id_from_name(item.study_name)
+        jobs = list(store.get_study_user_attrs(study_id).get(StudyKey.SLURM_JOBS) or [])
+        if array_id not in jobs:
+            store.set_study_user_attr(study_id, StudyKey.SLURM_JOBS, [*jobs, array_id])
 
 
 @command("storage-proxy")

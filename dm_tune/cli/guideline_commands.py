@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dm_tune.cli.app import command, console, one_line, refuse, say, warn
+from dm_tune.cli.app import command, one_line, print_table, refuse, say, warn
 from dm_tune.cli.options import (
     DEFAULT_STORAGE,
     ConfigArg,
@@ -103,9 +103,10 @@ def export(
 
 def run_recommend(
     export: Path | None, noise: str, rate: float, as_json: bool = False,
-    results: CampaignResults | None = None,
+    results: CampaignResults | None = None, strict: bool = False,
 ) -> None:
-    """Print the recommendation for (noise, rate) from campaign results or an export file."""
+    """Print the recommendation for (noise, rate) from campaign results or an export file
+    (``strict``: refuse, exit 2, a rate outside the searched ones)."""
     from dm_tune import guidelines
 
     if results is not None:
@@ -119,6 +120,10 @@ def run_recommend(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         rec = guidelines.recommend(source, noise, rate)
+    if strict and rec.extrapolated:
+        raise refuse(f"--strict: {noise} rate {rate:g} is outside the searched rates "
+                     f"({_searched_text(source, noise)}); drop --strict for the nearest "
+                     "searched rate's pick, or search that rate")
     for w in caught:
         warn(f"warning: {w.message}")
     if as_json:
@@ -136,13 +141,27 @@ def run_recommend(
         typer.echo(configuration)
 
 
+def _searched_text(source, noise: str) -> str:
+    """'0.2 to 0.6': the kind's searched rates, from campaign results or an export dict."""
+    if isinstance(source, dict):
+        rates = [float(p["noise_rate"]) for p in source["trends"][noise]]
+    else:
+        rates = list(source.trends[noise].rates)
+    return f"{min(rates):g} to {max(rates):g}"
+
+
+def _band(low: float | None, high: float | None, spec: str) -> str:
+    """' [low, high]', or nothing where no band is known (outside the searched rates)."""
+    return "" if low is None or high is None else f" [{low:{spec}}, {high:{spec}}]"
+
+
 def recommendation_text(rec) -> str:
     """One line: the pick, its band, where it comes from and what one run may score."""
     text = (
-        f"{rec.noise_kind} {rec.noise_rate:g}: emphasis_mode {rec.emphasis_mode:.3f} "
-        f"[{rec.emphasis_mode_low:.3f}, {rec.emphasis_mode_high:.3f}], "
-        f"emphasis_variance {rec.emphasis_variance:.3g} "
-        f"[{rec.emphasis_variance_low:.3g}, {rec.emphasis_variance_high:.3g}] "
+        f"{rec.noise_kind} {rec.noise_rate:g}: emphasis_mode {rec.emphasis_mode:.3f}"
+        f"{_band(rec.emphasis_mode_low, rec.emphasis_mode_high, '.3f')}, "
+        f"emphasis_variance {rec.emphasis_variance:.3g}"
+        f"{_band(rec.emphasis_variance_low, rec.emphasis_variance_high, '.3g')} "
         f"(searched rates {', '.join(f'{r:g}' for r in rec.nearest_rates)}"
         f"{'; extrapolated' if rec.extrapolated else ''}"
         f"{f'; from {rec.origin}' if rec.origin else ''})"
@@ -237,6 +256,9 @@ def recommend(
         "--from-estimate", help="Estimate file from `dm-tune estimate-noise`: its nearest "
         "kind and rate (instead of --noise and --rate).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Refuse (exit 2) a rate outside the searched rates instead of "
+        "answering with the nearest searched rate's pick.")] = False,
     verify: Annotated[
         bool, typer.Option("--verify", help="Re-train the top candidates at exactly this "
                            "rate with new seeds (stored, resumable) and answer with the "
@@ -262,11 +284,25 @@ def recommend(
     if verify and config is None:
         raise refuse("--verify trains: it needs the campaign file (and --storage), not --from")
     if config is None:
-        run_recommend(from_file, noise, rate, as_json)
+        run_recommend(from_file, noise, rate, as_json, strict=strict)
         return
+    if verify and strict:
+        _strict_before_training(config, noise, rate)
     results = (run_verify(config, storage, noise, rate, candidates, seeds, device) if verify
                else _load(_campaign_name(config), storage))
-    run_recommend(None, noise, rate, as_json, results=results)
+    run_recommend(None, noise, rate, as_json, results=results, strict=strict)
+
+
+def _strict_before_training(config: Path, noise: str, rate: float) -> None:
+    """--strict --verify: refuse a rate outside the campaign's searched ones before any
+    training (the verify runs would not make it a searched rate)."""
+    from dm_tune.campaign.settings import settings_of
+    from dm_tune.config import load_campaign_config
+
+    rates = [s.rate for s in settings_of(load_campaign_config(config)) if s.kind == noise]
+    if rates and not min(rates) - 1e-9 <= rate <= max(rates) + 1e-9:
+        raise refuse(f"--strict: {noise} rate {rate:g} is outside the searched rates "
+                     f"({min(rates):g} to {max(rates):g}); nothing was trained")
 
 
 def run_verify(config_path: Path, storage_url: str, noise: str, rate: float,
@@ -386,7 +422,7 @@ def write_run_outputs(storage, config: CampaignConfig, directory: Path) -> None:
     except NoResultsError as exc:
         say(f"no recommendations: {one_line(exc)}")
         return
-    console.print(recommendation_table(results))
+    print_table(recommendation_table(results))
     for s in results.settings:  # DM against the baselines, in words (compare.py's rule)
         say(sentence(setting_label(s.noise_kind, s.noise_rate), compare_setting(s)))
         best = best_configuration(s)
@@ -396,7 +432,7 @@ def write_run_outputs(storage, config: CampaignConfig, directory: Path) -> None:
         warnings.simplefilter("ignore", UserWarning)
         rows = advice_rows(results)
     if rows:
-        console.print(advice_table(rows))
+        print_table(advice_table(rows))
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)

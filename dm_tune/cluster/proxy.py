@@ -341,8 +341,10 @@ def serve_proxy(
     """Run the proxy until SIGTERM/SIGINT (the blocking form of :func:`start_proxy`)."""
     proxy = start_proxy(storage_url, host, port, pool_size, **kwargs)
     stopping = threading.Event()
+    received: list[int] = []
 
-    def stop(_signum: int, _frame: Any) -> None:
+    def stop(signum: int, _frame: Any) -> None:
+        received.append(signum)
         stopping.set()
 
     if threading.current_thread() is threading.main_thread():
@@ -354,6 +356,9 @@ def serve_proxy(
             pass
     finally:
         proxy.stop()
+        if received:  # why it stopped: a supervisor's log should not need guessing
+            print(f"dm-tune proxy: stopped by {signal.Signals(received[0]).name}; "
+                  f"{proxy.url} no longer serves the database", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------ client side
@@ -457,8 +462,34 @@ class ProxyStorage(_optuna.HeartbeatGrpcClient):
 _GRPC_URL = re.compile(r"^grpc://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})/?$")
 
 
+#: seconds a TCP connection to the proxy may take before the URL is refused
+PROBE_TIMEOUT_S = 3.0
+
+
+def _probe(url: str, host: str, port: int) -> None:
+    """Refuse at once a proxy that is not there: gRPC's channel would retry a refused
+    connection for the whole ``timeout`` (30 s of silence before a one-line refusal)."""
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return
+    except ConnectionRefusedError:
+        why = "connection refused (nothing listens there)"
+    except socket.gaierror as exc:
+        why = f"unknown host ({exc.strerror or exc})"
+    except TimeoutError:
+        why = f"no answer within {PROBE_TIMEOUT_S:g} s"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    raise StorageError(f"cannot reach the storage proxy {url}: {why}; start it with "
+                       "`dm-tune storage-proxy` or check the URL")
+
+
 def open_grpc_storage(url: str, *, timeout: float = 30.0) -> ProxyStorage:
     """Connect to a proxy at ``grpc://HOST:PORT``; wait up to ``timeout`` s for it.
+
+    A port where nothing listens (or a host that does not answer within
+    :data:`PROBE_TIMEOUT_S`) is refused at once; a proxy that accepts connections but is
+    not serving yet is waited for.
 
     Raises:
         StorageError: not a grpc:// URL, grpcio missing, or no proxy answering in time.
@@ -468,6 +499,7 @@ def open_grpc_storage(url: str, *, timeout: float = 30.0) -> ProxyStorage:
     if not match or not 0 < int(match["port"]) < 65536:
         raise StorageError(f"invalid proxy URL {url!r} (expected grpc://HOST:PORT)")
     host, port = match["host"], int(match["port"])
+    _probe(url, host.strip("[]"), port)
     storage = ProxyStorage(host=host, port=port)
     try:
         storage.wait_server_ready(timeout=timeout)

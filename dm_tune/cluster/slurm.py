@@ -37,6 +37,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -245,16 +246,27 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else "no message"
 
 
-def _run(argv: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+def _run(argv: Sequence[str], env: Mapping[str, str] | None = None,
+         timeout: float = _COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
     if shutil.which(argv[0]) is None:
         raise SlurmError(f"{argv[0]} not found: Slurm's client tools are not installed here")
+    # its own process group: at the timeout, a wrapper script's children (which would
+    # hold the pipes open and keep this waiting) are killed with it
+    process = subprocess.Popen(
+        list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
-        return subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=_COMMAND_TIMEOUT_S,
-            env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL,
-        )
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"{argv[0]} did not answer within {_COMMAND_TIMEOUT_S} s") from None
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.communicate()
+        raise SlurmError(f"{argv[0]} did not answer within {timeout:g} s") from None
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def _campaign_name(config_path: Path) -> str:
@@ -354,7 +366,8 @@ def _user() -> str:
 
 
 def running_jobs(
-    name_prefix_or_ids: str | Iterable[str], *, all_users: bool = False
+    name_prefix_or_ids: str | Iterable[str], *, all_users: bool = False,
+    timeout: float = _COMMAND_TIMEOUT_S,
 ) -> list[tuple[str, str]]:
     """The queued and running tasks ``(job id, state)`` of a campaign or of given jobs.
 
@@ -362,6 +375,8 @@ def running_jobs(
         name_prefix_or_ids: a job-name prefix (``job_name(campaign)``) or job ids; an
             array's id (``"123"``) stands for all its tasks.
         all_users: include other users' jobs (default: this user's only).
+        timeout: seconds squeue may take (a cluster without a controller answers only
+            after its MessageTimeout, 10 s by default).
 
     Returns:
         One ``("123_4", "RUNNING")`` pair per array task (pending ones included), in
@@ -370,7 +385,7 @@ def running_jobs(
     argv = ["squeue", "-h", "-r", "-o", "%i|%F|%j|%T"]
     if not all_users:
         argv += ["-u", _user()]
-    result = _run(argv)
+    result = _run(argv, timeout=timeout)
     if result.returncode != 0:
         raise SlurmError(f"squeue failed: {_first_line(result.stderr)}")
     if isinstance(name_prefix_or_ids, str):

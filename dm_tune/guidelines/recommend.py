@@ -40,7 +40,10 @@ def recommend(
     or a v1-v3 export written before the risk model: the nearest point of its trend (or of
     its 0.01 surface grid). Parameters are never blended between rates: a blend of two
     rates' picks can land on DM's collapse cliff. Outside the searched rates the nearest
-    searched rate is used, with a warning and ``extrapolated=True``.
+    searched rate's pick is used, with a warning and ``extrapolated=True``; its band and
+    accuracies are then the surface's at ``rate`` (the GP's std and the risk model's
+    spread, which grow away from the evidence), or, without a surface (an export, a
+    top-k kind), None: nothing there says how sure the pick is (a note says so).
 
     Raises:
         ValueError: unknown noise kind, or rate outside [0, 1).
@@ -57,23 +60,44 @@ def recommend(
         raise ValueError(f"no results for noise kind {kind!r}; known kinds: {known}")
     rates = np.array(trends[kind].rates)
     extrapolated = bool(rate < rates[0] or rate > rates[-1])
+    surfaces = source.surfaces if isinstance(source, CampaignResults) else {}
     if extrapolated:
+        figures = (f"its figures are the surface's extrapolation to {rate:g}, with the "
+                   "uncertainty the surface has there" if kind in surfaces else
+                   f"no accuracy or band is estimated at {rate:g}: nothing was searched "
+                   "there and this source holds no model beyond the searched rates")
         warnings.warn(
             f"{kind} rate {rate:g} is outside the searched rates "
-            f"[{rates[0]:g}, {rates[-1]:g}]: using the nearest searched rate's values",
+            f"[{rates[0]:g}, {rates[-1]:g}]: the pick is the nearest searched rate's; "
+            f"{figures}",
             stacklevel=2,
         )
     shared = {"noise_kind": kind, "noise_rate": float(rate),
               "nearest_rates": _nearest_rates(rates, rate), "extrapolated": extrapolated}
-    surfaces = source.surfaces if isinstance(source, CampaignResults) else {}
     if kind in surfaces:
         return Recommendation(**shared, **advice_at(source, kind, rate))
     if advice.get(kind):
-        return Recommendation(**shared, **_nearest_advice(advice[kind], rate))
-    points = dense.get(kind) or trends[kind].points  # a top-k kind, or a v1-v3 export
-    nearest = min(points, key=lambda p: (abs(p.noise_rate - rate), p.noise_rate))
-    return Recommendation(**shared, **{name: getattr(nearest, name)
-                                       for name in (*_FIELDS, *_PREDICTIONS)})
+        values = _nearest_advice(advice[kind], rate)
+    else:
+        points = dense.get(kind) or trends[kind].points  # a top-k kind, or a v1-v3 export
+        nearest = min(points, key=lambda p: (abs(p.noise_rate - rate), p.noise_rate))
+        values = {name: getattr(nearest, name) for name in (*_FIELDS, *_PREDICTIONS)}
+    if extrapolated:
+        values = _without_figures(values, rates, rate)
+    return Recommendation(**shared, **values)
+
+
+def _without_figures(values: dict[str, Any], rates: np.ndarray, rate: float) -> dict[str, Any]:
+    """The nearest searched rate's pick without that rate's band and accuracies: beyond
+    the searched rates an export or a top-k trend has no model, so nothing it holds says
+    how sure the pick is there (its band and spread are the nearest rate's, narrow)."""
+    blank = (*_FIELDS[2:], *_PREDICTIONS, "expected_accuracy", "low_accuracy",
+             "collapse_probability")
+    return {**{k: v for k, v in values.items() if k not in blank},
+            **dict.fromkeys(blank), "notes": (
+                f"no uncertainty estimate at {rate:g}: outside the searched rates "
+                f"[{rates[0]:g}, {rates[-1]:g}] (the campaign's database gives the "
+                "surface's extrapolation)",)}
 
 
 def advice_at(results: CampaignResults, kind: str, rate: float) -> dict[str, Any]:
@@ -83,15 +107,26 @@ def advice_at(results: CampaignResults, kind: str, rate: float) -> dict[str, Any
     surface = results.surfaces[kind]
     at = surface.clamp(rate)
     best = advise(surface, results.settings_of(kind), at, results.verified.get(kind, ()))[0]
-    point = surface._point(at, best.emphasis_mode, best.emphasis_variance)
+    notes = tuple(determination(surface, rate).sentences())
+    risk = (best.expected_accuracy, best.low_accuracy, best.collapse_probability)
+    if abs(rate - at) > 1e-9:
+        # outside the searched rates the pick is the nearest searched rate's, but its band
+        # and figures are the surface's at the asked rate: the GP's std and the risk
+        # model's spread grow with the distance from the evidence (not that rate's spread)
+        estimate = surface.risk.estimate([best.emphasis_mode], [best.emphasis_variance],
+                                         rate)[0]
+        risk = (estimate.expected, estimate.low, estimate.collapse_probability)
+        notes = (f"outside the searched rates: the pick is {at:g}'s; the band and "
+                 f"accuracies are the surface's extrapolation to {rate:g}", *notes)
+    point = surface._point(rate, best.emphasis_mode, best.emphasis_variance)
     values = {name: getattr(point, name) for name in (*_FIELDS, *_PREDICTIONS)}
     return {
         **values,
-        "expected_accuracy": best.expected_accuracy,
-        "low_accuracy": best.low_accuracy,
-        "collapse_probability": best.collapse_probability,
+        "expected_accuracy": risk[0],
+        "low_accuracy": risk[1],
+        "collapse_probability": risk[2],
         "origin": best.origin,
-        "notes": tuple(determination(surface, at).sentences()),
+        "notes": notes,
     }
 
 

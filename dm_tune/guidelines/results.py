@@ -215,10 +215,11 @@ class Recommendation:
     noise_rate: float
     emphasis_mode: float
     emphasis_variance: float
-    emphasis_mode_low: float
-    emphasis_mode_high: float
-    emphasis_variance_low: float
-    emphasis_variance_high: float
+    # the band; None outside the searched rates where no model says how sure the pick is
+    emphasis_mode_low: float | None
+    emphasis_mode_high: float | None
+    emphasis_variance_low: float | None
+    emphasis_variance_high: float | None
     nearest_rates: tuple[float, ...]
     extrapolated: bool
     predicted_accuracy: float | None = None  # surface method only

@@ -38,8 +38,8 @@ _NEG_INF = float("-inf")
 class _BatchedManipulatedDerivative(torch.autograd.Function):
     """`losses._ManipulatedDerivative` for K members at once (member axis first).
 
-    Value: per member sum_i w_i CE_i / sum_j w_j. Gradient: DM's manipulated derivative,
-    each member's weights normalised over its own batch.
+    Value: per member mean_i (1 - p_{i,y_i}), as `dm_loss` logs. Gradient: DM's
+    manipulated derivative, each member's weights normalised over its own batch.
     """
 
     @staticmethod
@@ -65,7 +65,7 @@ class _BatchedManipulatedDerivative(torch.autograd.Function):
                 scale = torch.where(exact, 1.0, scale)
             coefficients = scale.mul_(weights).mul_(0.5)
         ctx.direction_terms = (shifted, total, coefficients, index)
-        return -(weights * log_p).sum(dim=-1)
+        return torch.exp(log_one_minus_p).mean(dim=-1)  # as losses._ManipulatedDerivative
 
     @staticmethod
     @torch.autograd.function.once_differentiable
