@@ -18,6 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna_dashboard
 
+from dm_tune.dashboard_view import DashboardView
 from dm_tune.errors import DashboardRefused, DMTuneError
 from dm_tune.storage import open_storage, redact_url, resolve_storage_url
 
@@ -125,7 +126,8 @@ def serve_dashboard(
     url = resolve_storage_url(storage_url)
     # The dashboard never runs trials, so no heartbeat; never create a mistyped SQLite file.
     storage = open_storage(url, heartbeat_interval=None, create=False)
-    app = optuna_dashboard.wsgi(storage)
+    # role-labelled names and dm-tune's selection on each search study (display only)
+    app = optuna_dashboard.wsgi(DashboardView(storage))
     server_class = _Server6 if ":" in host else _Server
     handler = _QuietHandler if quiet else WSGIRequestHandler
     try:

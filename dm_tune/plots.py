@@ -12,13 +12,11 @@ Example:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from dm_tune.emphasis import (
@@ -29,6 +27,25 @@ from dm_tune.emphasis import (
 )
 from dm_tune.guidelines import CampaignResults, TrendPoint
 from dm_tune.guidelines.rows import value_of
+from dm_tune.outcome_plots import (
+    AccuracyData,
+    KindLines,
+    MemorisationData,
+    accuracy_data,
+    accuracy_figure,
+    memorisation_data,
+    memorisation_figure,
+)
+from dm_tune.plot_style import (
+    HEIGHT,
+    colour,
+    colour_range,
+    dash,
+    finish,
+    none_to_nan,
+    panel_grid,
+    rgba,
+)
 
 __all__ = [
     "FIGURES",
@@ -62,24 +79,6 @@ UNIFIED_VIEW_LOSSES = ("cce", "mae", "mse", "gce", "sce")
 #: the symmetric T at this rate, PENCIL at its initial label distributions (emphasis.py)
 UNIFIED_VIEW_CLASSES = 10
 UNIFIED_VIEW_FORWARD_RATE = 0.4
-_PALETTE = qualitative.Plotly
-_HEIGHT = 460
-
-
-def _colour(i: int) -> str:
-    """A stable colour per index."""
-    return _PALETTE[i % len(_PALETTE)]
-
-
-def _rgba(hex_colour: str, alpha: float) -> str:
-    """Hex colour -> rgba() string (bands are the line colour, translucent)."""
-    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{alpha})"
-
-
-def _none_to_nan(values: Sequence[float | None]) -> list[float]:
-    """Plotly breaks a line at NaN; None would too, but NaN keeps arrays numeric."""
-    return [math.nan if v is None else float(v) for v in values]
 
 
 # -------------------------------------------------------------- (a) trend vs rate
@@ -161,22 +160,40 @@ def _band(kind: str, rates: list[float], points: list, param: str) -> BandSeries
     )
 
 
-def _add_band(fig: go.Figure, s: BandSeries, colour: str, row: int, col: int, legend: bool):
-    """Draw a band (high, then low filled up to it) and the centre line."""
-    common = {"x": s.x, "legendgroup": s.name, "hoverinfo": "skip", "showlegend": False}
-    fig.add_trace(go.Scatter(y=s.high, mode="lines", line={"width": 0}, **common), row, col)
-    fig.add_trace(
-        go.Scatter(
-            y=s.low,
-            mode="lines",
-            line={"width": 0},
-            fill="tonexty",
-            fillcolor=_rgba(colour, 0.2),
-            **common,
-        ),
-        row,
-        col,
-    )
+def _add_band(fig: go.Figure, s: BandSeries, style: dict, row: int, col: int, legend: bool):
+    """Draw a band as one filled outline around the centre line, then the line.
+
+    The band is a single closed polygon (high forwards, low backwards), edged in the
+    kind's colour and dash, so two kinds' bands stay apart where they overlap; a kind
+    searched at one rate has no area to fill and gets an error bar instead.
+    """
+    c = style["color"]
+    single = len(s.x) == 1
+    if not single:
+        fig.add_trace(
+            go.Scatter(
+                x=[*s.x, *reversed(s.x)],
+                y=[*s.high, *reversed(s.low)],
+                mode="lines",
+                fill="toself",
+                fillcolor=rgba(c, 0.12),
+                line={"color": rgba(c, 0.6), "width": 1, "dash": style["dash"]},
+                name=f"{s.name} band",
+                legendgroup=s.name,
+                showlegend=False,
+                hoverinfo="skip",
+            ),
+            row,
+            col,
+        )
+    error = {
+        "type": "data",
+        "symmetric": False,
+        "array": [h - y for h, y in zip(s.high, s.y, strict=True)],
+        "arrayminus": [y - lo for lo, y in zip(s.low, s.y, strict=True)],
+        "color": c,
+        "thickness": 1.5,
+    }
     fig.add_trace(
         go.Scatter(
             x=s.x,
@@ -184,37 +201,39 @@ def _add_band(fig: go.Figure, s: BandSeries, colour: str, row: int, col: int, le
             name=s.name,
             legendgroup=s.name,
             showlegend=legend,
-            mode="lines+markers",
-            line={"color": colour},
-            # Error bars too: a kind searched at one rate has no area to fill.
-            error_y={
-                "type": "data",
-                "symmetric": False,
-                "array": [h - y for h, y in zip(s.high, s.y, strict=True)],
-                "arrayminus": [y - lo for lo, y in zip(s.low, s.y, strict=True)],
-                "color": colour,
-                "thickness": 1,
-            },
+            mode="lines+markers" if single else "lines",
+            line={"color": c, "width": 2.5, "dash": style["dash"]},
+            error_y=error if single else None,
         ),
         row,
         col,
     )
 
 
+#: a marker per noise kind for its selections, beside its colour and dash
+_SYMBOLS = ("x", "diamond", "triangle-up", "square", "cross", "star")
+
+
+def kind_style(i: int) -> dict:
+    """The colour, dash and marker of the ``i``-th noise kind (distinct in each)."""
+    return {"color": colour(i), "dash": dash(i), "symbol": _SYMBOLS[i % len(_SYMBOLS)]}
+
+
 def trend_figure(data: TrendPlotData) -> go.Figure:
     """Figure (a): recommended emphasis mode and variance vs noise rate, with bands."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("emphasis mode", "emphasis variance"))
     for i, kind in enumerate(data.kinds):
-        colour = _colour(i)
-        _add_band(fig, data.mode[kind], colour, 1, 1, legend=True)
-        _add_band(fig, data.variance[kind], colour, 1, 2, legend=False)
+        style = kind_style(i)
+        _add_band(fig, data.mode[kind], style, 1, 1, legend=True)
+        _add_band(fig, data.variance[kind], style, 1, 2, legend=False)
         for col, selected in ((1, data.selected_mode), (2, data.selected_variance)):
             fig.add_trace(
                 go.Scatter(
                     x=data.mode[kind].x,
-                    y=_none_to_nan(selected.get(kind, [])),
+                    y=none_to_nan(selected.get(kind, [])),
                     mode="markers",
-                    marker={"symbol": "x", "color": colour, "size": 9},
+                    marker={"symbol": style["symbol"], "color": style["color"], "size": 10,
+                            "line": {"color": "white", "width": 1}},
                     name=f"{kind} selected",
                     legendgroup=kind,
                     showlegend=col == 1,
@@ -225,7 +244,7 @@ def trend_figure(data: TrendPlotData) -> go.Figure:
     fig.update_xaxes(title_text="noise rate")
     fig.update_yaxes(title_text="emphasis_mode (psi)", row=1, col=1)
     fig.update_yaxes(title_text="emphasis_variance (beta)", row=1, col=2)
-    return _finish(fig, f"Recommended DM parameters vs noise rate (band: {data.band})")
+    return finish(fig, f"Recommended DM parameters vs noise rate (band: {data.band})")
 
 
 # ----------------------------------------------------------------- (b) landscape
@@ -244,15 +263,23 @@ class LandscapePanel:
     trial_numbers: list[int]
     selected: tuple[float, float] | None
     variance_log: bool
+    mode_range: tuple[float, float] | None = None  # the searched range: the x axis
 
 
 @dataclass(frozen=True)
 class LandscapeData:
-    """Clean-val accuracy landscapes, one panel per setting, on one colour scale."""
+    """Clean-val accuracy landscapes, one panel per setting, on one colour scale.
+
+    ``accuracy_min``/``accuracy_max``: the data's range; ``colour_min``/``colour_max``:
+    the colour scale's (``plot_style.colour_range``: from the 25th percentile of the runs
+    that did not collapse).
+    """
 
     panels: list[LandscapePanel]
     accuracy_min: float
     accuracy_max: float
+    colour_min: float = 0.0
+    colour_max: float = 1.0
 
 
 def landscape_data(results: CampaignResults) -> LandscapeData:
@@ -271,38 +298,45 @@ def landscape_data(results: CampaignResults) -> LandscapeData:
                 trial_numbers=[t.number for t in s.trials],
                 selected=(sel.emphasis_mode, sel.emphasis_variance) if sel else None,
                 variance_log=s.variance_log,
+                mode_range=s.mode_range,
             )
         )
     accs = [a for p in panels for a in p.accuracies] or [0.0, 1.0]
-    return LandscapeData(panels, float(min(accs)), float(max(accs)))
+    classes = [s.num_classes for s in results.settings if s.num_classes]
+    chance = 1.0 / max(classes) if classes else None
+    low, high = colour_range(accs, chance)
+    return LandscapeData(panels, float(min(accs)), float(max(accs)), low, high)
 
 
 def landscape_figure(data: LandscapeData) -> go.Figure:
-    """Figure (b): trials as points coloured by clean-val accuracy, one panel per setting."""
-    fig, cols, rows = _panel_grid([p.title for p in data.panels])
+    """Figure (b): trials as points coloured by clean-val accuracy (percent), one panel per
+    setting; the colour scale spans the accuracies worth telling apart (lower ones share
+    its darkest colour); each x axis is the searched mode range."""
+    fig, cols, rows = panel_grid([p.title for p in data.panels])
     for i, panel in enumerate(data.panels):
         row, col = divmod(i, cols)
         _add_landscape_panel(fig, panel, row + 1, col + 1)
+    low = 100 * data.colour_min
+    floor = " or less" if data.colour_min > data.accuracy_min else ""
     fig.update_layout(
         coloraxis={
             "colorscale": "Viridis",
-            "cmin": data.accuracy_min,
-            "cmax": data.accuracy_max,
-            "colorbar": {"title": {"text": "clean-val acc"}},
+            "cmin": low,
+            "cmax": 100 * data.colour_max,
+            "colorbar": {"title": {"text": "clean-val acc %"}, "ticksuffix": "%"},
         },
-        height=max(_HEIGHT, 320 * rows),
+        height=max(HEIGHT, 320 * rows),
         showlegend=False,
     )
-    return _finish(fig, "Clean-validation accuracy over (emphasis_mode, emphasis_variance)")
+    return finish(fig, "Clean-val accuracy of each trial (star: selected; darkest: "
+                       f"{low:.0f}%{floor})")
 
 
-def _panel_grid(titles: list[str]) -> tuple[go.Figure, int, int]:
-    """Subplots for one panel per title, up to three a row; returns (fig, cols, rows)."""
-    cols = min(3, max(len(titles), 1))
-    rows = math.ceil(max(len(titles), 1) / cols)
-    spacing = {"horizontal_spacing": 0.08, "vertical_spacing": 0.16 if rows > 1 else 0.1}
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, **spacing)
-    return fig, cols, rows
+def axis_range(bounds: tuple[float, float] | None, values: list[float]) -> list[float]:
+    """An axis over the searched range (else the values'), with a 2 % margin each side."""
+    lo, hi = bounds if bounds else (min(values, default=0.0), max(values, default=1.0))
+    pad = 0.02 * (hi - lo) if hi > lo else 0.05
+    return [lo - pad, hi + pad]
 
 
 def _add_landscape_panel(fig: go.Figure, panel: LandscapePanel, row: int, col: int) -> None:
@@ -312,11 +346,13 @@ def _add_landscape_panel(fig: go.Figure, panel: LandscapePanel, row: int, col: i
             x=panel.modes,
             y=panel.variances,
             mode="markers",
-            marker={"color": panel.accuracies, "coloraxis": "coloraxis", "size": 8},
-            customdata=np.column_stack([panel.trial_numbers, panel.accuracies]),
+            marker={"color": [100 * a for a in panel.accuracies], "coloraxis": "coloraxis",
+                    "size": 8},
+            customdata=np.column_stack([panel.trial_numbers,
+                                        [100 * a for a in panel.accuracies]]),
             hovertemplate=(
                 "trial %{customdata[0]}<br>mode %{x:.3f}<br>variance %{y:.3g}"
-                "<br>val acc %{customdata[1]:.4f}<extra></extra>"
+                "<br>val acc %{customdata[1]:.1f}%<extra></extra>"
             ),
             name=panel.title,
         ),
@@ -341,7 +377,8 @@ def _add_landscape_panel(fig: go.Figure, panel: LandscapePanel, row: int, col: i
             row,
             col,
         )
-    fig.update_xaxes(title_text="emphasis_mode", range=[-0.02, 1.0], row=row, col=col)
+    fig.update_xaxes(title_text="emphasis_mode", range=axis_range(panel.mode_range, panel.modes),
+                     row=row, col=col)
     fig.update_yaxes(
         title_text="emphasis_variance",
         type="log" if panel.variance_log else "linear",
@@ -417,7 +454,7 @@ def unified_view_figure(data: UnifiedViewData) -> go.Figure:
                 y=w,
                 name=name.upper(),
                 mode="lines",
-                line={"color": _colour(i), "dash": "dot"},
+                line={"color": colour(i), "dash": "dot"},
             ),
             1,
             1,
@@ -441,114 +478,10 @@ def unified_view_figure(data: UnifiedViewData) -> go.Figure:
             )
     fig.update_xaxes(title_text="p (probability of the given label)", range=[0, 1])
     fig.update_yaxes(title_text="weight (max 1)", row=1, col=1)
-    return _finish(fig, "Unified view: example weight as a function of p")
-
-
-# -------------------------------------------- (d) accuracy, (e) memorisation
-
-
-@dataclass(frozen=True)
-class KindLines:
-    """Named lines over one noise kind's rates (None: not measured)."""
-
-    noise_kind: str
-    rates: list[float]
-    lines: dict[str, list[float | None]]
-
-
-@dataclass(frozen=True)
-class AccuracyData:
-    """Final test accuracy of tuned DM and each baseline, per kind."""
-
-    kinds: list[KindLines]
-
-
-@dataclass(frozen=True)
-class MemorisationData:
-    """Fraction of corrupted examples fitted to their noisy label: DM vs CCE, per kind."""
-
-    kinds: list[KindLines]
-
-
-def accuracy_data(results: CampaignResults) -> AccuracyData:
-    """Compute figure (d)'s data (final test accuracy; selection used clean-val only)."""
-    out = []
-    for kind in results.kinds():
-        settings = results.settings_of(kind)
-        losses = sorted({loss for s in settings for loss in s.baselines})
-        lines = {"dm (tuned)": [value_of(s.selected, "test_accuracy") for s in settings]}
-        for loss in losses:
-            lines[loss] = [value_of(s.baselines.get(loss), "test_accuracy") for s in settings]
-        out.append(KindLines(kind, [s.noise_rate for s in settings], lines))
-    return AccuracyData(out)
-
-
-def memorisation_data(results: CampaignResults) -> MemorisationData:
-    """Compute figure (e)'s data: DM's selected parameters vs the CCE baseline."""
-    out = []
-    for kind in results.kinds():
-        settings = results.settings_of(kind)
-        lines = {
-            "dm (tuned)": [value_of(s.selected, "memorized_noisy_fraction") for s in settings],
-            "cce": [value_of(s.baselines.get("cce"), "memorized_noisy_fraction") for s in settings],
-        }
-        out.append(KindLines(kind, [s.noise_rate for s in settings], lines))
-    return MemorisationData(out)
-
-
-def _lines_figure(kinds: list[KindLines], y_title: str, title: str) -> go.Figure:
-    """One panel per noise kind, one line per name, colours shared across panels."""
-    fig = make_subplots(
-        rows=1,
-        cols=max(len(kinds), 1),
-        subplot_titles=[k.noise_kind for k in kinds],
-        shared_yaxes=True,
-    )
-    names = list(dict.fromkeys(n for k in kinds for n in k.lines))
-    for col, k in enumerate(kinds, start=1):
-        for name, values in k.lines.items():
-            i = names.index(name)
-            fig.add_trace(
-                go.Scatter(
-                    x=k.rates,
-                    y=_none_to_nan(values),
-                    name=name,
-                    legendgroup=name,
-                    showlegend=col == 1,
-                    mode="lines+markers",
-                    line={"color": _colour(i), "width": 3 if name.startswith("dm") else 1.5},
-                ),
-                1,
-                col,
-            )
-    fig.update_xaxes(title_text="noise rate")
-    fig.update_yaxes(title_text=y_title, row=1, col=1)
-    return _finish(fig, title)
-
-
-def accuracy_figure(data: AccuracyData) -> go.Figure:
-    """Figure (d): test accuracy of tuned DM vs each baseline across rates."""
-    return _lines_figure(data.kinds, "final test accuracy", "Test accuracy: tuned DM vs baselines")
-
-
-def memorisation_figure(data: MemorisationData) -> go.Figure:
-    """Figure (e): memorised fraction of corrupted examples, DM vs CCE."""
-    return _lines_figure(
-        data.kinds,
-        "corrupted examples fitted to their noisy label",
-        "Memorisation of noisy labels: tuned DM vs CCE",
-    )
+    return finish(fig, "Unified view: example weight as a function of p")
 
 
 # --------------------------------------------------------------------- registry
-
-
-def _finish(fig: go.Figure, title: str) -> go.Figure:
-    """Common layout: title, white template, fixed height for static export."""
-    fig.update_layout(title={"text": title}, template="plotly_white")
-    if fig.layout.height is None:
-        fig.update_layout(height=_HEIGHT)
-    return fig
 
 
 #: (stable name, title, data function, figure function) in report order

@@ -26,16 +26,18 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from dm_tune.guidelines import BaselineResult, CampaignResults, SettingResult, TrendPoint
+from dm_tune.guidelines.check import gap_verdict
 from dm_tune.guidelines.compare import (
     RULE,
     compare_setting,
     mean_std_text,
+    params_pairs,
     params_text,
     sentence,
     setting_label,
 )
 from dm_tune.guidelines.premise import PremiseCurve
-from dm_tune.guidelines.rows import baseline_text, fmt, source_text, value_of
+from dm_tune.guidelines.rows import fmt, source_text, value_of
 from dm_tune.plots import build_figures, figures_of
 from dm_tune.report_advice import advice_html
 
@@ -222,6 +224,11 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return fmt(value, f".{digits}g", missing=DASH)
 
 
+def _pct(value: float | None) -> str:
+    """An accuracy (a fraction) as percent with one decimal, as the CLI prints it."""
+    return DASH if value is None else f"{100 * value:.1f}"
+
+
 def _provenance_html(results: CampaignResults) -> str:
     """A small table of where the numbers come from."""
     prov = results.provenance
@@ -266,15 +273,24 @@ _CHECK_HEAD = (
     "rate left out",
     "recommended mode",
     "recommended variance",
-    "predicted acc there (full surface)",
-    "selected acc",
+    "predicted acc % there (full surface)",
+    "selected acc %",
     "from",
-    "gap",
+    "gap (points)",
+    "verdict",
 )
 
 
+def _points(gap: float | None) -> str:
+    """A gap in points of accuracy, signed, one decimal."""
+    return DASH if gap is None else f"{100 * gap:+.1f}"
+
+
 def _checks_html(results: CampaignResults) -> list[str]:
-    """The leave-one-rate-out table (surface method; a line when no rate is interior)."""
+    """The leave-one-rate-out table (surface method; a line when no rate is interior).
+
+    Each row's verdict and the summary sentence come from ``check.gap_verdict`` on the
+    number printed beside it, so the words always follow the number."""
     if results.method != "surface":
         return []
     if not results.checks:
@@ -287,16 +303,20 @@ def _checks_html(results: CampaignResults) -> list[str]:
     rows = "".join(
         f'<tr><td class="text">{_e(c.noise_kind)}</td><td>{c.noise_rate:.2f}</td>'
         f"<td>{_fmt(c.emphasis_mode, 3)}</td><td>{_fmt(c.emphasis_variance, 3)}</td>"
-        f"<td>{_fmt(c.predicted_accuracy)}</td><td>{_fmt(c.selected_accuracy)}</td>"
-        f'<td class="text">{_e(c.selected_source)}</td><td>{fmt(c.gap, "+.4f")}</td></tr>'
+        f"<td>{_pct(c.predicted_accuracy)}</td><td>{_pct(c.selected_accuracy)}</td>"
+        f'<td class="text">{_e(c.selected_source)}</td><td>{_points(c.gap)}</td>'
+        f'<td class="text">{_e(gap_verdict(c.gap))}</td></tr>'
         for c in results.checks
     )
+    worst = max(results.checks, key=lambda c: abs(c.gap) if c.gap is not None else -1.0)
     return [
         "<h2>Leave-one-rate-out check</h2>",
         "<p>Each interior searched rate's trials left out, the surface refitted and asked "
         "there; gap = selected accuracy at that rate &minus; the full surface's prediction "
-        "at the held-out recommendation (small: the guideline interpolates well).</p>",
+        "at the held-out recommendation, in points.</p>",
         f'<table class="dm-checks"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>',
+        f'<p class="dm-checks-verdict">Largest gap: {_points(worst.gap)} points '
+        f"({_e(worst.noise_kind)} {worst.noise_rate:.2f}): {_e(gap_verdict(worst.gap))}.</p>",
     ]
 
 
@@ -306,12 +326,12 @@ _TABLE_HEAD = (
     "mode",
     "variance",
     "from",
-    "val acc",
-    "test acc",
-    "test acc @ best val",
+    "val acc %",
+    "test acc %",
+    "test acc % @ best val",
     "trend mode [band]",
     "trend variance [band]",
-    "best baseline (test acc)",
+    "best baseline (test acc %)",
     "trials",
 )
 
@@ -352,9 +372,9 @@ def _table_row(s: SettingResult, point: TrendPoint | None) -> str:
         f"<td>{_fmt(value_of(sel, 'emphasis_mode'), 3)}</td>",
         f"<td>{_fmt(value_of(sel, 'emphasis_variance'), 3)}</td>",
         f'<td class="text">{source}</td>',
-        f"<td>{_fmt(value_of(sel, 'val_accuracy'))}</td>",
-        f"<td>{_fmt(value_of(sel, 'test_accuracy'))}</td>",
-        f"<td>{_fmt(value_of(sel, 'test_accuracy_at_best_val'))}</td>",
+        f"<td>{_pct(value_of(sel, 'val_accuracy'))}</td>",
+        f"<td>{_pct(value_of(sel, 'test_accuracy'))}</td>",
+        f"<td>{_pct(value_of(sel, 'test_accuracy_at_best_val'))}</td>",
         f"<td>{trend_mode}</td>",
         f"<td>{trend_var}</td>",
         f'<td class="text">{_baseline_text(base)}</td>',
@@ -365,8 +385,11 @@ def _table_row(s: SettingResult, point: TrendPoint | None) -> str:
 
 
 def _baseline_text(base: BaselineResult | None) -> str:
-    """'gce 0.79' (test accuracy) or a dash."""
-    return _e(baseline_text(base, ".4g", missing=DASH)) if base else DASH
+    """'gce q=0.46 79.0' (test accuracy in percent, tuned params) or a dash."""
+    if base is None:
+        return DASH
+    params = f" {params_pairs(base.params)}" if base.params else ""
+    return _e(f"{base.loss}{params} {_pct(base.test_accuracy)}")
 
 
 # ------------------------------------------------- fallbacks and the comparison
@@ -392,12 +415,12 @@ def _losses(results: CampaignResults) -> list[str]:
 
 
 def _spread_cell(mean: float | None, std: float | None, n: int | None, collapsed: bool) -> str:
-    """'0.905 ± 0.014 (3)' with a collapse flag; an en dash when unknown."""
+    """'90.5 ± 1.4% (3)' with a collapse flag; an en dash when unknown."""
     if mean is None:
         return DASH
     seeds = "" if n is None else f" <span class='band'>({n})</span>"
     flag = " <span class='collapsed' title='a replicate collapsed'>collapsed</span>"
-    return f"{_e(mean_std_text(mean, std))}{seeds}{flag if collapsed else ''}"
+    return f"{_e(mean_std_text(mean, std, percent=True))}{seeds}{flag if collapsed else ''}"
 
 
 def _baseline_cell(b: BaselineResult | None) -> str:
@@ -437,8 +460,8 @@ def _confirmed_html(results: CampaignResults) -> list[str]:
     head = "".join(
         f"<th>{h}</th>"
         for h in ("noise kind", "rate", "DM mode", "DM variance", "from",
-                  "DM val acc (seeds)", "DM test acc (seeds)",
-                  *(f"{_e(loss)} test acc (seeds)" for loss in losses))
+                  "DM val acc % (seeds)", "DM test acc % (seeds)",
+                  *(f"{_e(loss)} test acc % (seeds)" for loss in losses))
     )
     rows = "".join(_confirmed_row(s, losses) for s in results.settings)
     parts = [
@@ -455,7 +478,7 @@ def _confirmed_html(results: CampaignResults) -> list[str]:
     for kind in results.kinds():
         sentences = "".join(
             f'<li class="dm-sentence">'
-            f"{_e(sentence(setting_label(kind, s.noise_rate), compare_setting(s)))}</li>"
+            f"{_e(sentence(setting_label(kind, s.noise_rate), compare_setting(s), True))}</li>"
             for s in results.settings_of(kind)
         )
         parts.append(f"<h3>{_e(kind)}</h3><ul>{sentences}</ul>")

@@ -18,6 +18,11 @@ What is changed on the way, so that the block does not depend on the run's folde
 - the temporary folder is shown as ``/path/to/dm-tune``: ``make demo`` writes its
   database and ``dm_tune_reports/`` in the clone it runs in.
 
+The same run's database then gives the README's pictures: ``scripts/readme_figure.py``
+renders figures of its report into ``docs/img/report/`` and rewrites the text between
+``<!-- report-figure:start -->`` and ``<!-- report-figure:end -->`` (not with
+``--check``, and not with ``--no-figures``), so the block and the pictures show one run.
+
 The install time is measured separately (``time make install`` on a fresh clone) and
 given with ``--install-seconds N`` or ``$DM_TUNE_INSTALL_SECONDS``; without either, the
 figure already in the README is kept. ``--check`` runs the demo too and compares its
@@ -37,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,8 +130,11 @@ def clean_output(stdout: str, folders: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(dm_tune: Path) -> tuple[str, float]:
-    """Run the demo campaign on a temporary SQLite file; (cleaned stdout, wall seconds)."""
+def run_demo(dm_tune: Path, on_database: Callable[[str], None] | None = None
+             ) -> tuple[str, float]:
+    """Run the demo campaign on a temporary SQLite file; (cleaned stdout, wall seconds).
+
+    ``on_database(url)`` is called with the run's storage URL before the file goes."""
     with tempfile.TemporaryDirectory(prefix="dm-tune-demo-") as tmp:
         command = [str(dm_tune), "run", CAMPAIGN, "--storage", f"sqlite:///{tmp}/dm_tune.db"]
         print(f"readme_demo: running {' '.join(command)} (a few minutes)", file=sys.stderr)
@@ -138,6 +147,8 @@ def run_demo(dm_tune: Path) -> tuple[str, float]:
             sys.stdout.write(result.stdout)
             raise RuntimeError(f"dm-tune run exited {result.returncode} after "
                                f"{duration(seconds)}")
+        if on_database is not None:
+            on_database(f"sqlite:///{tmp}/dm_tune.db")
         return clean_output(result.stdout, [tmp, os.path.realpath(tmp)]), seconds
 
 
@@ -154,6 +165,20 @@ def _without_timings(block: str) -> str:
     return _TIME_LINE.sub("run time: - (the install: -)", block)
 
 
+def _figure_writer(readme: Path) -> Callable[[str], None]:
+    """The README's pictures from the demo's database (scripts/readme_figure.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import readme_figure
+
+    def write(url: str) -> None:
+        try:
+            readme_figure.write_readme_figures(url, readme)
+        except readme_figure.Refused as error:
+            raise RuntimeError(f"figures: {error}") from None
+
+    return write
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
@@ -161,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--install-seconds", type=float, default=None, metavar="N",
                         help=f"seconds a fresh `make install` took (else ${INSTALL_ENV}, "
                         "else the README's current figure)")
+    parser.add_argument("--no-figures", action="store_true",
+                        help="leave docs/img/report/ and the README's pictures as they are")
     parser.add_argument("--readme", type=Path, default=REPO / "README.md")
     parser.add_argument("--dm-tune", type=Path, default=REPO / ".venv" / "bin" / "dm-tune",
                         help="the dm-tune executable (default: .venv/bin/dm-tune)")
@@ -176,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     except (Refused, OSError) as error:
         print(f"readme_demo: {error}", file=sys.stderr)
         return 2
+    figures = None if args.check or args.no_figures else _figure_writer(args.readme)
     try:
-        output, seconds = run_demo(args.dm_tune)
+        output, seconds = run_demo(args.dm_tune, figures)
     except RuntimeError as error:
         print(f"readme_demo: {error}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from dm_tune import guidelines as g
 from dm_tune import report
 from dm_tune.cli.tables import status_sentences, status_table
+from dm_tune.guidelines.check import gap_verdict
 from dm_tune.guidelines.compare import compare, sentence
 from dm_tune.guidelines.results import (
     BaselineResult,
@@ -137,12 +138,14 @@ def test_report_comparison_table_and_sentences():
                                                                text.index("dm-confirmed"))]
     rows = table.split("<tr>")[2:]
     assert len(rows) == 2
-    assert "0.905 ± 0.004 <span class='band'>(3)</span>" in rows[0]
-    assert "0.871 ± 0.006 <span class='band'>(3)</span> <span class='band'>(q=0.4)</span>" in (
+    # the report speaks percent, as the CLI does (the export keeps fractions)
+    assert "90.5 ± 0.4% <span class='band'>(3)</span>" in rows[0]
+    assert "87.1 ± 0.6% <span class='band'>(3)</span> <span class='band'>(q=0.4)</span>" in (
         rows[1])
     sentences = re.findall(r'<li class="dm-sentence">(.*?)</li>', text)
     assert sentences[0].startswith("At symmetric 0.2, DM is better than every baseline")
     assert sentences[1].startswith("At symmetric 0.6, GCE (q=0.4) is as good as or better")
+    assert not re.search(r"\b0\.\d{3}\b", "".join(sentences)), sentences
     assert "one pooled standard error" in text  # the rule is printed
 
 
@@ -155,7 +158,7 @@ def test_report_marks_a_collapse_and_renders_unknown_spreads_as_plain_means():
     })
     text = report.render_html(results, {})
     assert text.count("<span class='collapsed'") == 2
-    assert "0.900 <span class='band'>(1)</span>" in text  # no ± without a spread
+    assert "90.0% <span class='band'>(1)</span>" in text  # no ± without a spread
 
 
 def _interior_campaign(url: str) -> None:
@@ -187,10 +190,36 @@ def test_report_has_a_leave_one_rate_out_row_per_interior_rate(loro):
     for row, c in zip(rows, results.checks, strict=True):
         cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
         assert cells[:2] == [c.noise_kind, f"{c.noise_rate:.2f}"]
-        assert cells[4] == f"{c.predicted_accuracy:.4g}"
-        assert cells[5] == f"{c.selected_accuracy:.4g}"
-        assert cells[7] == f"{c.gap:+.4f}"
+        assert cells[4] == f"{100 * c.predicted_accuracy:.1f}"  # percent, as the CLI
+        assert cells[5] == f"{100 * c.selected_accuracy:.1f}"
+        assert cells[7] == f"{100 * c.gap:+.1f}"  # points
+        assert cells[8] == gap_verdict(c.gap)  # the words follow the number beside them
         assert c.gap == pytest.approx(c.selected_accuracy - c.predicted_accuracy)
+    worst = max(results.checks, key=lambda c: abs(c.gap))
+    assert (f'<p class="dm-checks-verdict">Largest gap: {100 * worst.gap:+.1f} points '
+            f"({worst.noise_kind} {worst.noise_rate:.2f}): {gap_verdict(worst.gap)}.</p>") in text
+
+
+@pytest.mark.parametrize(
+    ("gap", "verdict"),
+    [
+        (0.0, "small"), (0.01, "small"), (-0.0104, "small"),  # printed as 1.0: small
+        (0.012, "moderate"), (-0.02, "moderate"),
+        (0.027, "large"), (-0.027, "large"),  # the 2.7-point gap is not small
+        (None, "unknown"),
+    ],
+)
+def test_gap_verdict_follows_the_printed_number(gap, verdict):
+    assert gap_verdict(gap).startswith(verdict + ":")
+
+
+def test_report_calls_a_large_gap_large():
+    checks = [RateCheck("symmetric", 0.4, 0.45, 11.0, 0.881, 0.908, "confirm", 0.027)]
+    results = _results({("symmetric", 0.2): DM_BETTER, ("symmetric", 0.6): GCE_BETTER}, checks)
+    text = report.render_html(results, {})
+    assert "<td>+2.7</td>" in text and "interpolates well" not in text
+    assert ("Largest gap: +2.7 points (symmetric 0.40): large: the guideline does not "
+            "interpolate well here") in text
 
 
 # ------------------------------------------------------------------------ the export

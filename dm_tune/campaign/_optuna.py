@@ -28,6 +28,7 @@ __all__ = [
     "proxy_cached_storage",
     "budgets",
     "fail_stale_trials",
+    "frozen_study_id",
     "frozen_trial",
     "heartbeat",
     "lock_target",
@@ -47,6 +48,12 @@ def lock_target(trial: optuna.Trial) -> Any:
     """What ``locks.campaign_lock`` takes for this trial's database: the storage under
     Optuna's cache (an RDB storage, or the proxy client with its own lock)."""
     return _rdb(trial.storage)
+
+
+def frozen_study_id(study: Any) -> int:
+    """The id of a study as ``storage.get_all_studies()`` returns it (a FrozenStudy keeps
+    it private; optuna-dashboard addresses studies by it)."""
+    return int(study._study_id)
 
 
 def frozen_trial(trial: optuna.Trial) -> FrozenTrial:

@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from dm_tune.campaign.create import lock_name
+from dm_tune.campaign.create import lock_name, name_metric
 from dm_tune.campaign.locks import campaign_lock
 from dm_tune.campaign.records import PARAMS, ROLE_CONFIRM, StudyKey, TrialKey
 from dm_tune.campaign.settings import Setting, settings_of
@@ -63,6 +63,7 @@ def confirm_study(
     """The setting's confirm study; created (or completed) with the DM study's attributes."""
     study = optuna.create_study(study_name=setting.study_name(config.name, ROLE_CONFIRM),
                                 storage=storage, direction="maximize", load_if_exists=True)
+    name_metric(study)
     for key, value in dm_study.user_attrs.items():
         if key not in study.user_attrs:
             study.set_user_attr(key, value)

@@ -8,6 +8,7 @@ setting's data is prepared and every existing study checked before anything is w
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import optuna
@@ -16,6 +17,7 @@ from optuna.trial import TrialState
 from dm_tune import __version__
 from dm_tune.campaign.locks import campaign_lock
 from dm_tune.campaign.records import (
+    METRIC_NAME,
     PARAM_MODE,
     PARAM_VARIANCE,
     ROLE_BASELINES,
@@ -98,18 +100,33 @@ def check_study_matches(study: optuna.Study, config: CampaignConfig, data: Trial
 def ensure_study(
     storage: optuna.storages.BaseStorage, name: str, attrs: dict[str, Any]
 ) -> tuple[optuna.Study, bool]:
-    """Load study ``name`` or create it with ``attrs``; a changed budget is updated."""
+    """Load study ``name`` or create it with ``attrs``; a changed budget is updated.
+
+    The objective is named (``METRIC_NAME``) at creation, and on a study of an older
+    version that has no name yet, so that the dashboard's axes do not say "Objective 0".
+    """
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        name_metric(study)
         for key, value in attrs.items():
             study.set_user_attr(key, value)
         return study, True
+    name_metric(study)
     budget = attrs[StudyKey.BUDGET]
     if study.user_attrs.get(StudyKey.BUDGET) != budget:
         study.set_user_attr(StudyKey.BUDGET, budget)  # budgets may grow or shrink between runs
     return study, False
+
+
+def name_metric(study: optuna.Study) -> None:
+    """Name the objective ``METRIC_NAME`` unless the study has a name for it already."""
+    if study.metric_names is None:
+        with warnings.catch_warnings():
+            # experimental since Optuna 3.2, stable in use; the warning would reach every user
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC_NAME])
 
 
 def create_campaign(config: CampaignConfig, storage: optuna.storages.RDBStorage) -> list[str]:

@@ -31,6 +31,7 @@ __all__ = [
     "PARAM_MODE",
     "PARAM_Q",
     "PARAM_VARIANCE",
+    "METRIC_NAME",
     "ROLES",
     "ROLE_VERIFY",
     "ROLE_BASELINES",
@@ -56,6 +57,9 @@ PARAM_MODE = "emphasis_mode"
 PARAM_VARIANCE = "emphasis_variance"
 PARAMS = (PARAM_MODE, PARAM_VARIANCE)
 PARAM_Q = "q"  # GCE's exponent, the one param of a gce_q study
+#: the objective's name (Optuna's metric names): every study's objective value is the
+#: final-epoch clean-validation accuracy, a fraction; the dashboard labels its axes with it
+METRIC_NAME = "clean_val_accuracy"
 
 
 class StudyKey:

@@ -14,7 +14,28 @@ from __future__ import annotations
 from dm_tune.guidelines.results import CampaignResults, RateCheck
 from dm_tune.guidelines.surface import fit_surface, kind_observations
 
-__all__ = ["leave_one_rate_out"]
+__all__ = ["GAP_VERDICTS", "gap_verdict", "leave_one_rate_out"]
+
+#: what a leave-one-rate-out gap means, by its size in points of accuracy (|gap| up to
+#: the bound, first match): one validation standard deviation of a fixed setting is about
+#: 1.1 points on the demo's split (DESIGN.md section 7), so within one point the held-out
+#: pick is as good as the rate's own, up to two it is within selection noise, beyond that
+#: the guideline loses real accuracy between searched rates. The one place these live.
+GAP_VERDICTS: tuple[tuple[float, str], ...] = (
+    (1.0, "small: the guideline interpolates well"),
+    (2.0, "moderate: within about two standard deviations of one run; check with "
+          "recommend --verify"),
+    (float("inf"), "large: the guideline does not interpolate well here; verify a pick "
+                   "between searched rates (recommend --verify) or search that rate"),
+)
+
+
+def gap_verdict(gap: float | None) -> str:
+    """The verdict on a gap (a fraction of accuracy, either sign), from GAP_VERDICTS."""
+    if gap is None:
+        return "unknown: no gap"
+    points = round(abs(100 * gap), 1)  # as the report prints it: the words follow the number
+    return next(text for bound, text in GAP_VERDICTS if points <= bound)
 
 
 def leave_one_rate_out(results: CampaignResults) -> list[RateCheck]:

@@ -129,10 +129,14 @@ def params_text(params: Mapping[str, float]) -> str:
     return f" ({params_pairs(params, ', ')})" if params else ""
 
 
-def mean_std_text(mean: float | None, std: float | None, spec: str = ".3f") -> str:
-    """'0.871 ± 0.006', '0.871' without a spread, '-' when unknown."""
+def mean_std_text(mean: float | None, std: float | None, spec: str = ".3f",
+                  percent: bool = False) -> str:
+    """'0.871 ± 0.006', '0.871' without a spread, '-' when unknown; with ``percent``:
+    '87.1 ± 0.6%' (one decimal, the unit of the CLI's tables and the report)."""
     if mean is None:
         return "-"
+    if percent:
+        return f"{100 * mean:.1f}%" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}%"
     return format(mean, spec) if std is None else f"{mean:{spec}} ± {std:{spec}}"
 
 
@@ -157,9 +161,16 @@ def _collapse_note(c: Comparison, name: str) -> str:
         sides) else ""
 
 
-def sentence(label: str, comparisons: list[Comparison]) -> str:
+def sentence(label: str, comparisons: list[Comparison], percent: bool = False) -> str:
     """One plain sentence (or a few) for a setting: where a baseline is as good or better,
-    else that DM is better than every baseline, with the numbers (see the module rule)."""
+    else that DM is better than every baseline, with the numbers (see the module rule);
+    accuracies in percent with ``percent`` (the report), else fractions."""
+    def num(mean: float | None, std: float | None) -> str:
+        return mean_std_text(mean, std, percent=percent)
+
+    def se(margin: float) -> str:
+        return f"{100 * margin:.1f} points" if percent else f"{margin:.3f}"
+
     if not comparisons:
         return f"At {label}, no baseline (or no DM test accuracy) to compare with yet."
     as_good = [c for c in comparisons if c.baseline_as_good]
@@ -167,8 +178,8 @@ def sentence(label: str, comparisons: list[Comparison]) -> str:
     for i, c in enumerate(as_good):
         name = c.baseline.upper()
         numbers = (
-            f"{mean_std_text(c.baseline_mean, c.baseline_std)} vs "
-            f"{mean_std_text(c.dm_mean, c.dm_std)} test accuracy ({_seeds(c, name)})"
+            f"{num(c.baseline_mean, c.baseline_std)} vs "
+            f"{num(c.dm_mean, c.dm_std)} test accuracy ({_seeds(c, name)})"
         )
         lead = (f"At {label}, {name}{params_text(c.params)} is as good as or better than DM"
                 if i == 0 else f"so is {name}{params_text(c.params)}")
@@ -181,10 +192,10 @@ def sentence(label: str, comparisons: list[Comparison]) -> str:
     others = "every baseline" if len(comparisons) > 1 else name
     return (
         f"At {label}, DM is better than {others}: "
-        f"{mean_std_text(c.dm_mean, c.dm_std)} vs {name}{params_text(c.params)} "
-        f"{mean_std_text(c.baseline_mean, c.baseline_std)} test accuracy"
+        f"{num(c.dm_mean, c.dm_std)} vs {name}{params_text(c.params)} "
+        f"{num(c.baseline_mean, c.baseline_std)} test accuracy"
         f"{', the best baseline' if len(comparisons) > 1 else ''} "
-        f"({_seeds(c, name)}{f'; standard error {c.margin:.3f}' if c.margin > 0 else ''})."
+        f"({_seeds(c, name)}{f'; standard error {se(c.margin)}' if c.margin > 0 else ''})."
         + _collapse_note(c, name)
     )
 

@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dm_tune.campaign.records import (
+    PARAM_MODE,
     PARAM_VARIANCE,
     ROLE_BASELINES,
     ROLE_CONFIRM,
@@ -162,6 +163,7 @@ def _setting_result(
         selected=select(trials, confirm_trials),
         baselines=summarize_baselines(baseline_trials),
         variance_log=variance_is_log(trials),
+        mode_range=searched_range(trials, PARAM_MODE),
         confirm_trials=dm_points(confirm_trials),
         num_classes=_int_or_none(study.user_attrs.get(StudyKey.NUM_CLASSES)),
         fallen=fallen_points(trials),
@@ -176,6 +178,15 @@ def count_states(trials: Iterable[FrozenTrial]) -> dict[str, int]:
     """Count trials by state name, every state listed so exports have fixed keys."""
     counts = Counter(t.state.name for t in trials)
     return {state.name: counts.get(state.name, 0) for state in TrialState}
+
+
+def searched_range(trials: Iterable[FrozenTrial], param: str) -> tuple[float, float] | None:
+    """(low, high) of ``param``'s search space, the widest over the trials (None: none)."""
+    bounds = [(d.low, d.high) for t in trials
+              if (d := t.distributions.get(param)) is not None and hasattr(d, "low")]
+    if not bounds:
+        return None
+    return float(min(b[0] for b in bounds)), float(max(b[1] for b in bounds))
 
 
 def variance_is_log(trials: Iterable[FrozenTrial]) -> bool:

@@ -98,6 +98,8 @@ class SettingResult:
     selected: Selection | None
     baselines: dict[str, BaselineResult] = field(default_factory=dict)
     variance_log: bool = False  # the search space sampled the variance on a log scale
+    #: the searched emphasis_mode range (the search space's bounds; None: unknown)
+    mode_range: tuple[float, float] | None = None
     confirm_trials: list[TrialPoint] = field(default_factory=list)  # one per seed run
     num_classes: int | None = None  # None: a campaign created before it was recorded
     #: PRUNED search trials that fell off (selection.fallen_points): the cliff's evidence
