@@ -282,9 +282,9 @@ def test_cli_export_method_option(loro, tmp_path):
     first = res.stdout.splitlines()[0]
     assert "(searched rates 0.3, 0.4; from " in first
     # the risk figures of one run, in order: expected >= its 10th percentile
-    found = re.search(r"expected (0\.\d+), 10th percentile (0\.\d+), P\(collapse\) (\d\.\d+)",
-                      first)
-    assert found and float(found[1]) >= float(found[2]) and 0 <= float(found[3]) <= 1
+    found = re.search(r"expected (\d+\.\d)%, 10th percentile (\d+\.\d)%, "
+                      r"P\(collapse\) (\d\.\d+)", first)
+    assert found and 100 >= float(found[1]) >= float(found[2]) and 0 <= float(found[3]) <= 1
 
 
 # ---------------------------------------------------------------------- the status
@@ -309,6 +309,10 @@ def test_status_table_shows_mean_std_beside_baselines_in_100_columns():
     assert "gce 87.1±0.6 q=0.4" in text
     assert "At symmetric-0.60, GCE (q=0.4) is as good as or better than DM" in text
     assert "DM is better than every baseline at symmetric-0.20." in text
+    # the sentences under the table speak the table's unit, percent
+    assert status_sentences(rows)[0] == (
+        "At symmetric-0.60, GCE (q=0.4) is as good as or better than DM: 87.1 ± 0.6% vs "
+        "86.5 ± 1.0% test accuracy (3 seeds each).")
 
 
 def test_status_flags_a_collapse_and_one_seed():

@@ -120,8 +120,9 @@ def test_recommend_at_a_confirmed_rate_prints_the_confirmed_mean_and_std(tmp_pat
     assert lines[0].startswith(f"symmetric 0.4: emphasis_mode {CONFIRMED[0]:.3f} ")
     assert [line for line in lines if line.startswith("confirmed at")][0] == (
         f"confirmed at symmetric 0.4: mode {CONFIRMED[0]:.3f}, variance {CONFIRMED[1]:.3g}, "
-        f"clean-val {selected['val_accuracy']:.3f} ± {selected['val_accuracy_std']:.3f}, "
-        f"test {selected['test_accuracy']:.3f} ± {selected['test_accuracy_std']:.3f} "
+        f"clean-val {100 * selected['val_accuracy']:.1f} ± "
+        f"{100 * selected['val_accuracy_std']:.1f}%, "
+        f"test {100 * selected['test_accuracy']:.1f} ± {100 * selected['test_accuracy_std']:.1f}% "
         "over 2 seeds")
     run_recommend(path, "symmetric", 0.3)  # not searched: no confirmed line
     out = capsys.readouterr().out.splitlines()

@@ -155,6 +155,11 @@ def _band(low: float | None, high: float | None, spec: str) -> str:
     return "" if low is None or high is None else f" [{low:{spec}}, {high:{spec}}]"
 
 
+def _pct(value: float) -> str:
+    """An accuracy as the CLI and the report print it: percent, one decimal."""
+    return f"{100 * value:.1f}%"
+
+
 def recommendation_text(rec) -> str:
     """One line: the pick, its band, where it comes from and what one run may score."""
     text = (
@@ -168,12 +173,12 @@ def recommendation_text(rec) -> str:
     )
     if rec.expected_accuracy is not None:
         return text + (
-            f"; one run's clean-val accuracy: expected {rec.expected_accuracy:.3f}, "
-            f"10th percentile {rec.low_accuracy:.3f}, "
+            f"; one run's clean-val accuracy: expected {_pct(rec.expected_accuracy)}, "
+            f"10th percentile {_pct(rec.low_accuracy)}, "
             f"P(collapse) {rec.collapse_probability:.2f}")
     if rec.predicted_accuracy is not None and rec.predicted_std is not None:
-        return text + (f"; predicted clean-val accuracy {rec.predicted_accuracy:.3f} "
-                       f"± {rec.predicted_std:.3f}")
+        return text + (f"; predicted clean-val accuracy {100 * rec.predicted_accuracy:.1f} "
+                       f"± {100 * rec.predicted_std:.1f}%")
     return text
 
 
@@ -200,7 +205,7 @@ def _configuration_at(data: dict, noise: str, rate: float) -> str | None:
             continue
         return (f"use {best['loss'].upper()}{params_text(best.get('params') or {})} at {noise} "
                 f"{rate:g}: {best['reason']}; DM's selection beside it: clean-val "
-                f"{best['dm_val_accuracy']:.3f}")
+                f"{_pct(best['dm_val_accuracy'])}")
     return None
 
 
@@ -214,7 +219,7 @@ def _confirmed_at(data: dict, noise: str, rate: float) -> str | None:
                 or abs(float(setting.get("noise_rate", -1.0)) - rate) > 1e-6):
             continue
         flag = "; a replicate collapsed" if sel.get("collapsed") else ""
-        val, test = (mean_std_text(sel[n], sel.get(f"{n}_std"))
+        val, test = (mean_std_text(sel[n], sel.get(f"{n}_std"), percent=True)
                      for n in ("val_accuracy", "test_accuracy"))
         return (f"confirmed at {noise} {rate:g}: mode {sel['emphasis_mode']:.3f}, variance "
                 f"{sel['emphasis_variance']:.3g}, clean-val {val}, test {test} over "
@@ -311,6 +316,7 @@ def run_verify(config_path: Path, storage_url: str, noise: str, rate: float,
     campaign's results with the verify runs in them."""
     from dm_tune.campaign.verify import plan_verification, run_verification, verified_pick
     from dm_tune.cli.options import open_campaign, prepare_training_process, resolve_device
+    from dm_tune.guidelines.compare import mean_std_text
 
     config, storage = open_campaign(config_path, storage_url, create=False)
     prepare_training_process(None, config)  # one torch thread for an MLP: see its doc
@@ -327,11 +333,11 @@ def run_verify(config_path: Path, storage_url: str, noise: str, rate: float,
     pick = verified_pick(results.verified.get(noise, []), plan)
     if pick is None:
         raise refuse("no verify run finished; rerun the same command to resume", code=1)
-    std = f" ± {pick.val_accuracy_std:.3f}" if pick.val_accuracy_std is not None else ""
-    test = f", test {pick.test_accuracy:.3f}" if pick.test_accuracy is not None else ""
+    test = f", test {_pct(pick.test_accuracy)}" if pick.test_accuracy is not None else ""
     say(f"verified at {noise} {plan.setting.rate:g}: emphasis_mode {pick.emphasis_mode:.3f}, "
         f"emphasis_variance {pick.emphasis_variance:.3g} ({pick.origin}): clean-val "
-        f"{pick.val_accuracy:.3f}{std}{test} over {pick.n_seeds} seeds")
+        f"{mean_std_text(pick.val_accuracy, pick.val_accuracy_std, percent=True)}{test} over "
+        f"{pick.n_seeds} seeds")
     return results
 
 
@@ -424,7 +430,8 @@ def write_run_outputs(storage, config: CampaignConfig, directory: Path) -> None:
         return
     print_table(recommendation_table(results))
     for s in results.settings:  # DM against the baselines, in words (compare.py's rule)
-        say(sentence(setting_label(s.noise_kind, s.noise_rate), compare_setting(s)))
+        say(sentence(setting_label(s.noise_kind, s.noise_rate), compare_setting(s),
+                     percent=True))
         best = best_configuration(s)
         if best is not None and best.loss != "dm":
             say(f"  use {best.reason}")

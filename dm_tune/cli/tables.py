@@ -77,7 +77,7 @@ def status_sentences(rows: Sequence[StatusRow]) -> list[str]:
     for row in rows:
         comparisons = compare(row.selected, row.baselines)
         if any(c.baseline_as_good for c in comparisons):
-            lines.append(sentence(row.setting, comparisons))
+            lines.append(sentence(row.setting, comparisons, percent=True))
         elif comparisons:
             dm_better.append(row.setting)
     if dm_better:
