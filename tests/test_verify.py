@@ -91,7 +91,8 @@ def test_verify_trains_the_top_candidates_with_new_seeds_and_answers(campaign):
     best = challenger if lead > se else incumbent
     verified = next(line for line in lines if line.startswith("verified at symmetric 0.3"))
     assert f"emphasis_mode {best[0]:.3f}" in verified and "over 2 seeds" in verified
-    assert re.search(r"clean-val \d+\.\d ± \d+\.\d% over 2 seeds", verified), verified
+    assert re.search(r"clean-val \d+\.\d ± \d+\.\d%, test \d+\.\d% over 2 seeds",
+                     verified), verified
     # from now on the advice at that rate is the verified pick (measured beats predicted)
     after = recommend(load_campaign(url, "tiny"), "symmetric", 0.3)
     assert (after.emphasis_mode, after.emphasis_variance) == pytest.approx(best)
