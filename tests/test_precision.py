@@ -1,0 +1,114 @@
+"""`[training] precision`: parsed and refused, the autocast it runs under, what is recorded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dm_tune.campaign.settings import train_spec
+from dm_tune.config import ConfigError, load_campaign_config, parse_campaign_config
+from dm_tune.data import DataSpec, TrialData, prepare_data
+from dm_tune.population import Member, train_population
+from dm_tune.population.layers import StackedLinear
+from dm_tune.training import TrainSpec, resolved_precision, train_autocast, train_trial
+
+BASE = {"campaign": {"name": "x"}, "noise": [{"kind": "symmetric", "rates": [0.2]}]}
+DM = {"emphasis_mode": 0.5, "emphasis_variance": 8.0}
+
+
+@pytest.fixture(scope="module")
+def digits() -> TrialData:
+    return prepare_data(DataSpec("digits", noise_kind="symmetric", noise_rate=0.2))
+
+
+def test_precision_is_parsed_and_reaches_the_trial_spec():
+    for value in ("fp32", "bf16"):
+        config = parse_campaign_config({**BASE, "training": {"precision": value}})
+        assert config.training.precision == value
+        assert train_spec(config, "cpu", 3).precision == value
+    assert parse_campaign_config(BASE).training.precision is None
+
+
+def test_a_bad_precision_is_refused_naming_the_key_and_the_choices(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[campaign]\nname='x'\n[training]\nprecision='fp16'\n"
+                    "[[noise]]\nkind='symmetric'\nrates=[0.2]\n")
+    with pytest.raises(ConfigError) as info:
+        load_campaign_config(path)
+    assert str(info.value) == f"{path}: training.precision: Input should be 'fp32' or 'bf16'"
+
+
+def test_an_unset_precision_keeps_the_campaign_identity_a_set_one_changes_it():
+    # the hash of BASE before the option existed (computed on main at c37a217)
+    assert parse_campaign_config(BASE).config_hash() == "80709cea0e38a627"
+    fp32 = parse_campaign_config({**BASE, "training": {"precision": "fp32"}})
+    bf16 = parse_campaign_config({**BASE, "training": {"precision": "bf16"}})
+    assert len({fp32.config_hash(), bf16.config_hash(), "80709cea0e38a627"}) == 3
+
+
+def test_train_spec_refuses_an_unknown_precision(digits):
+    with pytest.raises(ValueError, match=r"precision: unknown 'fp16'; expected one of "
+                                         r"\('fp32', 'bf16'\)"):
+        train_trial(digits, TrainSpec(epochs=1, precision="fp16"), loss="cce", progress=False)
+
+
+def test_the_default_precision_is_the_devices():
+    assert resolved_precision(TrainSpec(), torch.device("cpu")) == "fp32"
+    assert resolved_precision(TrainSpec(), torch.device("cuda")) == "bf16"
+    assert resolved_precision(TrainSpec(precision="fp32"), torch.device("cuda")) == "fp32"
+    assert resolved_precision(TrainSpec(precision="bf16"), torch.device("cpu")) == "bf16"
+    # the pre-option meaning of train_autocast(device, True): bf16 on CUDA only
+    with train_autocast(torch.device("cpu"), True):
+        assert not torch.is_autocast_enabled("cpu")
+    with train_autocast(torch.device("cpu"), "bf16"):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def _record_linear_dtypes(model: nn.Module, seen: list[torch.dtype]) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Linear | StackedLinear):
+            module.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16),
+                                                  ("fp32", torch.float32)])
+def test_a_cpu_trial_trains_its_matmuls_in_the_precision(digits, monkeypatch, precision, dtype):
+    import dm_tune.training as training
+
+    seen: list[torch.dtype] = []
+    build = training._build
+
+    def spied(*args):
+        model = build(*args)
+        _record_linear_dtypes(model, seen)
+        return model
+
+    monkeypatch.setattr(training, "_build", spied)
+    result = train_trial(digits, TrainSpec(epochs=1, precision=precision), loss="dm",
+                         loss_params=DM, progress=False)
+    # every training step's and every evaluation's layer outputs: 20 steps x 3 layers ...
+    assert len(seen) > 60 and set(seen) == {dtype}
+    assert result.precision == precision
+    assert result.user_attrs()["precision"] == precision
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16),
+                                                  ("fp32", torch.float32)])
+def test_a_cpu_population_trains_in_the_precision(digits, monkeypatch, precision, dtype):
+    from dm_tune.population import layers
+
+    seen: list[torch.dtype] = []
+    pack = layers.PopulationModel.from_models.__func__
+
+    def spied(cls, models):
+        model = pack(cls, models)
+        _record_linear_dtypes(model, seen)
+        return model
+
+    monkeypatch.setattr(layers.PopulationModel, "from_models", classmethod(spied))
+    members = [Member(digits, "dm", DM, seed) for seed in range(2)]
+    results = train_population(members, TrainSpec(epochs=1, precision=precision))
+    assert len(seen) > 60 and set(seen) == {dtype}
+    assert [r.result.user_attrs()["precision"] for r in results] == [precision] * 2
