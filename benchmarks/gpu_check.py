@@ -5,7 +5,7 @@ Synthetic CIFAR-shaped data (random uint8 images 3x32x32, normalised, 10 classes
 the device: no download), trained through ``dm_tune.training.train_trial`` (data resident
 on the GPU, on-device crop/flip, bf16 autocast, channels_last, cudnn.benchmark;
 ``--compile`` adds torch.compile). Sections, in the order of ``--sections`` (default
-population, setup, agreement, epoch, throughput, precision):
+population, setup, agreement, epoch, throughput, precision, grouped):
 
 1. population: per model (ResNet-20, fastnet) train_trial's epochs/s, then populations of
    K = 1 and K = 16 (``[search] population = K``), each in a fresh process
@@ -16,10 +16,12 @@ population, setup, agreement, epoch, throughput, precision):
    the most any layout of K members could gain over one. The target is per model:
    ``population_speedup_<model>_k16 >= 0.8 x min(bound, 16)``
    (``population_speedup_vs_bound_<model>_k16 >= 0.8``);
-2. setup: fastnet at K = 16 cold, with cuDNN's autotuning on (the engine's default) and
-   off: ``population_setup_seconds_fastnet_k16`` (target 15 s; the H200 run before the
-   fixes took 172 s) with its parts (context + data, packing, the first training epoch's
-   and first evaluation's extra time over later ones: autotuning of new shapes);
+2. setup: fastnet at K = 16 cold as the engine runs it (wide convolutions as K dense
+   ones, cuDNN's autotuning on): ``population_setup_seconds_fastnet_k16`` (target 15 s;
+   the H200 run before the fixes took 172 s) with its parts (context + data, packing, the
+   first training epoch's and first evaluation's extra time over later ones: autotuning
+   of new shapes); then with autotuning off (``_cudnn_off``, 2 epochs). The last section,
+   grouped, runs it with the grouped convolutions of before (``_grouped``, 2 epochs);
 3. agreement: 4 population members (MLP and CNN, learnable synthetic data; one leaves
    after epoch 1 and a fifth joins) against the same seeds trained one by one: the
    largest validation-accuracy difference (rounding and cuDNN's non-determinism only);
@@ -321,20 +323,21 @@ def matmul_tflops(device: torch.device) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e12
 
 
-PROBES: dict[tuple[str, int, str], dict] = {}
+PROBES: dict[tuple[str, int, str, str], dict] = {}
 
 
 def population_probe(args: argparse.Namespace, model: str, k: int,
-                     benchmark: str = "on", epochs: int | None = None) -> dict:
+                     benchmark: str = "on", epochs: int | None = None,
+                     split: str = "auto") -> dict:
     """benchmarks/gpu_probe.py in a fresh process (cold caches, as a worker starts): one
     population of k members with the time breakdown; NaNs if it fails or times out."""
-    key = (model, k, benchmark)
+    key = (model, k, benchmark, split)
     if key in PROBES:
         return PROBES[key]
     epochs = epochs or args.epochs
     command = [sys.executable, str(Path(__file__).with_name("gpu_probe.py")), "--model", model,
                "--k", str(k), "--images", str(args.images), "--epochs", str(epochs),
-               "--device", args.device, "--cudnn-benchmark", benchmark]
+               "--device", args.device, "--cudnn-benchmark", benchmark, "--split-convs", split]
     if args.cpu_smoke:
         command.append("--cpu-smoke")
     nan = {"cuda_init_s": math.nan, "pack_s": math.nan, "setup_plus_epoch1_s": math.nan,
@@ -344,7 +347,7 @@ def population_probe(args: argparse.Namespace, model: str, k: int,
         done = subprocess.run(command, capture_output=True, text=True,
                               timeout=args.probe_timeout)
     except subprocess.TimeoutExpired:
-        print(f"# population {model} K={k} cudnn.benchmark {benchmark}: over "
+        print(f"# population {model} K={k} cudnn.benchmark {benchmark} convs {split}: over "
               f"{args.probe_timeout} s, stopped (NaN figures)", flush=True)
         PROBES[key] = nan
         return nan
@@ -354,7 +357,8 @@ def population_probe(args: argparse.Namespace, model: str, k: int,
         PROBES[key] = nan
         return nan
     probe = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"# population {model} K={k} cudnn.benchmark {benchmark}: context + data "
+    print(f"# population {model} K={k} cudnn.benchmark {benchmark}, convs {split}: context + "
+          f"data "
           f"{probe['cuda_init_s']:.1f} s; set-up + epoch 1 {probe['setup_plus_epoch1_s']:.1f} s"
           f" = packing {probe['pack_s']:.1f} s + first training epoch "
           f"{probe['train_epoch_s'][0]:.1f} s (of it {probe['first_train_extra_s']:.1f} s over"
@@ -404,7 +408,9 @@ def population_figures(args: argparse.Namespace, device: torch.device) -> None:
 
 def setup_figures(args: argparse.Namespace) -> None:
     """Set-up + first epoch of a K = 16 fastnet population (the 172 s of the H200 run),
-    cold, with cuDNN's autotuning on (the engine's default) and off, and the breakdown."""
+    cold, as the engine runs it (wide convolutions split into dense ones, cuDNN's
+    autotuning on) with the breakdown; then with autotuning off, and with the grouped
+    convolutions of before in the last section (`grouped_figures`)."""
     k = max(args.population_ks)
     model = "fastnet"
     on = population_probe(args, model, k, "on")
@@ -416,6 +422,15 @@ def setup_figures(args: argparse.Namespace) -> None:
         result(f"population_setup_{name}_{model}_k{k}", on[name])
     result(f"population_setup_seconds_{model}_k{k}_cudnn_off", off["setup_plus_epoch1_s"])
     result(f"population_median_epoch_s_{model}_k{k}_cudnn_off", off["median_epoch_s"])
+
+
+def grouped_figures(args: argparse.Namespace) -> None:
+    """The K = 16 fastnet population with the grouped convolutions of before (the last
+    section: with the 172 s set-up it measured, it takes 3 minutes)."""
+    k = max(args.population_ks)
+    grouped = population_probe(args, "fastnet", k, "on", epochs=2, split="never")
+    result(f"population_setup_seconds_fastnet_k{k}_grouped", grouped["setup_plus_epoch1_s"])
+    result(f"population_median_epoch_s_fastnet_k{k}_grouped", grouped["median_epoch_s"])
 
 
 def precision_figures(args: argparse.Namespace, device: torch.device) -> None:
@@ -465,7 +480,8 @@ def main() -> int:
     parser.add_argument("--population-models", default="resnet20,fastnet",
                         help="models of the population section (resnet20,fastnet)")
     parser.add_argument("--sections",
-                        default="population,setup,agreement,epoch,throughput,precision",
+                        default="population,setup,agreement,epoch,throughput,precision,"
+                        "grouped",
                         help="comma-separated sections, run in this order")
     parser.add_argument("--probe-timeout", type=int, default=None,
                         help="seconds one population probe may take (200; smoke 120)")
@@ -508,6 +524,7 @@ def main() -> int:
         "setup": lambda: setup_figures(args),
         "throughput": lambda: worker_throughput(args),
         "precision": lambda: precision_figures(args, device),
+        "grouped": lambda: grouped_figures(args),
     }
     for name in args.sections.split(","):
         if name not in sections:

@@ -13,6 +13,9 @@ earlier section. Prints one JSON object on its last line:
   ``first_eval_extra_s`` are the first minus the median of the others);
 - ``median_epoch_s``: the median epoch-to-epoch time after the first.
 
+``--split-convs never`` packs every convolution as one grouped convolution (the layout
+before `PackedConv2d` split wide members), ``--cudnn-benchmark off`` turns autotuning off.
+
     python benchmarks/gpu_probe.py --model fastnet --k 16 --images 10000 --epochs 3
     python benchmarks/gpu_probe.py --model fastnet --k 2 --device cpu --cpu-smoke
 """
@@ -32,6 +35,7 @@ import torch
 from gpu_check import DM_PARAMS, model_spec, synthetic_cifar
 
 import dm_tune.population.engine as engine
+import dm_tune.population.layers as layers
 from dm_tune.population import Member, train_population
 from dm_tune.training import cuda_process_settings
 
@@ -69,6 +73,7 @@ def probe(args: argparse.Namespace) -> dict:
     cuda_process_settings(device)  # what train_population does first, so a flag set below stays
     if args.cudnn_benchmark == "off":
         torch.backends.cudnn.benchmark = False
+    layers.SPLIT_CONVS = args.split_convs
     data = synthetic_cifar(args.images, device)
     sync(device)
     cuda_init = time.perf_counter() - started
@@ -90,6 +95,7 @@ def probe(args: argparse.Namespace) -> dict:
     deltas = [b - a for a, b in zip(ends, ends[1:], strict=False)]
     return {
         "model": args.model, "k": args.k, "cudnn_benchmark": args.cudnn_benchmark,
+        "split_convs": args.split_convs,
         "cuda_init_s": cuda_init, "pack_s": sum(spent["add"]),
         "setup_plus_epoch1_s": ends[0] - started, "end_s": finished - ends[-1],
         "train_epoch_s": spent["epoch"], "eval_s": spent["accuracies"],
@@ -108,6 +114,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--cudnn-benchmark", choices=("on", "off"), default="on")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None)
+    parser.add_argument("--split-convs", choices=("auto", "always", "never"), default="auto",
+                        help="dm_tune.population.layers.SPLIT_CONVS (never: grouped convs)")
     parser.add_argument("--cpu-smoke", action="store_true")
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -68,6 +68,7 @@ def test_gpu_check_cpu_smoke_prints_results(tmp_path):
             "dm_cce_epoch_ratio_fastnet_eager", "population_setup_seconds_fastnet_k2",
             "population_setup_pack_s_fastnet_k2", "population_setup_first_train_extra_s_fastnet_k2",
             "population_setup_seconds_fastnet_k2_cudnn_off", "population_throughput_2v1",
+            "population_setup_seconds_fastnet_k2_grouped",
             "gpu_fill_best_2v1", "population_speedup_vs_bound_fastnet_k2",
             "precision_epoch_s_fastnet_fp32", "precision_epoch_s_fastnet_bf16",
             "precision_val_acc_fastnet_fp32", "precision_val_acc_fastnet_bf16",
