@@ -22,7 +22,7 @@ population, setup, agreement, epoch, throughput, precision, grouped):
    first training epoch's and first evaluation's extra time over later ones: autotuning
    of new shapes); then with autotuning off (``_cudnn_off``, 2 epochs). The last section,
    grouped, runs it with the grouped convolutions of before (``_grouped``, 2 epochs);
-3. agreement: 4 population members (MLP and CNN, learnable synthetic data; one leaves
+3. agreement: 4 population members (MLP, CNN, fastnet, learnable synthetic data; one leaves
    after epoch 1 and a fifth joins) against the same seeds trained one by one: the
    largest validation-accuracy difference (rounding and cuDNN's non-determinism only);
 4. epoch: per model (ResNet-32 at batch 128, fastnet at batch 512) and loss (CCE, DM, and
@@ -62,6 +62,7 @@ from pathlib import Path
 import torch
 
 import dm_tune.losses as losses
+import dm_tune.population.layers as layers
 from dm_tune.data import TrialData
 from dm_tune.models import MODELS, build_model
 from dm_tune.training import NonFiniteLossError, TrainSpec, train_trial
@@ -168,6 +169,11 @@ def child(args: argparse.Namespace) -> None:
         torch.set_num_threads(1)
     data = synthetic_cifar(args.images, device, seed=args.child_id)
     spec = model_spec("fastnet", args, device)
+    # compile DM's loss for both batch shapes before the barrier (on CUDA it compiles on
+    # first use): the workers then start their timed epochs together
+    for rows in {spec.batch_size, len(data.y_train) % spec.batch_size or spec.batch_size}:
+        logits = torch.randn(rows, data.num_classes, device=device, requires_grad=True)
+        losses.dm_loss(logits, data.y_train[:rows], **DM_PARAMS).backward()
     barrier = Path(args.barrier)
     (barrier / f"ready-{args.child_id}").touch()
     deadline = time.time() + 300
@@ -269,9 +275,14 @@ def population_agreement(args: argparse.Namespace, device: torch.device) -> None
     data = learnable_images(n, device, seed=1)
     flat = replace(data, x_train=data.x_train.flatten(1), x_val=data.x_val.flatten(1),
                    x_test=data.x_test.flatten(1), input_shape=(3 * 32 * 32,), is_image=False)
-    for model, model_data in (("mlp", flat), ("cnn", data)):
-        spec = TrainSpec(model=model, epochs=3, batch_size=64, lr=0.02, schedule="cosine",
-                         device=str(device), augment=False)
+    # fastnet: its blocks run as dense convolutions per member on CUDA (PackedConv2d);
+    # the smoke run forces that path on CPU too, at width 8
+    split = layers.SPLIT_CONVS
+    for model, model_data in (("mlp", flat), ("cnn", data), ("fastnet", data)):
+        params = {"width": 8} if model == "fastnet" and args.cpu_smoke else {}
+        layers.SPLIT_CONVS = "always" if model == "fastnet" and args.cpu_smoke else split
+        spec = TrainSpec(model=model, model_params=params, epochs=3, batch_size=64, lr=0.02,
+                         schedule="cosine", device=str(device), augment=False)
         members = [Member(model_data, "dm", DM_PARAMS, seed) for seed in range(3)]
         members.append(Member(model_data, "cce", {}, 7))
         # member 0 leaves after epoch 1 and a late one joins in its place: compaction,
@@ -291,6 +302,7 @@ def population_agreement(args: argparse.Namespace, device: torch.device) -> None
                   f"{alone.val_accuracy:.4f}, in population {res.val_accuracy_per_epoch[-1]:.4f}",
                   flush=True)
         result(f"population_vs_train_trial_max_val_gap_{model}", max(gaps), 0.02)
+    layers.SPLIT_CONVS = split
     del data, flat
 
 

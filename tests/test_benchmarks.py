@@ -60,7 +60,8 @@ def test_gpu_check_cpu_smoke_prints_results(tmp_path):
             "epoch_s_fastnet_cce", "epoch_s_fastnet_dm", "worker_throughput_2v1",
             "population_speedup_resnet20_k2", "population_vs_train_trial_fastnet_k2",
             "population_vs_train_trial_max_val_gap_mlp",
-            "population_vs_train_trial_max_val_gap_cnn", "device_matmul_tflops",
+            "population_vs_train_trial_max_val_gap_cnn",
+            "population_vs_train_trial_max_val_gap_fastnet", "device_matmul_tflops",
             "training_gflop_per_image_fastnet", "population_tflops_fastnet_k2",
             "population_speedup_bound_resnet20", "population_speedup_bound_fastnet",
             # issue 26's figures: the fused loss against the eager one, the cold set-up and
