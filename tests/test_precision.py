@@ -112,3 +112,21 @@ def test_a_cpu_population_trains_in_the_precision(digits, monkeypatch, precision
     results = train_population(members, TrainSpec(epochs=1, precision=precision))
     assert len(seen) > 60 and set(seen) == {dtype}
     assert [r.result.user_attrs()["precision"] for r in results] == [precision] * 2
+
+
+def test_the_cli_refuses_a_bad_precision_with_exit_2_and_writes_nothing(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.toml"
+    path.write_text("[campaign]\nname='x'\n[training]\nprecision='fp16'\n"
+                    "[[noise]]\nkind='symmetric'\nrates=[0.2]\n")
+    database = tmp_path / "campaign.db"
+    done = subprocess.run([sys.executable, "-m", "dm_tune", "create", str(path), "--storage",
+                           f"sqlite:///{database}"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "NO_COLOR": "1"}, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"dm-tune: {path}: training.precision: Input should be "
+                                   "'fp32' or 'bf16'")
+    assert not database.exists()
