@@ -130,3 +130,27 @@ def test_the_cli_refuses_a_bad_precision_with_exit_2_and_writes_nothing(tmp_path
     assert done.stderr.strip() == (f"dm-tune: {path}: training.precision: Input should be "
                                    "'fp32' or 'bf16'")
     assert not database.exists()
+
+
+@pytest.mark.parametrize("population", [1, 2])
+def test_campaign_trials_record_the_precision_they_trained_in(tmp_path, population):
+    import optuna
+    from optuna.trial import TrialState
+
+    from dm_tune.campaign.create import create_campaign
+    from dm_tune.campaign.worker import run_worker
+    from dm_tune.config import with_population
+    from dm_tune.storage import open_storage
+    from tests.campaign_files import write_tiny
+
+    path = write_tiny(tmp_path, epochs=2, trials=2)
+    path.write_text(path.read_text().replace("batch_size = 64",
+                                             'batch_size = 64\nprecision = "bf16"'))
+    config = with_population(load_campaign_config(path), population)
+    storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}")
+    create_campaign(config, storage)
+    run_worker(storage, config, "cpu", max_trials=2, name="w0")
+    done = [t for s in storage.get_all_studies()
+            for t in optuna.load_study(study_name=s.study_name, storage=storage)
+            .get_trials(states=(TrialState.COMPLETE,))]
+    assert done and {t.user_attrs["precision"] for t in done} == {"bf16"}
