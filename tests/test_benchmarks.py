@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,30 @@ def test_scale_quick_runs_both_modes_with_exact_budgets():
         assert results[f"scale_{mode}_lost_or_duplicated_8"][0] == 0
         assert results[f"scale_{mode}_failed_claims_8"][0] >= 0
     assert 1 <= results["scale_proxy_connections_8"][0] <= 9  # pool 8 + the lock connection
+
+
+@pytest.mark.slow
+def test_precision_quick_prints_consistent_figures():
+    out = _run([sys.executable, "benchmarks/precision.py", "--quick"], timeout=300,
+               PYTHONPATH=str(ROOT))
+    results = parse_results(out)
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    assert results["precision_cpu_has_bf16"][0] == float("avx512_bf16" in flags
+                                                         or "amx_bf16" in flags)
+    for model in ("mlp", "cnn", "resnet20"):
+        fp32 = results[f"precision_epoch_s_{model}_fp32"][0]
+        bf16 = results[f"precision_epoch_s_{model}_bf16"][0]
+        assert fp32 > 0 and bf16 > 0
+        assert results[f"precision_bf16_speedup_{model}"][0] == pytest.approx(fp32 / bf16,
+                                                                              rel=2e-3)
+    verdicts = re.findall(r"^# (\S+): bf16 - fp32 = .*: (within|outside) noise$", out, re.M)
+    assert [name for name, _ in verdicts] == ["symmetric0.4", "pairflip0.3"]
+    for name, _ in verdicts:
+        fp32 = results[f"precision_test_acc_{name}_fp32"][0]
+        bf16 = results[f"precision_test_acc_{name}_bf16"][0]
+        assert 0 < fp32 <= 1 and 0 < bf16 <= 1
+        # the paired mean difference is the difference of the means (same seeds)
+        assert results[f"precision_bf16_minus_fp32_{name}"][0] == pytest.approx(
+            100 * (bf16 - fp32), abs=0.02)
+    assert results["precision_bf16_within_noise"] == (
+        float(all(verdict == "within" for _, verdict in verdicts)), "1")
