@@ -154,3 +154,17 @@ def test_campaign_trials_record_the_precision_they_trained_in(tmp_path, populati
             for t in optuna.load_study(study_name=s.study_name, storage=storage)
             .get_trials(states=(TrialState.COMPLETE,))]
     assert done and {t.user_attrs["precision"] for t in done} == {"bf16"}
+
+
+def test_cudnn_benchmark_is_set_once_per_process_and_never_flipped_back(monkeypatch):
+    import dm_tune.training as training
+
+    monkeypatch.setattr(training, "_CUDA_SET_UP", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    training.cuda_process_settings(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False  # CPU work leaves it alone
+    training.cuda_process_settings(torch.device("cuda", 0))
+    assert torch.backends.cudnn.benchmark is True
+    torch.backends.cudnn.benchmark = False  # a caller that wants it off keeps it off
+    training.cuda_process_settings(torch.device("cuda", 0))
+    assert torch.backends.cudnn.benchmark is False
