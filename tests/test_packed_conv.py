@@ -107,3 +107,35 @@ def test_a_population_trains_the_same_split_or_grouped(monkeypatch, tmp_path):
         assert split.val_accuracy_per_epoch == grouped.val_accuracy_per_epoch
         assert split.train_loss_per_epoch == pytest.approx(grouped.train_loss_per_epoch,
                                                            rel=1e-9)
+
+
+def test_padded_evaluation_predicts_the_same(monkeypatch, tmp_path):
+    import dm_tune.population.engine as engine
+    from dm_tune.training import TrainSpec
+
+    path = Path(tmp_path) / "img.npz"
+    write_npz(path, n=150, images=True)
+    data = prepare_data(DataSpec("npz", root=str(path)))
+    population = engine._Population(TrainSpec(model="cnn", epochs=1), data,
+                                     torch.device("cpu"))
+    population.add([Member(data, "cce", {}, s) for s in range(3)], [0, 1, 2])
+    monkeypatch.setattr(engine, "EVAL_BATCH", 64)  # chunks of 64 // 3 = 21
+    rows = len(data.x_train)
+    assert rows % 21 != 0  # a short last chunk
+    shapes = []
+    forward = population.model.forward_packed
+
+    def spied(packed):
+        shapes.append(packed.shape[0])
+        return forward(packed)
+
+    monkeypatch.setattr(population.model, "forward_packed", spied)
+    plain = population.predict(data.x_train)
+    assert shapes[-1] == rows % 21
+    monkeypatch.setattr(engine, "_pads_evaluation", lambda device, layout: True)
+    shapes.clear()
+    padded = population.predict(data.x_train)
+    assert set(shapes) == {21}  # one shape: the last chunk padded
+    assert torch.equal(padded, plain) and padded.shape == (3, rows)
+    probabilities = population.predict(data.x_val, probabilities=True)
+    assert probabilities.shape == (3, len(data.y_val), data.num_classes)

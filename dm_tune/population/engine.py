@@ -282,7 +282,7 @@ class _Population:
         # cuDNN autotunes every new input shape of every convolution (seconds each for a
         # wide grouped one): on CUDA a short last chunk is padded to the chunk's size, so
         # evaluation runs one shape (examples are independent in eval mode)
-        pad = x.device.type == "cuda" and model.layout == "packed"
+        pad = _pads_evaluation(x.device, model.layout)
         with torch.inference_mode(), train_autocast(x.device, self.amp):
             for part in torch.split(x, chunk):
                 size = len(part)
@@ -330,6 +330,12 @@ class _Population:
         self.alive = [self.alive[p] for p in keep]
         self.epochs_done = [self.epochs_done[p] for p in keep]
         self.joined = [self.joined[p] for p in keep]
+
+
+def _pads_evaluation(device: torch.device, layout: str) -> bool:
+    """Whether evaluation pads its last chunk to the chunk's size (packed conv nets on
+    CUDA, where each new shape is autotuned)."""
+    return device.type == "cuda" and layout == "packed"
 
 
 def _removal_positions(population: _Population, indices: Iterable[int] | None) -> list[int]:
