@@ -1,37 +1,46 @@
-"""GPU check: epoch time, DM/CCE ratio, peak memory and per-GPU worker throughput.
+"""GPU check: epoch time, DM/CCE ratio, population set-up and speed-up, how to fill a GPU,
+bf16 vs fp32.
 
-Synthetic CIFAR-shaped data (50,000 random uint8 images 3x32x32, normalised, 10 classes,
-made on the device: no download), trained through ``dm_tune.training.train_trial``
-(data resident on the GPU, on-device crop/flip, bf16 autocast, channels_last,
-cudnn.benchmark; ``--compile`` adds torch.compile):
+Synthetic CIFAR-shaped data (random uint8 images 3x32x32, normalised, 10 classes, made on
+the device: no download), trained through ``dm_tune.training.train_trial`` (data resident
+on the GPU, on-device crop/flip, bf16 autocast, channels_last, cudnn.benchmark;
+``--compile`` adds torch.compile). Sections, in the order of ``--sections`` (default
+population, setup, agreement, epoch, throughput, precision, grouped):
 
-1. per model (ResNet-32 at batch 128, fastnet at batch 512) and loss (CCE, DM): the median
-   seconds per epoch (epoch 1, the warm-up, dropped) and torch.cuda.max_memory_allocated;
-2. DM / CCE epoch-time ratio per model;
-3. P worker processes (default 4) each training fastnet at once on the same GPU vs one
-   alone: aggregate epochs per second ratio (what ``dm-tune launch --per-gpu P`` buys);
-4. the population engine (``[search] population = K``): ResNet-20 and fastnet trained as
-   K = 16 members of one packed model vs K = 1, trial-epochs per second ratio (target 8);
-   with each model's training FLOPs per image (``FlopCounterMode`` on meta tensors), the
-   TFLOP/s each K reaches, the device's dense matmul rate (bf16 8192^3 on a GPU, the dtype
-   autocast trains in) and their quotient for K = 1: ``population_speedup_bound_<model>``,
-   an estimate of the most any layout of K members could gain over one (convolutions
-   done as dense matrix products do not outrun the device's matmul rate by much);
-5. the population engine's agreement with ``train_trial`` on the device: 4 members (MLP
-   and CNN, learnable synthetic data, no augmentation; one leaves after epoch 1 and a
-   fifth joins in its place) against the same seeds trained one by one; the largest
-   validation-accuracy difference (rounding and cuDNN's non-determinism only, so a few
-   examples at most).
-
-Sections run in the order of ``--sections`` (default: population, agreement, epoch,
-throughput: the population figures first, since they are the newest code).
+1. population: per model (ResNet-20, fastnet) train_trial's epochs/s, then populations of
+   K = 1 and K = 16 (``[search] population = K``), each in a fresh process
+   (benchmarks/gpu_probe.py: cold caches, as a worker starts) with the breakdown of its
+   set-up + first epoch; each model's training FLOPs per image (``FlopCounterMode`` on
+   meta tensors), the TFLOP/s each K reaches, the device's dense matmul rate (bf16
+   8192^3 on a GPU) and their quotient for K = 1: ``population_speedup_bound_<model>``,
+   the most any layout of K members could gain over one. The target is per model:
+   ``population_speedup_<model>_k16 >= 0.8 x min(bound, 16)``
+   (``population_speedup_vs_bound_<model>_k16 >= 0.8``);
+2. setup: fastnet at K = 16 cold as the engine runs it (wide convolutions as K dense
+   ones, cuDNN's autotuning on): ``population_setup_seconds_fastnet_k16`` (target 15 s;
+   the H200 run before the fixes took 172 s) with its parts (context + data, packing, the
+   first training epoch's and first evaluation's extra time over later ones: autotuning
+   of new shapes); then with autotuning off (``_cudnn_off``, 2 epochs). The last section,
+   grouped, runs it with the grouped convolutions of before (``_grouped``, 2 epochs);
+3. agreement: 4 population members (MLP, CNN, fastnet, learnable synthetic data; one leaves
+   after epoch 1 and a fifth joins) against the same seeds trained one by one: the
+   largest validation-accuracy difference (rounding and cuDNN's non-determinism only);
+4. epoch: per model (ResNet-32 at batch 128, fastnet at batch 512) and loss (CCE, DM, and
+   DM with the eager loss, ``losses.FUSED_DM = "never"``) the median seconds per epoch
+   (epoch 1 dropped) and peak memory; ``dm_cce_epoch_ratio_<model>`` (target 1.05);
+5. throughput: P fastnet trials on one GPU as P processes (``launch --per-gpu P``) and as
+   one process's population of P, each against one trial alone; ``gpu_fill_best_<P>v1``,
+   the better of the two (target 1.0), and which to choose;
+6. precision: fastnet under fp32 and bf16 (``[training] precision``), 5 seeds each on
+   learnable images: epoch time and validation accuracy.
 
 Prints ``RESULT <name> <value> target <target>`` lines; ``--out FILE`` also writes them
-as JSON. ``--cpu-smoke`` runs a tiny version on CPU (128 images, tiny models, 2
-epochs, 2 processes) so CI can check that the script works.
+as JSON. Default size: 10,000 training images, 4 epochs. ``--cpu-smoke`` runs a tiny
+version on CPU (128 images, tiny models, 2 epochs, K = 2, 2 processes) so CI can check
+that every section works before a GPU session.
 
-    bash benchmarks/gpu_check.sh              # on a GPU machine (< 8 min on one H200)
-    bash benchmarks/gpu_check.sh --cpu-smoke  # anywhere (< 60 s)
+    bash benchmarks/gpu_check.sh              # on a GPU machine (planned: < 8 min, H200)
+    bash benchmarks/gpu_check.sh --cpu-smoke  # anywhere (~1-2 min on 2 loaded cores)
 """
 
 from __future__ import annotations
@@ -52,6 +61,8 @@ from pathlib import Path
 
 import torch
 
+import dm_tune.losses as losses
+import dm_tune.population.layers as layers
 from dm_tune.data import TrialData
 from dm_tune.models import MODELS, build_model
 from dm_tune.training import NonFiniteLossError, TrainSpec, train_trial
@@ -127,11 +138,18 @@ def epoch_figures(args: argparse.Namespace, device: torch.device) -> None:
                              f"(have {', '.join(sorted(MODELS))})")
         spec = model_spec(model, args, device)
         seconds = {}
-        for loss in ("cce", "dm"):
+        # "dm_eager": DM's loss with losses.FUSED_DM = "never" (the eager ops, as before
+        # the fused loss): what the compiled loss saves on this device
+        for loss in ("cce", "dm", "dm_eager"):
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            ends = timed_trial(data, spec, loss)
+            fused = losses.FUSED_DM
+            losses.FUSED_DM = "never" if loss == "dm_eager" else fused
+            try:
+                ends = timed_trial(data, spec, loss.removesuffix("_eager"))
+            finally:
+                losses.FUSED_DM = fused
             sync(device)
             deltas = [b - a for a, b in zip(ends, ends[1:], strict=False)]
             seconds[loss] = statistics.median(deltas) if deltas else math.nan
@@ -140,6 +158,7 @@ def epoch_figures(args: argparse.Namespace, device: torch.device) -> None:
                 peak = torch.cuda.max_memory_allocated(device) / 2**30
                 result(f"peak_mem_gib_{model}_{loss}", peak)
         result(f"dm_cce_epoch_ratio_{model}", seconds["dm"] / seconds["cce"], 1.05)
+        result(f"dm_cce_epoch_ratio_{model}_eager", seconds["dm_eager"] / seconds["cce"])
     del data
 
 
@@ -150,6 +169,11 @@ def child(args: argparse.Namespace) -> None:
         torch.set_num_threads(1)
     data = synthetic_cifar(args.images, device, seed=args.child_id)
     spec = model_spec("fastnet", args, device)
+    # compile DM's loss for both batch shapes before the barrier (on CUDA it compiles on
+    # first use): the workers then start their timed epochs together
+    for rows in {spec.batch_size, len(data.y_train) % spec.batch_size or spec.batch_size}:
+        logits = torch.randn(rows, data.num_classes, device=device, requires_grad=True)
+        losses.dm_loss(logits, data.y_train[:rows], **DM_PARAMS).backward()
     barrier = Path(args.barrier)
     (barrier / f"ready-{args.child_id}").touch()
     deadline = time.time() + 300
@@ -207,12 +231,27 @@ def learnable_images(n: int, device: torch.device, seed: int = 0) -> TrialData:
 
 
 def worker_throughput(args: argparse.Namespace) -> None:
-    """P fastnet workers on one device vs one alone."""
+    """Two ways to put P fastnet trials on one device, against one trial alone: P worker
+    processes (``launch --per-gpu P``) and one process training them as a population
+    (``--per-gpu 1`` with ``[search] population = P``); the better of the two is what a
+    launch that picks its layout gets (target: never below one trial alone)."""
     if "fastnet" not in args.models:
         return
     one = throughput(args, 1)
     many = throughput(args, args.workers)
-    result(f"worker_throughput_{args.workers}v1", many / one, 2.0)
+    processes = many / one
+    result(f"worker_throughput_{args.workers}v1", processes, 1.0)
+    alone = population_probe(args, "fastnet", 1)
+    together = population_probe(args, "fastnet", args.workers)
+    members = (args.workers / together["median_epoch_s"]) / (1 / alone["median_epoch_s"])
+    result(f"population_throughput_{args.workers}v1", members, 1.0)
+    best = max(processes, members)
+    result(f"gpu_fill_best_{args.workers}v1", best, 1.0)
+    choice = ("--per-gpu 1 (one trial per GPU)" if best < 1.0 else
+              f"--per-gpu {args.workers}" if processes >= members else
+              f"--per-gpu 1 with [search] population = {args.workers}")
+    print(f"# fastnet on this device: {args.workers} processes {processes:.2f}x, a population "
+          f"of {args.workers} {members:.2f}x one trial alone: use {choice}", flush=True)
 
 
 def _once(member):
@@ -236,9 +275,14 @@ def population_agreement(args: argparse.Namespace, device: torch.device) -> None
     data = learnable_images(n, device, seed=1)
     flat = replace(data, x_train=data.x_train.flatten(1), x_val=data.x_val.flatten(1),
                    x_test=data.x_test.flatten(1), input_shape=(3 * 32 * 32,), is_image=False)
-    for model, model_data in (("mlp", flat), ("cnn", data)):
-        spec = TrainSpec(model=model, epochs=3, batch_size=64, lr=0.02, schedule="cosine",
-                         device=str(device), augment=False)
+    # fastnet: its blocks run as dense convolutions per member on CUDA (PackedConv2d);
+    # the smoke run forces that path on CPU too, at width 8
+    split = layers.SPLIT_CONVS
+    for model, model_data in (("mlp", flat), ("cnn", data), ("fastnet", data)):
+        params = {"width": 8} if model == "fastnet" and args.cpu_smoke else {}
+        layers.SPLIT_CONVS = "always" if model == "fastnet" and args.cpu_smoke else split
+        spec = TrainSpec(model=model, model_params=params, epochs=3, batch_size=64, lr=0.02,
+                         schedule="cosine", device=str(device), augment=False)
         members = [Member(model_data, "dm", DM_PARAMS, seed) for seed in range(3)]
         members.append(Member(model_data, "cce", {}, 7))
         # member 0 leaves after epoch 1 and a late one joins in its place: compaction,
@@ -258,6 +302,7 @@ def population_agreement(args: argparse.Namespace, device: torch.device) -> None
                   f"{alone.val_accuracy:.4f}, in population {res.val_accuracy_per_epoch[-1]:.4f}",
                   flush=True)
         result(f"population_vs_train_trial_max_val_gap_{model}", max(gaps), 0.02)
+    layers.SPLIT_CONVS = split
     del data, flat
 
 
@@ -290,16 +335,57 @@ def matmul_tflops(device: torch.device) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e12
 
 
+PROBES: dict[tuple[str, int, str, str], dict] = {}
+
+
+def population_probe(args: argparse.Namespace, model: str, k: int,
+                     benchmark: str = "on", epochs: int | None = None,
+                     split: str = "auto") -> dict:
+    """benchmarks/gpu_probe.py in a fresh process (cold caches, as a worker starts): one
+    population of k members with the time breakdown; NaNs if it fails or times out."""
+    key = (model, k, benchmark, split)
+    if key in PROBES:
+        return PROBES[key]
+    epochs = epochs or args.epochs
+    command = [sys.executable, str(Path(__file__).with_name("gpu_probe.py")), "--model", model,
+               "--k", str(k), "--images", str(args.images), "--epochs", str(epochs),
+               "--device", args.device, "--cudnn-benchmark", benchmark, "--split-convs", split]
+    if args.cpu_smoke:
+        command.append("--cpu-smoke")
+    nan = {"cuda_init_s": math.nan, "pack_s": math.nan, "setup_plus_epoch1_s": math.nan,
+           "end_s": math.nan, "first_train_extra_s": math.nan, "first_eval_extra_s": math.nan,
+           "median_epoch_s": math.nan}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True,
+                              timeout=args.probe_timeout)
+    except subprocess.TimeoutExpired:
+        print(f"# population {model} K={k} cudnn.benchmark {benchmark} convs {split}: over "
+              f"{args.probe_timeout} s, stopped (NaN figures)", flush=True)
+        PROBES[key] = nan
+        return nan
+    if done.returncode != 0:
+        print(f"# population {model} K={k}: the probe failed ({done.returncode}):\n"
+              f"{done.stderr[-2000:]}", flush=True)
+        PROBES[key] = nan
+        return nan
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"# population {model} K={k} cudnn.benchmark {benchmark}, convs {split}: context + "
+          f"data "
+          f"{probe['cuda_init_s']:.1f} s; set-up + epoch 1 {probe['setup_plus_epoch1_s']:.1f} s"
+          f" = packing {probe['pack_s']:.1f} s + first training epoch "
+          f"{probe['train_epoch_s'][0]:.1f} s (of it {probe['first_train_extra_s']:.1f} s over"
+          f" a later epoch: autotuning, first-use) + first evaluation {probe['eval_s'][0]:.1f} s"
+          f" ({probe['first_eval_extra_s']:.1f} s over a later one); median epoch "
+          f"{probe['median_epoch_s']:.2f} s; end {probe['end_s']:.1f} s", flush=True)
+    PROBES[key] = probe
+    return probe
+
+
 def population_figures(args: argparse.Namespace, device: torch.device) -> None:
-    """Trial-epochs/s of K packed members vs one member and vs train_trial alone.
-
-    Also prints where a population's wall time goes: set-up plus the first epoch (model
-    packing, cuDNN autotuning), the median epoch, and the end (final evaluation).
-    """
-    from dm_tune.population import Member, train_population
-
+    """Trial-epochs/s of K packed members vs one member and vs train_trial alone, each
+    population in a fresh process (`population_probe`: where its set-up goes), and the
+    target restated per model: at least 0.8x the model's printed bound (at most K)."""
     data = synthetic_cifar(args.images, device)
-    target = 8.0 if not args.cpu_smoke else "-"
     peak = matmul_tflops(device)
     result("device_matmul_tflops", peak)
     for model in args.population_models.split(","):
@@ -309,22 +395,10 @@ def population_figures(args: argparse.Namespace, device: torch.device) -> None:
         result(f"train_trial_epochs_per_s_{model}", alone_rate)
         rates = {}
         for k in sorted({1, *args.population_ks}):
-            members = [Member(data, "dm", DM_PARAMS, seed) for seed in range(k)]
-            ends: list[float] = []
-            started = time.time()
-            train_population(members, spec,
-                             on_epoch=lambda epoch, metrics, ends=ends: ends.append(time.time()))
-            sync(device)
-            finished = time.time()
-            deltas = [b - a for a, b in pairwise(ends)]
-            rates[k] = k / statistics.median(deltas) if deltas else math.nan
-            print(f"# population {model} K={k}: set-up + epoch 1 {ends[0] - started:.1f} s, "
-                  f"median epoch {statistics.median(deltas) if deltas else math.nan:.2f} s, "
-                  f"end {finished - ends[-1]:.1f} s", flush=True)
+            probe = population_probe(args, model, k)
+            rates[k] = k / probe["median_epoch_s"]
             result(f"population_trial_epochs_per_s_{model}_k{k}", rates[k])
-        for k in args.population_ks:
-            result(f"population_speedup_{model}_k{k}", rates[k] / rates[1], target)
-            result(f"population_vs_train_trial_{model}_k{k}", rates[k] / alone_rate, target)
+            result(f"population_setup_plus_epoch1_s_{model}_k{k}", probe["setup_plus_epoch1_s"])
         # training FLOPs only (the epoch's evaluation adds ~10%): the rates are a little low
         # and the bound a little generous
         gflop = training_gflop_per_image(spec, data)
@@ -333,14 +407,80 @@ def population_figures(args: argparse.Namespace, device: torch.device) -> None:
         tflops = {k: rate * images * gflop / 1e3 for k, rate in rates.items()}
         for k, value in tflops.items():
             result(f"population_tflops_{model}_k{k}", value)
-        result(f"population_speedup_bound_{model}", peak / tflops[1])
+        bound = peak / tflops[1]
+        result(f"population_speedup_bound_{model}", bound)
+        for k in args.population_ks:
+            target = 0.8 * min(bound, k)  # K members gain at most K
+            speedup = rates[k] / rates[1]
+            result(f"population_speedup_{model}_k{k}", speedup, f"{target:.3g}")
+            result(f"population_speedup_vs_bound_{model}_k{k}", speedup / min(bound, k), 0.8)
+            result(f"population_vs_train_trial_{model}_k{k}", rates[k] / alone_rate)
+    del data
+
+
+def setup_figures(args: argparse.Namespace) -> None:
+    """Set-up + first epoch of a K = 16 fastnet population (the 172 s of the H200 run),
+    cold, as the engine runs it (wide convolutions split into dense ones, cuDNN's
+    autotuning on) with the breakdown; then with autotuning off, and with the grouped
+    convolutions of before in the last section (`grouped_figures`)."""
+    k = max(args.population_ks)
+    model = "fastnet"
+    on = population_probe(args, model, k, "on")
+    off = population_probe(args, model, k, "off", epochs=2)  # 2: its worst case is short
+    target = 15 if not args.cpu_smoke else "-"
+    result(f"population_setup_seconds_{model}_k{k}", on["setup_plus_epoch1_s"], target)
+    for name in ("cuda_init_s", "pack_s", "first_train_extra_s", "first_eval_extra_s",
+                 "median_epoch_s"):
+        result(f"population_setup_{name}_{model}_k{k}", on[name])
+    result(f"population_setup_seconds_{model}_k{k}_cudnn_off", off["setup_plus_epoch1_s"])
+    result(f"population_median_epoch_s_{model}_k{k}_cudnn_off", off["median_epoch_s"])
+
+
+def grouped_figures(args: argparse.Namespace) -> None:
+    """The K = 16 fastnet population with the grouped convolutions of before (the last
+    section: with the 172 s set-up it measured, it takes 3 minutes)."""
+    k = max(args.population_ks)
+    grouped = population_probe(args, "fastnet", k, "on", epochs=2, split="never")
+    result(f"population_setup_seconds_fastnet_k{k}_grouped", grouped["setup_plus_epoch1_s"])
+    result(f"population_median_epoch_s_fastnet_k{k}_grouped", grouped["median_epoch_s"])
+
+
+def precision_figures(args: argparse.Namespace, device: torch.device) -> None:
+    """fastnet under fp32 and bf16 (`[training] precision`): epoch time and clean
+    validation accuracy on learnable images, the same seeds (5; 2 in the smoke run)."""
+    data = learnable_images(256 if args.cpu_smoke else args.images, device, seed=2)
+    seeds = range(2 if args.cpu_smoke else 5)
+    spec = model_spec("fastnet", args, device)
+    accuracy: dict[str, list[float]] = {}
+    epoch_s: dict[str, float] = {}
+    for precision in ("fp32", "bf16"):
+        accuracy[precision], times = [], []
+        for seed in seeds:
+            ends: list[float] = []
+            trained = train_trial(data, replace(spec, seed=seed, precision=precision),
+                                  loss="dm", loss_params=DM_PARAMS, progress=False,
+                                  on_epoch=lambda epoch, metrics, ends=ends:
+                                  ends.append(time.time()))
+            sync(device)
+            times += [b - a for a, b in pairwise(ends)]
+            accuracy[precision].append(trained.val_accuracy)
+        epoch_s[precision] = statistics.median(times)
+        result(f"precision_epoch_s_fastnet_{precision}", epoch_s[precision])
+        result(f"precision_val_acc_fastnet_{precision}", statistics.mean(accuracy[precision]))
+    diffs = [b - f for b, f in zip(accuracy["bf16"], accuracy["fp32"], strict=True)]
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5
+    print(f"# fastnet bf16 - fp32 validation accuracy: {100 * statistics.mean(diffs):+.2f} "
+          f"points, paired standard error {100 * se:.2f} points ({len(diffs)} seeds)",
+          flush=True)
+    result("precision_bf16_minus_fp32_fastnet", 100 * statistics.mean(diffs))
+    result("precision_bf16_speedup_fastnet", epoch_s["fp32"] / epoch_s["bf16"])
     del data
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny run on CPU (CI)")
-    parser.add_argument("--images", type=int, default=None, help="train images (50,000)")
+    parser.add_argument("--images", type=int, default=None, help="train images (10,000)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (4)")
     parser.add_argument("--workers", type=int, default=None, help="processes per GPU (4)")
     parser.add_argument("--models", default=None, help="comma-separated (resnet32,fastnet)")
@@ -351,21 +491,28 @@ def main() -> int:
                         help="comma-separated member counts K compared with K = 1 (16)")
     parser.add_argument("--population-models", default="resnet20,fastnet",
                         help="models of the population section (resnet20,fastnet)")
-    parser.add_argument("--sections", default="population,agreement,epoch,throughput",
+    parser.add_argument("--sections",
+                        default="population,setup,agreement,epoch,throughput,precision,"
+                        "grouped",
                         help="comma-separated sections, run in this order")
+    parser.add_argument("--probe-timeout", type=int, default=None,
+                        help="seconds one population probe may take (200; smoke 120)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-id", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--nprocs", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--barrier", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     smoke = args.cpu_smoke
-    args.images = args.images or (128 if smoke else 50_000)
+    # 10,000 images: the recorded H200 runs' size (benchmarks/results/), whose sections
+    # then fit in 8 minutes even with the 172 s set-up they measured
+    args.images = args.images or (128 if smoke else 10_000)
     args.epochs = args.epochs or (2 if smoke else 4)
     args.workers = args.workers or (2 if smoke else 4)
     args.population_ks = [int(k) for k in (args.population or ("2" if smoke else "16")).split(",")]
     args.models = (args.models or ("resnet20,fastnet" if smoke else "resnet32,fastnet")).split(",")
     if args.device is None:
         args.device = "cpu" if smoke else "cuda"
+    args.probe_timeout = args.probe_timeout or (120 if smoke else 200)
     if args.child:
         child(args)
         return 0
@@ -386,7 +533,10 @@ def main() -> int:
         "population": lambda: population_figures(args, device),
         "agreement": lambda: population_agreement(args, device),
         "epoch": lambda: epoch_figures(args, device),
+        "setup": lambda: setup_figures(args),
         "throughput": lambda: worker_throughput(args),
+        "precision": lambda: precision_figures(args, device),
+        "grouped": lambda: grouped_figures(args),
     }
     for name in args.sections.split(","):
         if name not in sections:

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# One prepared GPU check (< 8 min on one H200): epoch times of ResNet-32 and fastnet with
-# DM and CCE, their ratio, peak memory, 4-workers-per-GPU throughput, and the population
-# engine's K = 16 vs K = 1 throughput (ResNet-20, fastnet).
+# One prepared GPU check (planned < 8 min on one H200): the population's speed-up at K = 16
+# against each model's bound, fastnet's K = 16 set-up with its breakdown (cold processes),
+# population/train_trial agreement, DM/CCE epoch ratios (fused and eager loss), how to fill
+# one GPU (processes vs a population), fastnet bf16 vs fp32. See benchmarks/gpu_check.py.
 #
 #   bash benchmarks/gpu_check.sh              # needs CUDA
-#   bash benchmarks/gpu_check.sh --cpu-smoke  # tiny CPU version (CI, < 60 s)
+#   bash benchmarks/gpu_check.sh --cpu-smoke  # tiny CPU version of every section (CI)
 #   OUT=/some/dir bash benchmarks/gpu_check.sh  # also writes gpu_check.txt/.json there
 #
-# Extra arguments go to benchmarks/gpu_check.py (e.g. --compile, --epochs 6).
+# Extra arguments go to benchmarks/gpu_check.py (e.g. --compile, --epochs 6,
+# --sections setup,epoch).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

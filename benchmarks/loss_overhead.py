@@ -4,6 +4,7 @@ Prints ``RESULT loss_overhead_<model> <ratio> target <target>`` per model:
 the digits MLP (64-256-256-10, batch 64) and the small CNN on 32x32 inputs (batch 64).
 
     .venv/bin/python benchmarks/loss_overhead.py [--rounds 60] [--steps 20] [--explain]
+    .venv/bin/python benchmarks/loss_overhead.py --loss-only --rounds 15  # the loss alone
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import dm_tune.losses as dm_losses
 from dm_tune.losses import get_loss
 from dm_tune.models import build_model
 
@@ -69,12 +71,27 @@ def _composite_dm(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return surrogate + (value - surrogate.detach())
 
 
+def _fused_dm():
+    """DM with its terms compiled (`losses.FUSED_DM = "always"`, CUDA's default) on CPU."""
+    dm = get_loss("dm", emphasis_mode=0.5, emphasis_variance=8.0)
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        before, dm_losses.FUSED_DM = dm_losses.FUSED_DM, "always"
+        try:
+            return dm(logits, targets)
+        finally:
+            dm_losses.FUSED_DM = before
+
+    return loss
+
+
 def _losses(explain: bool) -> dict:
     losses = {"cce": get_loss("cce"),
               "dm": get_loss("dm", emphasis_mode=0.5, emphasis_variance=8.0)}
     if explain:
         losses["cce_in_function"] = _CrossEntropyInFunction.apply
         losses["dm_composite"] = _composite_dm
+        losses["dm_fused"] = _fused_dm()
     return losses
 
 
@@ -108,6 +125,37 @@ def measure(model_name: str, rounds: int, steps: int, explain: bool = False) -> 
     return {name: statistics.median(values) for name, values in ratios.items()}
 
 
+def loss_only(rounds: int) -> None:
+    """Microseconds of the loss alone (forward + backward on fixed logits), interleaved:
+    CCE, DM (eager) and DM compiled, at three batch x class shapes."""
+    gen = torch.Generator().manual_seed(0)
+    variants = {"cce": get_loss("cce"),
+                "dm": get_loss("dm", emphasis_mode=0.5, emphasis_variance=8.0),
+                "dm_fused": _fused_dm()}
+    for batch, classes in ((64, 10), (512, 10), (128, 100)):
+        z = torch.randn(batch, classes, generator=gen)
+        y = torch.randint(0, classes, (batch,), generator=gen)
+
+        def run(loss, steps: int = 100, z=z, y=y) -> float:
+            start = time.perf_counter()
+            for _ in range(steps):
+                loss(z.clone().requires_grad_(), y).backward()
+            return (time.perf_counter() - start) / steps * 1e6
+
+        for loss in variants.values():  # warm-up (and the compile)
+            run(loss, 20)
+            run(loss, 20)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for r in range(rounds):
+            for name in list(variants) if r % 2 else list(variants)[::-1]:
+                times[name].append(run(variants[name]))
+        median = {name: statistics.median(values) for name, values in times.items()}
+        for name, value in median.items():
+            print(f"RESULT loss_only_us_{name}_{batch}x{classes} {value:.1f} target -")
+        print(f"RESULT loss_only_dm_cce_ratio_{batch}x{classes} "
+              f"{median['dm'] / median['cce']:.3f} target -", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=60)
@@ -116,10 +164,16 @@ def main() -> None:
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--flush-denormal", action="store_true")
     parser.add_argument("--explain", action="store_true",
-                        help="also time CCE inside a Python autograd.Function and a DM "
-                        "composed of differentiable ops (why DM is one Function)")
+                        help="also time CCE inside a Python autograd.Function, a DM "
+                        "composed of differentiable ops (why DM is one Function) and DM "
+                        "with its terms compiled (CUDA's default, here on CPU)")
+    parser.add_argument("--loss-only", action="store_true",
+                        help="time the loss alone (forward + backward) instead of steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.loss_only:
+        loss_only(args.rounds)
+        return
     if args.flush_denormal:
         torch.set_flush_denormal(True)
     for model_name in args.models.split(","):

@@ -39,6 +39,7 @@ echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(git rev-parse --short HEAD 2>/dev/null || 
      "load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) CPUs"
 run loss_overhead "$PY" benchmarks/loss_overhead.py --rounds 30
 run epoch_time "$PY" benchmarks/epoch_time.py --quick
+run precision "$PY" benchmarks/precision.py
 run dm_vs_cce "$PY" benchmarks/dm_vs_cce.py
 run storage_overhead "$PY" benchmarks/storage_overhead.py
 run worker_scaling "$PY" benchmarks/worker_scaling.py

@@ -93,6 +93,9 @@ class TrainingSection(_Strict):
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     augment: bool | None = None
     compile: bool = False
+    #: the forward's autocast: "fp32" or "bf16"; absent: the device's default (bf16 on
+    #: CUDA, fp32 on CPU), and the campaign's identity is the same as before the option
+    precision: Literal["fp32", "bf16"] | None = None
 
 
 #: the most rates one ``rate_range`` may expand to (each is a study with its own budget)
@@ -324,7 +327,9 @@ class CampaignConfig(_Strict):
             "campaign": {"name": self.campaign.name, "seed": self.campaign.seed},
             "data": self.data.model_dump(),
             "model": self.model.model_dump(),
-            "training": self.training.model_dump(),
+            # an unset precision leaves the hash of campaigns made before the option
+            "training": self.training.model_dump(
+                exclude={"precision"} if self.training.precision is None else None),
             "search_space": {
                 "emphasis_mode": self.search.emphasis_mode.model_dump(),
                 "emphasis_variance": self.search.emphasis_variance.model_dump(),

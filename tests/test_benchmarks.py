@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,7 @@ def test_parse_results_rejects_malformed_lines():
 
 @pytest.mark.slow
 def test_gpu_check_cpu_smoke_prints_results(tmp_path):
-    out = _run(["bash", "benchmarks/gpu_check.sh", "--cpu-smoke"], timeout=180,
+    out = _run(["bash", "benchmarks/gpu_check.sh", "--cpu-smoke"], timeout=300,
                OUT=str(tmp_path))
     results = parse_results(out)
     names = set(results)
@@ -60,18 +61,41 @@ def test_gpu_check_cpu_smoke_prints_results(tmp_path):
             "epoch_s_fastnet_cce", "epoch_s_fastnet_dm", "worker_throughput_2v1",
             "population_speedup_resnet20_k2", "population_vs_train_trial_fastnet_k2",
             "population_vs_train_trial_max_val_gap_mlp",
-            "population_vs_train_trial_max_val_gap_cnn", "device_matmul_tflops",
+            "population_vs_train_trial_max_val_gap_cnn",
+            "population_vs_train_trial_max_val_gap_fastnet", "device_matmul_tflops",
             "training_gflop_per_image_fastnet", "population_tflops_fastnet_k2",
-            "population_speedup_bound_resnet20", "population_speedup_bound_fastnet"} <= names
-    # the bound is the device's matmul rate over one member's: the printed figures agree
+            "population_speedup_bound_resnet20", "population_speedup_bound_fastnet",
+            # issue 26's figures: the fused loss against the eager one, the cold set-up and
+            # its breakdown, the two ways to fill a device, bf16 vs fp32
+            "dm_cce_epoch_ratio_fastnet_eager", "population_setup_seconds_fastnet_k2",
+            "population_setup_pack_s_fastnet_k2", "population_setup_first_train_extra_s_fastnet_k2",
+            "population_setup_seconds_fastnet_k2_cudnn_off", "population_throughput_2v1",
+            "population_setup_seconds_fastnet_k2_grouped",
+            "gpu_fill_best_2v1", "population_speedup_vs_bound_fastnet_k2",
+            "precision_epoch_s_fastnet_fp32", "precision_epoch_s_fastnet_bf16",
+            "precision_val_acc_fastnet_fp32", "precision_val_acc_fastnet_bf16",
+            "precision_bf16_speedup_fastnet"} <= names
+    # the bound is the device's matmul rate over one member's: the printed figures agree,
+    # and each model's K = 2 target is 0.8x its bound (at most K)
     for model in ("resnet20", "fastnet"):
         bound = results["device_matmul_tflops"][0] / results[f"population_tflops_{model}_k1"][0]
         assert results[f"population_speedup_bound_{model}"][0] == pytest.approx(bound, rel=2e-3)
+        speedup, target = results[f"population_speedup_{model}_k2"]
+        printed_bound = results[f"population_speedup_bound_{model}"][0]
+        assert float(target) == pytest.approx(0.8 * min(printed_bound, 2), rel=5e-3)
+        ratio = results[f"population_speedup_vs_bound_{model}_k2"][0]
+        assert ratio == pytest.approx(speedup / min(printed_bound, 2), rel=5e-3)
+    best, _ = results["gpu_fill_best_2v1"]
+    assert best == max(results["worker_throughput_2v1"][0],
+                       results["population_throughput_2v1"][0])
     gaps = {name: value for name, (value, _) in results.items() if "_gap_" in name}
     # on CPU in float32 a population member and its own train_trial agree to rounding
     assert all(0.0 <= gap <= 0.02 for gap in gaps.values()), gaps
-    assert all(value > 0 and math.isfinite(value)
-               for name, (value, _) in results.items() if name not in gaps)
+    # differences (first epoch minus a later one, bf16 minus fp32) may be <= 0
+    signed = {name for name in names if "_extra_s_" in name or "_minus_" in name}
+    assert all(math.isfinite(value) for name, (value, _) in results.items())
+    assert all(value > 0 for name, (value, _) in results.items()
+               if name not in gaps and name not in signed and "precision_val_acc" not in name)
     # OUT receives the log and the JSON
     assert "RESULT" in (tmp_path / "gpu_check.txt").read_text()
     assert (tmp_path / "gpu_check.json").exists()
@@ -179,3 +203,30 @@ def test_scale_quick_runs_both_modes_with_exact_budgets():
         assert results[f"scale_{mode}_lost_or_duplicated_8"][0] == 0
         assert results[f"scale_{mode}_failed_claims_8"][0] >= 0
     assert 1 <= results["scale_proxy_connections_8"][0] <= 9  # pool 8 + the lock connection
+
+
+@pytest.mark.slow
+def test_precision_quick_prints_consistent_figures():
+    out = _run([sys.executable, "benchmarks/precision.py", "--quick"], timeout=300,
+               PYTHONPATH=str(ROOT))
+    results = parse_results(out)
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    assert results["precision_cpu_has_bf16"][0] == float("avx512_bf16" in flags
+                                                         or "amx_bf16" in flags)
+    for model in ("mlp", "cnn", "resnet20"):
+        fp32 = results[f"precision_epoch_s_{model}_fp32"][0]
+        bf16 = results[f"precision_epoch_s_{model}_bf16"][0]
+        assert fp32 > 0 and bf16 > 0
+        assert results[f"precision_bf16_speedup_{model}"][0] == pytest.approx(fp32 / bf16,
+                                                                              rel=2e-3)
+    verdicts = re.findall(r"^# (\S+): bf16 - fp32 = .*: (within|outside) noise$", out, re.M)
+    assert [name for name, _ in verdicts] == ["symmetric0.4", "pairflip0.3"]
+    for name, _ in verdicts:
+        fp32 = results[f"precision_test_acc_{name}_fp32"][0]
+        bf16 = results[f"precision_test_acc_{name}_bf16"][0]
+        assert 0 < fp32 <= 1 and 0 < bf16 <= 1
+        # the paired mean difference is the difference of the means (same seeds)
+        assert results[f"precision_bf16_minus_fp32_{name}"][0] == pytest.approx(
+            100 * (bf16 - fp32), abs=0.02)
+    assert results["precision_bf16_within_noise"] == (
+        float(all(verdict == "within" for _, verdict in verdicts)), "1")

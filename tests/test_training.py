@@ -31,6 +31,7 @@ USER_ATTRS = {
     "realised_noise_rate",
     "seconds",
     "device",
+    "precision",
     "epochs_run",
 }
 

@@ -74,7 +74,7 @@ def train_spec(config: CampaignConfig, device: str, seed: int) -> TrainSpec:
         epochs=training.epochs, batch_size=training.batch_size, lr=training.lr,
         momentum=training.momentum, weight_decay=training.weight_decay,
         schedule=training.schedule, seed=seed, device=device, augment=training.augment,
-        compile=training.compile,
+        compile=training.compile, precision=training.precision,
     )
 
 

@@ -44,6 +44,7 @@ from dm_tune.training import (
     TrainSpec,
     TrialResult,
     check_train_spec,
+    cuda_process_settings,
     derivative_means,
     derivative_weights,
     device_layout,
@@ -51,6 +52,7 @@ from dm_tune.training import (
     lr_per_step,
     noise_fit_fractions,
     nonfinite_loss_message,
+    resolved_precision,
     train_autocast,
     trial_generators,
     trial_model,
@@ -154,7 +156,7 @@ class _Population:
         self.batch_size = spec.batch_size
         self.steps_per_epoch = math.ceil(len(data.y_train) / spec.batch_size)
         self.lrs = lr_per_step(spec, self.steps_per_epoch)
-        self.amp = device.type == "cuda"
+        self.amp = resolved_precision(spec, device)  # "fp32" or "bf16", as train_trial
         self._clear()
 
     def _clear(self) -> None:
@@ -277,9 +279,16 @@ class _Population:
         preds = []
         # K members' activations per example: shrink the chunks to keep memory as a trial's
         chunk = max(1, EVAL_BATCH // model.members)
+        # cuDNN autotunes every new input shape of every convolution (seconds each for a
+        # wide grouped one): on CUDA a short last chunk is padded to the chunk's size, so
+        # evaluation runs one shape (examples are independent in eval mode)
+        pad = _pads_evaluation(x.device, model.layout)
         with torch.inference_mode(), train_autocast(x.device, self.amp):
             for part in torch.split(x, chunk):
-                logits = model.forward_packed(model.shared_inputs(part))
+                size = len(part)
+                if pad and size < chunk:
+                    part = torch.cat([part, part.new_zeros(chunk - size, *part.shape[1:])])
+                logits = model.forward_packed(model.shared_inputs(part))[:, :size]
                 preds.append(logits.float().softmax(dim=-1) if probabilities
                              else logits.argmax(dim=-1))
         self.model.train()
@@ -321,6 +330,12 @@ class _Population:
         self.alive = [self.alive[p] for p in keep]
         self.epochs_done = [self.epochs_done[p] for p in keep]
         self.joined = [self.joined[p] for p in keep]
+
+
+def _pads_evaluation(device: torch.device, layout: str) -> bool:
+    """Whether evaluation pads its last chunk to the chunk's size (packed conv nets on
+    CUDA, where each new shape is autotuned)."""
+    return device.type == "cuda" and layout == "packed"
 
 
 def _removal_positions(population: _Population, indices: Iterable[int] | None) -> list[int]:
@@ -368,16 +383,12 @@ def train_population(
     _check_members(members)
     device = torch.device(spec.device)
     data = device_layout(members[0].data.to(device), device)
-    bench = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = device.type == "cuda" or bench
-    try:
-        run = _Run(_Population(spec, data, device), data, spec, on_epoch, on_ended)
-        if probabilities_on is not None:
-            run.probabilities_on = probabilities_on.to(device)
-        run.join(members)
-        run.train(refill, len(members) if capacity is None else capacity)
-    finally:
-        torch.backends.cudnn.benchmark = bench
+    cuda_process_settings(device)
+    run = _Run(_Population(spec, data, device), data, spec, on_epoch, on_ended)
+    if probabilities_on is not None:
+        run.probabilities_on = probabilities_on.to(device)
+    run.join(members)
+    run.train(refill, len(members) if capacity is None else capacity)
     return [run.ended[k] for k in range(len(run.members))]
 
 

@@ -5,7 +5,8 @@ Two layouts, chosen by the architecture:
 - **stacked** (MLP): activations are (K, B, features) and each `StackedLinear` applies the
   K members' weight matrices with one `torch.baddbmm`;
 - **packed** (CNN, ResNet, fastnet): activations are (B, K * C, H, W) with member k owning
-  channels [k * C, (k + 1) * C). Every convolution has `groups = K` (times its own groups),
+  channels [k * C, (k + 1) * C). Every convolution has `groups = K` (times its own groups;
+  `PackedConv2d`, which on CUDA runs a wide one as K dense convolutions instead),
   batch norm runs over K * C channels, which gives per-member batch statistics and running
   averages by construction, and the linear head is a `PackedLinear`. ReLU, pooling and
   residual additions act per channel, so the models' own `forward` methods run unchanged.
@@ -28,11 +29,13 @@ import copy
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dm_tune.models import MLP, CifarResNet, FastNet, SmallCNN, _BasicBlock, _FastBlock
 
-__all__ = ["PackedLinear", "PopulationModel", "StackedLinear", "select_members"]
+__all__ = ["PackedConv2d", "PackedLinear", "PopulationModel", "StackedLinear",
+           "select_members"]
 
 # Modules whose forward acts per channel (or only composes children), so they run as is on
 # packed activations. Anything else with a forward of its own is refused, not guessed at.
@@ -133,15 +136,65 @@ class PackedLinear(StackedLinear):
         return super().forward(stacked).transpose(0, 1).flatten(1)
 
 
+#: when `PackedConv2d` runs its members as K dense convolutions: "auto" (CUDA, members
+#: with >= SPLIT_MIN_CHANNELS output channels), "always" or "never" (one grouped conv)
+SPLIT_CONVS = "auto"
+#: a member this wide already fills a GPU's tensor cores alone (fastnet: 256 channels
+#: after its 64-channel stem; the CIFAR ResNets, at most 64, are launch-bound and gain
+#: from the grouped convolution)
+SPLIT_MIN_CHANNELS = 128
+
+
+class PackedConv2d(nn.Conv2d):
+    """The members' convolutions side by side: one grouped convolution (groups = K times
+    a member's own), or K dense ones over the members' channel blocks (`SPLIT_CONVS`).
+
+    Why split: cuDNN's grouped convolutions of wide members measured no faster than the
+    members one after another (fastnet K = 16 on an H200: 2.84 s an epoch vs 16 x 0.17 s)
+    while autotuning each new shape of them took minutes (172 s of set-up); K dense
+    convolutions all have a member's own shape, so cuDNN tunes that shape once (as for
+    one trial) and runs its dense kernels. The parameters are the same either way.
+    """
+
+    #: a member's own groups (1 for every model here); K = groups // member_groups
+    member_groups: int = 1
+
+    @property
+    def members(self) -> int:
+        return self.groups // self.member_groups
+
+    def splits(self, x: Tensor) -> bool:
+        """Whether this call runs as K dense convolutions."""
+        if self.members == 1 or self.padding_mode != "zeros" or SPLIT_CONVS == "never":
+            return False
+        if SPLIT_CONVS == "always":
+            return True
+        return x.is_cuda and self.out_channels // self.members >= SPLIT_MIN_CHANNELS
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.splits(x):
+            return super().forward(x)
+        members = self.members
+        biases = [None] * members if self.bias is None else self.bias.chunk(members)
+        outputs = [
+            F.conv2d(part, weight, bias, self.stride, self.padding, self.dilation,
+                     self.member_groups)
+            for part, weight, bias in zip(x.chunk(members, dim=1), self.weight.chunk(members),
+                                          biases, strict=True)
+        ]
+        return torch.cat(outputs, dim=1)
+
+
 def _packed_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
-    """One grouped convolution equal to the members' convolutions side by side."""
+    """One packed convolution equal to the members' convolutions side by side."""
     first, members = convs[0], len(convs)
-    packed = nn.Conv2d(
+    packed = PackedConv2d(
         first.in_channels * members, first.out_channels * members, first.kernel_size,
         first.stride, first.padding, first.dilation, first.groups * members,
         first.bias is not None, first.padding_mode,
         device=first.weight.device, dtype=first.weight.dtype,
     )
+    packed.member_groups = first.groups
     # member k's output channels (and so its groups) are block k of the concatenation
     with torch.no_grad():
         weight = torch.cat([c.weight for c in convs])
