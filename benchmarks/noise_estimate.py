@@ -21,7 +21,7 @@ labels are distributed exactly as under pairflip 0.4 towards the *previous* clas
 every class renamed to its successor: no estimator can tell the two apart.
 
 Run: .venv/bin/python benchmarks/noise_estimate.py [--draws 5] [--datasets digits,synthetic]
-[--epochs 5,15] (about 5 minutes on one idle CPU core)
+[--epochs 5,15] (about 4-5 minutes on the shared 2 cores, one thread)
 """
 
 from __future__ import annotations
