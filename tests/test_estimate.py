@@ -19,12 +19,13 @@ from dm_tune.cli import app
 from dm_tune.data import DataSpec
 from dm_tune.estimate import (
     EstimateError,
+    anchor_counts,
     check_fold_labels,
     estimate_from_probabilities,
     kind_fits,
     read_estimate,
 )
-from dm_tune.estimate_run import estimate_noise, fold_indices
+from dm_tune.estimate_run import estimate_noise, fold_indices, fold_of
 from dm_tune.noise import corrupt_labels, realised_rate, transition_matrix
 
 
@@ -47,6 +48,76 @@ def test_confident_probabilities_recover_the_realised_noise_exactly(kind, rate):
     assert estimate.estimated_rate == pytest.approx(realised_rate(true, given), abs=1e-12)
     assert estimate.nearest_kind == kind
     assert estimate.nearest_rate == pytest.approx(rate, abs=0.05)
+
+
+def _imperfect_model(true: np.ndarray, c: int, wrong: float, seed: int) -> np.ndarray:
+    """Probabilities of a model that is wrong on a `wrong` fraction of the examples: right
+    ones get p(true) = 0.5 + 0.5 u, wrong ones p(a random other class) = 0.3 + 0.5 u
+    (u uniform), the rest spread evenly; its confidence says nothing of the given label."""
+    rng = np.random.default_rng(seed)
+    n = len(true)
+    guess = true.copy()
+    is_wrong = rng.random(n) < wrong
+    guess[is_wrong] = (true[is_wrong] + rng.integers(1, c, is_wrong.sum())) % c
+    top = np.where(is_wrong, 0.3 + 0.5 * rng.random(n), 0.5 + 0.5 * rng.random(n))
+    probs = np.repeat(((1 - top) / (c - 1))[:, None], c, axis=1)
+    probs[np.arange(n), guess] = top
+    return probs
+
+
+def test_the_confident_fifth_ignores_the_models_errors_and_gives_the_rate_back():
+    c, n = 5, 60_000
+    matrix = np.array([[0.6, 0.3, 0.1, 0.0, 0.0], [0.0, 0.8, 0.2, 0.0, 0.0],
+                       [0.0, 0.0, 0.7, 0.3, 0.0], [0.1, 0.0, 0.0, 0.9, 0.0],
+                       [0.25, 0.25, 0.0, 0.0, 0.5]])
+    true = np.random.default_rng(0).integers(0, c, n)
+    rng = np.random.default_rng(1)
+    given = (rng.random(n)[:, None] < np.cumsum(matrix, axis=1)[true]).argmax(axis=1)
+    probs = _imperfect_model(true, c, wrong=0.15, seed=2)
+    estimate = estimate_from_probabilities(given, probs)
+    # the counted examples, by hand: predicted as i with p(i) in the top 20 % of those
+    # (all of them right: a wrong prediction has p < 0.8, the 80 % quantile is ~0.9)
+    predicted, conf = probs.argmax(1), probs.max(1)
+    counts = np.zeros((c, c))
+    for i in range(c):
+        mine = predicted == i
+        chosen = mine & (conf >= np.quantile(conf[mine], 0.8) - 1e-6)  # cleanlab's slack
+        assert (true[chosen] == i).all()
+        np.add.at(counts[i], given[chosen], 1)
+    assert np.allclose(estimate.transition, counts / counts.sum(1, keepdims=True))
+    assert np.abs(np.array(estimate.transition) - matrix).max() < 0.02
+    real = realised_rate(true, given)
+    assert abs(estimate.estimated_rate - real) < 0.01
+    # cleanlab's default thresholds (each class's mean self-confidence) count the
+    # model's 15 % errors among the noise: the old estimate is off by more than 0.03
+    from cleanlab.count import estimate_joint
+    assert 1 - np.trace(estimate_joint(given, probs)) - real > 0.03
+
+
+def test_anchor_counts_rank_within_each_group():
+    c = 4
+    true = np.repeat(np.arange(c), 500)
+    given = corrupt_labels(true, c, "symmetric", 0.3, seed=5).labels
+    probs = _imperfect_model(true, c, wrong=0.1, seed=6)
+    groups = np.arange(len(true)) % 3
+    probs[groups == 1] = 0.5 * probs[groups == 1] + 0.5 / c  # a less confident fold
+    whole = anchor_counts(given, probs, groups)
+    parts = sum(anchor_counts(given[groups == g], probs[groups == g]) for g in range(3))
+    assert np.array_equal(whole, parts)
+    # one threshold for all would take the anchors of class 0 from groups 0 and 2 only
+    pooled = anchor_counts(given, probs)
+    assert pooled.sum() == pytest.approx(whole.sum(), abs=c * 3)
+    chosen_in_1 = anchor_counts(given[groups == 1], probs[groups == 1]).sum()
+    assert chosen_in_1 == pytest.approx(0.2 * (groups == 1).sum(), abs=c * 2)
+    with pytest.raises(ValueError, match="one entry per label"):
+        anchor_counts(given, probs, groups[:-1])
+    # a small class: at least min_count of its examples count (here 30 of 60: half)
+    small = np.flatnonzero(true != 3)[:540].tolist() + np.flatnonzero(true == 3)[:60].tolist()
+    few = anchor_counts(given[small], probs[small], min_count=30)
+    predicted = probs[small].argmax(1)
+    assert few.sum(axis=1)[3] == pytest.approx(max(0.2 * np.sum(predicted == 3), 30), abs=1)
+    assert few.sum(axis=1)[0] == pytest.approx(0.2 * np.sum(predicted == 0), abs=1)
+    assert np.array_equal(fold_of(true, 5, 0)[fold_indices(true, 5, 0)[2]], np.full(400, 2))
 
 
 def test_kind_fits_are_exact_on_each_kinds_matrix():

@@ -97,7 +97,10 @@ def _print(estimate: NoiseEstimate) -> None:
         truth = f" (realised {estimate.realised_rate:.3f}"
         truth += f", true {estimate.true_kind} {estimate.true_rate:g})" \
             if estimate.true_kind else ")"
-    say(f"{estimate.source}: {estimate.num_examples} training labels, {estimate.folds} folds")
+    epochs = estimate.extra.get("epochs")
+    trained = f" ({epochs}-epoch fold models: the lower log loss)" if epochs else ""
+    say(f"{estimate.source}: {estimate.num_examples} training labels, {estimate.folds} "
+        f"folds{trained}")
     say(f"estimated noise rate {estimate.estimated_rate:.3f}{truth}")
     fits = ", ".join(f"{f.kind} {f.rate:.3f} (fit {f.fit:.2f})" for f in estimate.fits)
     say(f"nearest kind: {estimate.nearest_kind} at rate {estimate.nearest_rate:.3f}, fit "
