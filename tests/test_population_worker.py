@@ -278,9 +278,9 @@ def test_a_killed_population_worker_is_recovered_by_a_later_worker(tmp_path, pg_
     assert victim.poll() is None  # still training its population
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=30)
-    running = [t for ts in _pg_studies(pg_url).values() for t in ts
-               if t.state == TrialState.RUNNING]
-    # the three retries and the last new trial, as one population of four
+    running = {(name, t.number) for name, ts in _pg_studies(pg_url).items() for t in ts
+               if t.state == TrialState.RUNNING}
+    # the retries and the last new trials, as one population of four
     survivor = _worker(_with_population(single, 4), pg_url, "--heartbeat", "1")
     _, err = survivor.communicate(timeout=300)
     assert survivor.returncode == 0, err
@@ -288,7 +288,10 @@ def test_a_killed_population_worker_is_recovered_by_a_later_worker(tmp_path, pg_
     _assert_exact_budgets(studies, {"crash/symmetric-0.20": 2, "crash/symmetric-0.40": 2})
     everything = [(name, t) for name, ts in studies.items() for t in ts]
     failed = [(name, t) for name, t in everything if t.state == TrialState.FAIL]
-    assert len(failed) == len(running) == 3
+    # every trial the kill left RUNNING, and only those, failed and ran again; how many
+    # were still running at the kill depends on the pruner's first rung and the machine's
+    # load (three, unless some were pruned while the test looked)
+    assert running and {(name, t.number) for name, t in failed} == running
     for name, dead in failed:
         retries = [t for n, t in everything
                    if n == name and t.system_attrs.get("failed_trial") == dead.number]
