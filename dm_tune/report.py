@@ -31,13 +31,12 @@ from dm_tune.guidelines.compare import (
     RULE,
     compare_setting,
     mean_std_text,
-    params_pairs,
     params_text,
     sentence,
     setting_label,
 )
 from dm_tune.guidelines.premise import PremiseCurve
-from dm_tune.guidelines.rows import fmt, source_text, value_of
+from dm_tune.guidelines.rows import baseline_text, fmt, source_text, value_of
 from dm_tune.plots import build_figures, figures_of
 from dm_tune.report_advice import advice_html
 
@@ -386,10 +385,7 @@ def _table_row(s: SettingResult, point: TrendPoint | None) -> str:
 
 def _baseline_text(base: BaselineResult | None) -> str:
     """'gce q=0.46 79.0' (test accuracy in percent, tuned params) or a dash."""
-    if base is None:
-        return DASH
-    params = f" {params_pairs(base.params)}" if base.params else ""
-    return _e(f"{base.loss}{params} {_pct(base.test_accuracy)}")
+    return DASH if base is None else _e(baseline_text(base))
 
 
 # ------------------------------------------------- fallbacks and the comparison

@@ -46,7 +46,8 @@ claim_gpu() {
   for ((i = 0; i < count; i++)); do
     exec {fd}>"$slots/gpu-$i.lock"
     if flock -n "$fd"; then
-      export CUDA_VISIBLE_DEVICES="$i"
+      # nvidia-smi's numbering (PCI bus order), not CUDA's default fastest-first order
+      export CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES="$i"
       echo "dm-tune entrypoint: this replica uses GPU $i of $count" >&2
       return 0
     fi

@@ -243,7 +243,8 @@ def test_entrypoint_gives_each_replica_its_own_gpu(tmp_path: Path) -> None:
     release = tmp_path / "release"
     fake = tmp_path / "bin" / "dm-tune"
     # prints its GPU, then runs until `release` exists, holding the entrypoint's lock
-    fake.write_text('#!/bin/sh\necho "gpu=$CUDA_VISIBLE_DEVICES"\n'
+    fake.write_text('#!/bin/sh\n[ "$CUDA_DEVICE_ORDER" = PCI_BUS_ID ] || exit 3\n'
+                    'echo "gpu=$CUDA_VISIBLE_DEVICES"\n'
                     f'while [ ! -e {release} ]; do sleep 0.05; done\n')
     env.update(DM_TUNE_GPU_SLOTS=str(tmp_path / "slots"), DM_TUNE_GPU_COUNT="2")
     first, second = _replica(env), None

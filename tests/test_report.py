@@ -236,7 +236,8 @@ def test_recommendation_table(results):
     console = Console(record=True, width=140)
     console.print(recommendation_table(results))
     text = console.export_text()
-    assert "symmetric" in text and "0.450" in text and "gce 0.7900" in text
+    assert "symmetric" in text and "0.450" in text and "gce 79.0" in text
+    assert "val %" in text and "test %" in text and not re.search(r"\b0\.\d{4}\b", text)
 
 
 @pytest.fixture

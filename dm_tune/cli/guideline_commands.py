@@ -292,22 +292,22 @@ def recommend(
         run_recommend(from_file, noise, rate, as_json, strict=strict)
         return
     if verify and strict:
-        _strict_before_training(config, noise, rate)
+        _strict_before_training(_load(_campaign_name(config), storage), noise, rate)
     results = (run_verify(config, storage, noise, rate, candidates, seeds, device) if verify
                else _load(_campaign_name(config), storage))
     run_recommend(None, noise, rate, as_json, results=results, strict=strict)
 
 
-def _strict_before_training(config: Path, noise: str, rate: float) -> None:
-    """--strict --verify: refuse a rate outside the campaign's searched ones before any
-    training (the verify runs would not make it a searched rate)."""
-    from dm_tune.campaign.settings import settings_of
-    from dm_tune.config import load_campaign_config
-
-    rates = [s.rate for s in settings_of(load_campaign_config(config)) if s.kind == noise]
-    if rates and not min(rates) - 1e-9 <= rate <= max(rates) + 1e-9:
+def _strict_before_training(results: CampaignResults, noise: str, rate: float) -> None:
+    """--strict --verify: refuse a rate outside the searched rates before any training;
+    the database's searched rates, as ``recommend --strict`` without --verify reads them
+    (the verify runs would not make it a searched rate)."""
+    trend = results.trends.get(noise)
+    if trend is None or not trend.points:
+        return  # plan_verification refuses a kind the campaign did not search
+    if not trend.rates[0] - 1e-9 <= rate <= trend.rates[-1] + 1e-9:
         raise refuse(f"--strict: {noise} rate {rate:g} is outside the searched rates "
-                     f"({min(rates):g} to {max(rates):g}); nothing was trained")
+                     f"({_searched_text(results, noise)}); nothing was trained")
 
 
 def run_verify(config_path: Path, storage_url: str, noise: str, rate: float,

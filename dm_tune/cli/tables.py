@@ -109,16 +109,18 @@ def status_table(campaign: str, rows: Sequence[StatusRow], sentences: bool = Tru
 
 
 def recommendation_table(results: CampaignResults) -> Table:
-    """One row per setting: kind, rate, mode, variance, val/test acc, best baseline."""
-    headers = ("noise", "rate", "mode", "variance", "val acc", "test acc", "from",
-               "best baseline")
+    """One row per setting: kind, rate, mode, variance, val/test accuracy (percent, as
+    every CLI table and the report), best baseline."""
+    headers = ("noise", "rate", "mode", "variance", "val %", "test %", "from",
+               "best baseline (test %)")
     cells = []
     for s in results.settings:
         sel = s.selected
         cells.append((
             s.noise_kind, f"{s.noise_rate:.2f}", fmt(value_of(sel, "emphasis_mode"), ".3f"),
             fmt(value_of(sel, "emphasis_variance"), ".3g"),
-            fmt(value_of(sel, "val_accuracy")), fmt(value_of(sel, "test_accuracy")),
+            percent_spread(value_of(sel, "val_accuracy"), None),
+            percent_spread(value_of(sel, "test_accuracy"), None),
             source_text(sel), baseline_text(s.best_baseline()),
         ))
     return _table(f"DM recommendations: {results.campaign}", headers, cells)

@@ -74,7 +74,7 @@ def run_with_progress(
             bars.progress.update(
                 bars.overall,
                 note=f"{claimed.study.study_name.split('/', 1)[-1]} #{claimed.trial.number} "
-                     f"epoch {epoch} val {metrics['val_accuracy']:.3f}",
+                     f"epoch {epoch} val {100 * metrics['val_accuracy']:.1f}%",
             )
 
     with bars.progress, stop_signals(threading.Event()) as stop:

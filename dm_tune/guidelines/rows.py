@@ -30,13 +30,13 @@ def source_text(selection: Selection | None, missing: str = "-") -> str:
     return f"trial {selection.trial_number}"
 
 
-def baseline_text(base: BaselineResult | None, spec: str = ".4f", missing: str = "-") -> str:
-    """'gce q=0.46 0.7900' (test accuracy of the best baseline by clean validation, with
-    its tuned params) or ``missing``."""
+def baseline_text(base: BaselineResult | None, missing: str = "-") -> str:
+    """'gce q=0.46 79.0' (test accuracy in percent of the best baseline by clean
+    validation, with its tuned params) or ``missing``."""
     if base is None:
         return missing
     params = f" {params_pairs(base.params)}" if base.params else ""
-    return f"{base.loss}{params} {fmt(base.test_accuracy, spec, missing)}"
+    return f"{base.loss}{params} {percent_spread(base.test_accuracy, None, missing)}"
 
 
 def percent_spread(mean: float | None, std: float | None, missing: str = "-") -> str:
