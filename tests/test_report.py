@@ -129,6 +129,15 @@ def _dump_dom(chromium: str, html_path, profile) -> subprocess.CompletedProcess:
     )
 
 
+#: drawn data, not only a plot's frame: a marker, a line or fill with a path, a bar, or a
+#: heatmap's image (axes, grid lines and empty trace layers do not match)
+DATA_GEOMETRY = re.compile(
+    r'class="(point|js-line|js-fill|js-tube)[^"]*"[^>]*\sd="M'
+    r'|<path[^>]*\sd="M[^"]*"[^>]*class="(point|js-line|js-fill)'
+    r'|class="(bars|contourfill|contourlevel|heatmaplayer)[^"]*".*?<(path[^>]*\sd="M|image)',
+    re.S)
+
+
 def render_problems(chromium: str, html: str, workdir, names=FIGURE_NAMES) -> list[str]:
     """Render a report page in headless Chromium and return what went wrong: each
     JavaScript error (uncaught, rejected promise, console.error; ERROR_PROBE), and each
@@ -148,7 +157,7 @@ def render_problems(chromium: str, html: str, workdir, names=FIGURE_NAMES) -> li
         if f'data-figure="{name}"' not in chunk:
             problems.append(f"{name}: figure div out of order")
         drawn = (chunk.count('class="plot-container plotly"') == 1 and "main-svg" in chunk
-                 and re.search(r'class="(trace|contour|scatterlayer)', chunk))
+                 and re.search(DATA_GEOMETRY, chunk))
         if not drawn:
             problems.append(f"{name}: figure did not draw")
     return problems
@@ -177,6 +186,14 @@ def test_render_check_catches_a_broken_figure(chromium, html_report, tmp_path):
                           'document.getElementById("dm-plot-nowhere")')
     (tmp_path / "b").mkdir()
     assert render_problems(chromium, silent, tmp_path / "b") == [
+        "memorisation: figure did not draw"]
+    # a figure drawn with no data: its axes and frame appear, nothing of the data does
+    empty, n = re.subn(r'Plotly\.newPlot\(\s*"dm-plot-memorisation",',
+                       '((id, data, layout, config) => Plotly.newPlot(id, [], layout, config))('
+                       '"dm-plot-memorisation",', text)
+    assert n == 1
+    (tmp_path / "c").mkdir()
+    assert render_problems(chromium, empty, tmp_path / "c") == [
         "memorisation: figure did not draw"]
 
 
