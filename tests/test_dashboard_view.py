@@ -73,10 +73,24 @@ def test_labelled_names():
     assert labelled_name("mine", None) == "mine" and labelled_name("x", "other") == "x"
 
 
+def _rows(url: str) -> list[str]:
+    """Every row of the SQLite database, as SQL: what a write would change."""
+    import sqlite3
+
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        return list(db.iterdump())
+
+
 def test_view_groups_studies_by_role_and_marks_the_selection(url):
     storage = optuna.storages.RDBStorage(url)
+    before = _rows(url)
     view = DashboardView(storage)
     shown = view.get_all_studies()
+    for study in shown:  # what the dashboard reads of a study page, through the view
+        study_id = study._study_id
+        view.get_all_trials(study_id)
+        view.get_study_user_attrs(study_id)
+    assert _rows(url) == before  # the view wrote nothing
     # handed over reversed: the dashboard's default (newest first) view reads top-down
     names = [s.study_name for s in reversed(shown)]
     assert names == [
