@@ -20,7 +20,7 @@ from dm_tune.guidelines.status import StatusRow
 __all__ = ["STATUS_KEY", "advice_table", "recommendation_table", "status_sentences",
            "status_table"]
 
-_TEXT_COLUMNS = {"setting", "noise", "from", "best baseline", "baselines test %"}
+_TEXT_COLUMNS = {"setting", "noise", "from", "best baseline (test %)", "baselines test %"}
 #: the status table's key, printed under it
 STATUS_KEY = (
     "accuracy in %, mean±std over seeds (DM: its confirmed seeds; one number: one seed); "
