@@ -45,6 +45,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+import readme_figure  # noqa: E402  (beside this script: the figures and the marker split)
+
 REPO = Path(__file__).resolve().parents[1]
 START = "<!-- demo-output:start -->"
 END = "<!-- demo-output:end -->"
@@ -91,12 +94,11 @@ def cores() -> int:
 
 
 def split_readme(text: str) -> tuple[str, str, str]:
-    """(before the start marker, between the markers, from the end marker on)."""
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise Refused(f"README.md must hold one {START} ... {END} pair, in that order")
-    head, rest = text.split(START)
-    block, tail = rest.split(END)
-    return head, block, tail
+    """(before the demo's start marker, between the markers, from the end marker on)."""
+    try:
+        return readme_figure.split_readme(text, START, END)
+    except readme_figure.Refused as error:
+        raise Refused(str(error)) from None
 
 
 def install_seconds(given: float | None, current_block: str) -> float:
@@ -167,9 +169,6 @@ def _without_timings(block: str) -> str:
 
 def _figure_writer(readme: Path) -> Callable[[str], None]:
     """The README's pictures from the demo's database (scripts/readme_figure.py)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    import readme_figure
-
     def write(url: str) -> None:
         try:
             readme_figure.write_readme_figures(url, readme)

@@ -61,12 +61,12 @@ def render_block(shown: tuple[tuple[str, str], ...] = SHOWN) -> str:
     )
 
 
-def split_readme(text: str) -> tuple[str, str, str]:
+def split_readme(text: str, start: str = START, end: str = END) -> tuple[str, str, str]:
     """(before the start marker, between the markers, from the end marker on)."""
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise Refused(f"README.md must hold one {START} ... {END} pair, in that order")
-    head, rest = text.split(START)
-    block, tail = rest.split(END)
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise Refused(f"README.md must hold one {start} ... {end} pair, in that order")
+    head, rest = text.split(start)
+    block, tail = rest.split(end)
     return head, block, tail
 
 
