@@ -24,6 +24,7 @@ from dm_tune.guidelines.selection import select, summarize_baselines
 from dm_tune.storage import open_storage
 from dm_tune.training import train_trial
 from tests.campaign_files import write_tiny
+from tests.stored import trials_by_study
 
 RANGES = ((0.0, 0.8), (0.0, 24.0))
 
@@ -33,10 +34,6 @@ def _tiny(tmp_path: Path, seeds: int = 2, candidates: int = 1, q: int = 3) -> Pa
                       confirm={"seeds": seeds, "candidates": candidates, "gce_q_trials": q})
 
 
-def _studies(db: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
-    storage = optuna.storages.RDBStorage(db)
-    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
-            .get_trials() for s in storage.get_all_studies()}
 
 
 # ------------------------------------------------------------------ config
@@ -138,7 +135,7 @@ def test_run_with_jobs_confirms_in_the_wider_population_and_exactly(tmp_path, mo
     config = _tiny(tmp_path, seeds=2, candidates=1, q=2)
     db = f"sqlite:///{tmp_path / 'c.db'}"
     _run(config, db, "--jobs", "2")
-    studies = _studies(db)
+    studies = trials_by_study(db)
     wanted = confirmation_config(load_campaign_config(config)).search.population
     assert wanted > 1
     for setting in ("symmetric-0.20", "symmetric-0.40"):
@@ -183,7 +180,7 @@ def test_run_ends_with_exact_confirmations_and_a_rerun_adds_none(tmp_path):
     db = f"sqlite:///{tmp_path / 'c.db'}"
     output = _run(config, db).output
     assert "confirming with 2 new seeds" in output and "GCE at its best q" in output
-    studies = _studies(db)
+    studies = trials_by_study(db)
     for setting in ("symmetric-0.20", "symmetric-0.40"):
         confirm = studies[f"tiny/{setting}/confirm"]
         storage = optuna.storages.RDBStorage(db)
@@ -218,7 +215,7 @@ def test_run_ends_with_exact_confirmations_and_a_rerun_adds_none(tmp_path):
     total = sum(len(ts) for ts in studies.values())
     again = _run(config, db).output
     assert "0 trial(s) queued" in again
-    assert sum(len(ts) for ts in _studies(db).values()) == total
+    assert sum(len(ts) for ts in trials_by_study(db).values()) == total
 
 
 def test_no_confirm_and_zero_seeds_add_nothing(tmp_path):
@@ -226,11 +223,11 @@ def test_no_confirm_and_zero_seeds_add_nothing(tmp_path):
                 "tiny/symmetric-0.20/baselines": 2, "tiny/symmetric-0.40/baselines": 2}
     db = f"sqlite:///{tmp_path / 'a.db'}"
     _run(_tiny(tmp_path), db, "--no-confirm")
-    assert {name: len(ts) for name, ts in _studies(db).items()} == expected
+    assert {name: len(ts) for name, ts in trials_by_study(db).items()} == expected
     db = f"sqlite:///{tmp_path / 'b.db'}"
     output = _run(_tiny(tmp_path, seeds=0), db).output
     assert "confirming" not in output
-    assert {name: len(ts) for name, ts in _studies(db).items()} == expected
+    assert {name: len(ts) for name, ts in trials_by_study(db).items()} == expected
 
 
 # -------------------------------------------------------------- collapses
@@ -298,7 +295,7 @@ def test_an_interrupted_confirmation_resumes_to_exact_counts(tmp_path):
     run_worker(storage, config, "cpu", name="cut", max_trials=3)  # cut short
     assert queue_confirmations(storage, config) == 0  # nothing queued twice
     _run(path, db)
-    studies = _studies(db)
+    studies = trials_by_study(db)
     for setting in ("symmetric-0.20", "symmetric-0.40"):
         plan = optuna.load_study(study_name=f"tiny/{setting}/confirm",
                                  storage=storage).user_attrs["confirm_plan"]
@@ -317,7 +314,7 @@ def test_a_new_best_q_is_confirmed_on_a_rerun_without_repeating_the_old_one(tmp_
     _run(config, db)
     storage = optuna.storages.RDBStorage(db)
     name = "tiny/symmetric-0.20"
-    old = {t.user_attrs["loss_params"]["q"] for t in _studies(db)[f"{name}/baselines"]
+    old = {t.user_attrs["loss_params"]["q"] for t in trials_by_study(db)[f"{name}/baselines"]
            if t.user_attrs.get("confirmation") and t.user_attrs["loss"] == "gce"}
     (old_q,) = old
     # a later q trial beats the grid: GCE must now be confirmed at q = 0.3 as well
@@ -327,7 +324,7 @@ def test_a_new_best_q_is_confirmed_on_a_rerun_without_repeating_the_old_one(tmp_
         distributions={"q": optuna.distributions.FloatDistribution(0.1, 1.0)},
         user_attrs={"loss": "gce", "loss_params": {"q": 0.3}, "seed": 0}))
     _run(config, db)
-    gce = [t for t in _studies(db)[f"{name}/baselines"]
+    gce = [t for t in trials_by_study(db)[f"{name}/baselines"]
            if t.user_attrs.get("confirmation") and t.user_attrs["loss"] == "gce"]
     by_q = {}
     for t in gce:
@@ -336,6 +333,6 @@ def test_a_new_best_q_is_confirmed_on_a_rerun_without_repeating_the_old_one(tmp_
     assert all(sorted(s) == [1000, 1001] for s in by_q.values())  # each q: R seeds, once
     assert all(t.state == TrialState.COMPLETE for t in gce)
     # the other setting's best q did not move: nothing new there
-    other = [t for t in _studies(db)["tiny/symmetric-0.40/baselines"]
+    other = [t for t in trials_by_study(db)["tiny/symmetric-0.40/baselines"]
              if t.user_attrs.get("confirmation") and t.user_attrs["loss"] == "gce"]
     assert len(other) == seeds

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from pgcluster import TempCluster
 
 from tests.campaign_files import write_tiny
+from tests.stored import trials_by_study
 
 pytestmark = pytest.mark.postgres
 
@@ -133,17 +134,10 @@ def test_a_worker_gives_up_after_the_outage_limit_with_one_line(tmp_path: Path, 
     assert "Traceback" not in err
 
 
-def _studies(url: str) -> dict[str, list]:
-    storage = optuna.storages.RDBStorage(url)
-    try:
-        return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
-                .get_trials() for s in storage.get_all_studies()}
-    finally:
-        storage.engine.dispose()
 
 
 def _assert_exact(url: str, budget: int) -> None:
-    for name, trials in _studies(url).items():
+    for name, trials in trials_by_study(url).items():
         done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         assert len(done) == budget, name
         assert not [t for t in trials if t.state == TrialState.RUNNING], name
@@ -216,7 +210,7 @@ def test_sigkill_during_claims_loses_and_duplicates_nothing(tmp_path: Path, clus
                            capture_output=True, text=True, timeout=600, env=_env())
     assert final.returncode == 0, final.stderr
     _assert_exact(cluster.url, 16)
-    for trials in _studies(cluster.url).values():
+    for trials in trials_by_study(cluster.url).values():
         retried = [t.system_attrs.get("failed_trial") for t in trials
                    if t.system_attrs.get("failed_trial") is not None]
         assert len(retried) == len(set(retried))  # each killed trial re-queued once

@@ -18,6 +18,7 @@ from dm_tune.config import load_campaign_config
 from dm_tune.storage import open_storage
 from dm_tune.training import train_trial
 from tests.campaign_files import write_tiny
+from tests.stored import trials_by_study
 from tests.test_worker import _create, _worker
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -30,16 +31,13 @@ def _with_population(path: Path, k: int, name: str | None = None) -> Path:
     return target
 
 
-def _studies(storage) -> dict[str, list[optuna.trial.FrozenTrial]]:
-    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
-            for s in storage.get_all_studies()}
 
 
 def _running_counter(storage, widths: list[int]):
     """An on_epoch hook appending the number of RUNNING trials in the storage to `widths`."""
 
     def count_running(claimed, epoch, metrics):
-        studies = _studies(storage).values()
+        studies = trials_by_study(storage).values()
         widths.append(sum(t.state == TrialState.RUNNING for ts in studies for t in ts))
 
     return count_running
@@ -86,7 +84,7 @@ def test_population_config_defaults_to_one_and_is_not_part_of_the_identity(tmp_p
 
 def test_a_population_worker_meets_every_budget_with_single_trial_records(population_campaign):
     config, storage, summary = population_campaign[4]
-    studies = _studies(storage)
+    studies = trials_by_study(storage)
     budgets = {}
     for setting in settings_of(config):
         budgets[setting.study_name("tiny")] = 6
@@ -98,7 +96,7 @@ def test_a_population_worker_meets_every_budget_with_single_trial_records(popula
     sizes = [t.user_attrs["population_size"] for t in everything]
     assert all(1 <= s <= 4 for s in sizes) and max(sizes) == 4
     # the same keys as a single-trial worker's records, plus population_size
-    single = _keys_by_state(_studies(population_campaign[1][1]))
+    single = _keys_by_state(trials_by_study(population_campaign[1][1]))
     population = _keys_by_state(studies)
     assert TrialState.COMPLETE in single and TrialState.COMPLETE in population
     for state in set(single) & set(population):
@@ -135,7 +133,7 @@ def test_a_population_refills_its_free_places_and_stops_at_max_trials(tmp_path):
 
     summary = run_worker(storage, config, "cpu", max_trials=7, name="w", sampler_seed=0,
                          on_epoch=count_running)
-    trials = [t for ts in _studies(storage).values() for t in ts]
+    trials = [t for ts in trials_by_study(storage).values() for t in ts]
     ended = [t for t in trials if t.state in COUNTED]
     assert summary.trials == len(ended) == 7
     assert not [t for t in trials if t.state == TrialState.RUNNING]
@@ -174,7 +172,7 @@ def test_replicate_trials_and_single_seed_jobs_share_a_population_k_trials_wide(
     count_running = _running_counter(storage, widths)
 
     run_worker(storage, config, "cpu", name="w", sampler_seed=0, on_epoch=count_running)
-    studies = _studies(storage)
+    studies = trials_by_study(storage)
     assert max(widths) == 2
     everything = [t for ts in studies.values() for t in ts]
     assert not [t for t in everything if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -206,7 +204,7 @@ def test_an_error_while_starting_fails_every_claimed_trial_and_stops_their_beats
     monkeypatch.setattr(population_run, "suggest_job", second_fails)
     with pytest.raises(RuntimeError, match="boom"):
         run_worker(storage, config, "cpu", name="w", sampler_seed=0)
-    trials = [t for ts in _studies(storage).values() for t in ts]
+    trials = [t for ts in trials_by_study(storage).values() for t in ts]
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 3 and all("boom" in t.user_attrs["error"] for t in failed)
@@ -221,7 +219,7 @@ def test_a_stop_fails_and_requeues_every_unfinished_member(tmp_path):
     summary = run_worker(storage, config, "cpu", stop=stop, name="w0",
                          on_epoch=lambda claimed, epoch, metrics: stop.set())
     assert summary.stopped and summary.states == {"FAIL": 3}
-    for trials in _studies(storage).values():
+    for trials in trials_by_study(storage).values():
         for dead in [t for t in trials if t.state == TrialState.FAIL]:
             assert dead.user_attrs["stopped"] == "worker stop"
             assert dead.user_attrs["population_size"] == 3
@@ -234,15 +232,11 @@ def test_a_stop_fails_and_requeues_every_unfinished_member(tmp_path):
 # ------------------------------------------------------------------ PostgreSQL, processes
 
 
-def _pg_studies(url: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
-    return _studies(optuna.storages.RDBStorage(url))
-
-
 def _wait_for_running(url: str, count: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            running = [t for ts in _pg_studies(url).values() for t in ts
+            running = [t for ts in trials_by_study(url).values() for t in ts
                        if t.state == TrialState.RUNNING and t.params]
             if len(running) >= count:
                 time.sleep(1.0)  # training under way (the params are sampled before it)
@@ -261,7 +255,7 @@ def test_population_and_single_workers_share_exact_budgets(tmp_path, pg_url):  #
     workers = [_worker(population, pg_url), _worker(single, pg_url)]
     outputs = [w.communicate(timeout=300) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
-    studies = _pg_studies(pg_url)
+    studies = trials_by_study(pg_url)
     _assert_exact_budgets(studies, {"mixed/symmetric-0.20": 5, "mixed/symmetric-0.40": 5})
     everything = [t for ts in studies.values() for t in ts]
     assert {t.state for t in everything} <= set(COUNTED)
@@ -278,13 +272,13 @@ def test_a_killed_population_worker_is_recovered_by_a_later_worker(tmp_path, pg_
     assert victim.poll() is None  # still training its population
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=30)
-    running = {(name, t.number) for name, ts in _pg_studies(pg_url).items() for t in ts
+    running = {(name, t.number) for name, ts in trials_by_study(pg_url).items() for t in ts
                if t.state == TrialState.RUNNING}
     # the retries and the last new trials, as one population of four
     survivor = _worker(_with_population(single, 4), pg_url, "--heartbeat", "1")
     _, err = survivor.communicate(timeout=300)
     assert survivor.returncode == 0, err
-    studies = _pg_studies(pg_url)
+    studies = trials_by_study(pg_url)
     _assert_exact_budgets(studies, {"crash/symmetric-0.20": 2, "crash/symmetric-0.40": 2})
     everything = [(name, t) for name, ts in studies.items() for t in ts]
     failed = [(name, t) for name, t in everything if t.state == TrialState.FAIL]
@@ -312,7 +306,7 @@ def test_replicate_seeds_make_the_objective_their_mean(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     create_campaign(config, storage)
     run_worker(storage, config, "cpu", name="w", sampler_seed=0)
-    (trials,) = _studies(storage).values()
+    (trials,) = trials_by_study(storage).values()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 2
     setting = settings_of(config)[0]
@@ -337,7 +331,7 @@ def test_a_train_hook_is_refused_for_a_population_campaign(population_campaign):
         raise AssertionError("never called")
 
     def counts() -> list[int]:
-        return [len(trials) for trials in _studies(storage).values()]
+        return [len(trials) for trials in trials_by_study(storage).values()]
 
     before = counts()
     with pytest.raises(ValueError, match="one trial at a time"):

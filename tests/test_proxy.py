@@ -22,18 +22,12 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
-from pg import ADMIN_URL, in_ci, pg_url  # noqa: F401 (pg_url is a pytest fixture)
+from pg import ADMIN_URL, pg_url, require_grpc  # noqa: F401 (pg_url is a pytest fixture)
 
 from dm_tune.cluster.proxy import ProxyStorage, open_grpc_storage
 from dm_tune.errors import StorageError
 
-try:
-    import grpc  # noqa: F401
-except ImportError:
-    if in_ci():
-        raise
-    pytest.skip("the proxy needs grpcio and protobuf (Optuna's optional extra)",
-                allow_module_level=True)
+require_grpc()
 
 pytestmark = [pytest.mark.postgres,
               pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")]

@@ -20,17 +20,12 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from pg import in_ci, pg_url  # noqa: F401 (pg_url is a pytest fixture)
+from pg import pg_url, require_grpc  # noqa: F401 (pg_url is a pytest fixture)
 
 from tests.campaign_files import write_tiny
+from tests.stored import trials_by_study
 
-try:
-    import grpc  # noqa: F401
-except ImportError:
-    if in_ci():
-        raise
-    pytest.skip("the proxy needs grpcio and protobuf (Optuna's optional extra)",
-                allow_module_level=True)
+require_grpc()
 
 pytestmark = pytest.mark.postgres
 REPO = Path(__file__).resolve().parents[1]
@@ -72,17 +67,10 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def _trials(url: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
-    storage = optuna.storages.RDBStorage(url)
-    try:
-        return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
-                .get_trials() for s in storage.get_all_studies()}
-    finally:
-        storage.engine.dispose()
 
 
 def _running(url: str) -> int:
-    return sum(t.state == TrialState.RUNNING for ts in _trials(url).values() for t in ts)
+    return sum(t.state == TrialState.RUNNING for ts in trials_by_study(url).values() for t in ts)
 
 
 def test_workers_ride_out_a_killed_proxy_and_finish_exactly(
@@ -126,7 +114,7 @@ def test_workers_ride_out_a_killed_proxy_and_finish_exactly(
     assert "Traceback" not in logs
     assert "storage unreachable" in logs and "storage proxy: UNAVAILABLE" in logs, logs
     assert "storage reachable again" in logs
-    for name, trials in _trials(pg_url).items():
+    for name, trials in trials_by_study(pg_url).items():
         done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         assert len(done) == budget, name
         assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
