@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pg import ADMIN_URL, pg_url, require_grpc  # noqa: F401 (pg_url is a pytest
 
 from dm_tune.cluster.proxy import ProxyStorage, open_grpc_storage
 from dm_tune.errors import StorageError
+from tests.processes import stop_gracefully, wait_for_line
 
 require_grpc()
 
@@ -87,20 +87,11 @@ def proxy(pg_url: str) -> Iterator[str]:  # noqa: F811
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        seen = []
-        while not any("listening on grpc://127.0.0.1:" in line for line in seen):
-            line = process.stdout.readline()  # the proxy prints it once it serves
-            assert line, "the proxy exited:\n" + "".join(seen)
-            seen.append(line)
+        wait_for_line(process, "listening on grpc://127.0.0.1:")  # once it serves
         assert pg_url not in " ".join(process.args)  # the URL came through the environment
         yield f"grpc://127.0.0.1:{port}"
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_gracefully(process)
 
 
 def test_study_round_trip_through_grpc(proxy: str, pg_url: str) -> None:  # noqa: F811

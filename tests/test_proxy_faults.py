@@ -10,7 +10,6 @@ RUNNING or WAITING. A second proxy on the first one's port must refuse it.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from optuna.trial import TrialState
 from pg import pg_url, require_grpc  # noqa: F401 (pg_url is a pytest fixture)
 
 from tests.campaign_files import write_tiny
+from tests.processes import stop_gracefully, wait_for_line
 from tests.stored import trials_by_study
 
 require_grpc()
@@ -49,22 +49,8 @@ def _start_proxy(database: str, port: int, heartbeat: int = 2) -> subprocess.Pop
          "--heartbeat", str(heartbeat)],
         cwd=REPO, env=_env(DM_TUNE_STORAGE=database), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
-    seen: list[str] = []
-    while not any("listening on grpc://" in line for line in seen):
-        line = process.stdout.readline()
-        assert line, "the proxy exited:\n" + "".join(seen)
-        seen.append(line)
+    wait_for_line(process, "listening on grpc://")
     return process
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 
@@ -107,7 +93,7 @@ def test_workers_ride_out_a_killed_proxy_and_finish_exactly(
         for w in workers:
             if w.poll() is None:
                 w.kill()
-        _stop(proxy)
+        stop_gracefully(proxy)
     logs = "".join(err for _, err in outputs)
     print(logs)  # shown when an assertion fails
     assert [w.returncode for w in workers] == [0, 0], logs
@@ -149,7 +135,7 @@ def test_a_second_proxy_refuses_a_busy_port_and_writes_nothing(
             finally:
                 client.close()
     finally:
-        _stop(first)
+        stop_gracefully(first)
 
 
 def test_a_restarted_proxy_takes_the_params_of_a_trial_asked_before(
