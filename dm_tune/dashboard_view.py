@@ -41,6 +41,7 @@ from dm_tune.campaign.records import (
     StudyKey,
 )
 from dm_tune.guidelines.results import Selection
+from dm_tune.guidelines.rows import percent
 from dm_tune.guidelines.selection import select
 
 __all__ = [
@@ -73,10 +74,6 @@ def labelled_name(name: str, role: object) -> str:
     return f"[{label}] {name}" if label else name
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}%"
-
-
 def selection_text(sel: Selection | None) -> str:
     """One line for the dashboard: what dm-tune selected and which number to trust."""
     if sel is None:
@@ -87,10 +84,12 @@ def selection_text(sel: Selection | None) -> str:
                   else "a confirmed candidate")
         spread = "" if sel.val_accuracy_std is None else f" ± {100 * sel.val_accuracy_std:.1f}"
         return (f"{origin} ({params}): confirmed mean clean-val accuracy "
-                f"{_pct(sel.val_accuracy)}{spread} over {sel.n_seeds} seeds. Trust this "
-                "mean, not the best trial's single run (the maximum of many noisy runs).")
+                f"{percent(sel.val_accuracy, unit='%')}{spread} over {sel.n_seeds} seeds. "
+                "Trust this mean, not the best trial's single run (the maximum of many noisy "
+                "runs).")
     return (f"trial {sel.trial_number} ({params}): the best search trial, one run at "
-            f"{_pct(sel.val_accuracy)}; not confirmed yet (dm-tune confirm), so expect less.")
+            f"{percent(sel.val_accuracy, unit='%')}; not confirmed yet (dm-tune confirm), so "
+            "expect less.")
 
 
 def _delegate(name: str) -> Callable[..., Any]:

@@ -36,7 +36,7 @@ from dm_tune.guidelines.compare import (
     setting_label,
 )
 from dm_tune.guidelines.premise import PremiseCurve
-from dm_tune.guidelines.rows import baseline_text, fmt, source_text, value_of
+from dm_tune.guidelines.rows import baseline_text, fmt, percent, source_text, value_of
 from dm_tune.plots import build_figures, figures_of
 from dm_tune.report_advice import advice_html
 
@@ -223,11 +223,6 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return fmt(value, f".{digits}g", missing=DASH)
 
 
-def _pct(value: float | None) -> str:
-    """An accuracy (a fraction) as percent with one decimal, as the CLI prints it."""
-    return DASH if value is None else f"{100 * value:.1f}"
-
-
 def _provenance_html(results: CampaignResults) -> str:
     """A small table of where the numbers come from."""
     prov = results.provenance
@@ -302,7 +297,8 @@ def _checks_html(results: CampaignResults) -> list[str]:
     rows = "".join(
         f'<tr><td class="text">{_e(c.noise_kind)}</td><td>{c.noise_rate:.2f}</td>'
         f"<td>{_fmt(c.emphasis_mode, 3)}</td><td>{_fmt(c.emphasis_variance, 3)}</td>"
-        f"<td>{_pct(c.predicted_accuracy)}</td><td>{_pct(c.selected_accuracy)}</td>"
+        f"<td>{percent(c.predicted_accuracy, DASH)}</td>"
+        f"<td>{percent(c.selected_accuracy, DASH)}</td>"
         f'<td class="text">{_e(c.selected_source)}</td><td>{_points(c.gap)}</td>'
         f'<td class="text">{_e(gap_verdict(c.gap))}</td></tr>'
         for c in results.checks
@@ -371,9 +367,9 @@ def _table_row(s: SettingResult, point: TrendPoint | None) -> str:
         f"<td>{_fmt(value_of(sel, 'emphasis_mode'), 3)}</td>",
         f"<td>{_fmt(value_of(sel, 'emphasis_variance'), 3)}</td>",
         f'<td class="text">{source}</td>',
-        f"<td>{_pct(value_of(sel, 'val_accuracy'))}</td>",
-        f"<td>{_pct(value_of(sel, 'test_accuracy'))}</td>",
-        f"<td>{_pct(value_of(sel, 'test_accuracy_at_best_val'))}</td>",
+        f"<td>{percent(value_of(sel, 'val_accuracy'), DASH)}</td>",
+        f"<td>{percent(value_of(sel, 'test_accuracy'), DASH)}</td>",
+        f"<td>{percent(value_of(sel, 'test_accuracy_at_best_val'), DASH)}</td>",
         f"<td>{trend_mode}</td>",
         f"<td>{trend_var}</td>",
         f'<td class="text">{_baseline_text(base)}</td>',

@@ -13,16 +13,13 @@ import warnings
 from dm_tune.guidelines import CampaignResults
 from dm_tune.guidelines.compare import LOSS_RULE, best_configuration, params_text
 from dm_tune.guidelines.recommend import advice_rows
+from dm_tune.guidelines.rows import percent
 
 __all__ = ["advice_html"]
 
 
 def _e(value: object) -> str:
     return html.escape(str(value))
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def advice_html(results: CampaignResults) -> list[str]:
@@ -40,7 +37,7 @@ def advice_html(results: CampaignResults) -> list[str]:
         f'<td class="text">{_e(r.noise_kind)}</td><td>{r.noise_rate:.2f}</td>'
         f"<td>{r.emphasis_mode:.3f}</td><td>{r.emphasis_variance:.3g}</td>"
         f'<td class="text">{_e(r.origin or "-")}</td>'
-        f"<td>{_pct(r.expected_accuracy)}</td><td>{_pct(r.low_accuracy)}</td>"
+        f"<td>{percent(r.expected_accuracy)}</td><td>{percent(r.low_accuracy)}</td>"
         f"<td>{'-' if r.collapse_probability is None else f'{r.collapse_probability:.2f}'}</td>"
         f'<td class="text">{_e("; ".join(r.notes)) or "-"}</td>'
         "</tr>"

@@ -155,13 +155,10 @@ def _band(low: float | None, high: float | None, spec: str) -> str:
     return "" if low is None or high is None else f" [{low:{spec}}, {high:{spec}}]"
 
 
-def _pct(value: float) -> str:
-    """An accuracy as the CLI and the report print it: percent, one decimal."""
-    return f"{100 * value:.1f}%"
-
-
 def recommendation_text(rec) -> str:
     """One line: the pick, its band, where it comes from and what one run may score."""
+    from dm_tune.guidelines.rows import percent
+
     text = (
         f"{rec.noise_kind} {rec.noise_rate:g}: emphasis_mode {rec.emphasis_mode:.3f}"
         f"{_band(rec.emphasis_mode_low, rec.emphasis_mode_high, '.3f')}, "
@@ -173,8 +170,8 @@ def recommendation_text(rec) -> str:
     )
     if rec.expected_accuracy is not None:
         return text + (
-            f"; one run's clean-val accuracy: expected {_pct(rec.expected_accuracy)}, "
-            f"10th percentile {_pct(rec.low_accuracy)}, "
+            f"; one run's clean-val accuracy: expected {percent(rec.expected_accuracy, unit='%')}, "
+            f"10th percentile {percent(rec.low_accuracy, unit='%')}, "
             f"P(collapse) {rec.collapse_probability:.2f}")
     if rec.predicted_accuracy is not None and rec.predicted_std is not None:
         return text + (f"; predicted clean-val accuracy {100 * rec.predicted_accuracy:.1f} "
@@ -197,6 +194,7 @@ def _refuse_csv(path: Path) -> None:
 def _configuration_at(data: dict, noise: str, rate: float) -> str | None:
     """'use GCE (q=0.7) at symmetric 0.6: ...' when a baseline beats DM at that searched rate."""
     from dm_tune.guidelines.compare import params_text
+    from dm_tune.guidelines.rows import percent
 
     for setting in data.get("settings", []):
         best = setting.get("configuration")
@@ -205,7 +203,7 @@ def _configuration_at(data: dict, noise: str, rate: float) -> str | None:
             continue
         return (f"use {best['loss'].upper()}{params_text(best.get('params') or {})} at {noise} "
                 f"{rate:g}: {best['reason']}; DM's selection beside it: clean-val "
-                f"{_pct(best['dm_val_accuracy'])}")
+                f"{percent(best['dm_val_accuracy'], unit='%')}")
     return None
 
 
@@ -317,6 +315,7 @@ def run_verify(config_path: Path, storage_url: str, noise: str, rate: float,
     from dm_tune.campaign.verify import plan_verification, run_verification, verified_pick
     from dm_tune.cli.options import open_campaign, prepare_training_process, resolve_device
     from dm_tune.guidelines.compare import mean_std_text
+    from dm_tune.guidelines.rows import percent
 
     config, storage = open_campaign(config_path, storage_url, create=False)
     prepare_training_process(None, config)  # one torch thread for an MLP: see its doc
@@ -333,7 +332,8 @@ def run_verify(config_path: Path, storage_url: str, noise: str, rate: float,
     pick = verified_pick(results.verified.get(noise, []), plan)
     if pick is None:
         raise refuse("no verify run finished; rerun the same command to resume", code=1)
-    test = f", test {_pct(pick.test_accuracy)}" if pick.test_accuracy is not None else ""
+    test = ("" if pick.test_accuracy is None
+            else f", test {percent(pick.test_accuracy, unit='%')}")
     say(f"verified at {noise} {plan.setting.rate:g}: emphasis_mode {pick.emphasis_mode:.3f}, "
         f"emphasis_variance {pick.emphasis_variance:.3g} ({pick.origin}): clean-val "
         f"{mean_std_text(pick.val_accuracy, pick.val_accuracy_std, percent=True)}{test} over "

@@ -8,7 +8,7 @@ from typing import Any
 from dm_tune.guidelines.compare import params_pairs
 from dm_tune.guidelines.results import BaselineResult, Selection
 
-__all__ = ["baseline_text", "fmt", "percent_spread", "source_text", "value_of"]
+__all__ = ["baseline_text", "fmt", "percent", "percent_spread", "source_text", "value_of"]
 
 
 def value_of(obj: object, name: str) -> Any:
@@ -39,12 +39,18 @@ def baseline_text(base: BaselineResult | None, missing: str = "-") -> str:
     return f"{base.loss}{params} {percent_spread(base.test_accuracy, None, missing)}"
 
 
+def percent(value: float | None, missing: str = "-", unit: str = "") -> str:
+    """An accuracy (a fraction) in percent with one decimal, the unit of every table and
+    sentence: '90.5' (then ``unit``, e.g. '%'), or ``missing`` when unknown."""
+    return missing if value is None else f"{100 * value:.1f}{unit}"
+
+
 def percent_spread(mean: float | None, std: float | None, missing: str = "-") -> str:
     """An accuracy as percent with its spread over seeds: '90.5±1.4', '90.5' (one seed).
 
     Percent with one decimal keeps a mean +- std cell at 8 characters, so the status
     table with DM and every baseline side by side fits 100 columns.
     """
-    if mean is None:
-        return missing
-    return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f}±{100 * std:.1f}"
+    if mean is None or std is None:
+        return percent(mean, missing)
+    return f"{100 * mean:.1f}±{100 * std:.1f}"
