@@ -11,11 +11,11 @@ mean test accuracies, in points::
 
     RESULT stability_spread_<kind><rate> <points> target 1
 
-(b) Held-out rate. Campaign seed 0 is extended with the held-out rates (symmetric 0.5 is
-added to its file; pairflip 0.3 is already in it) and run again (only the new study
+(b) Held-out rate. Campaign seed 0 is extended with the held-out rates where its file
+lacks them (the demo searches both, symmetric 0.5 and pairflip 0.3, so nothing new
 trains): the *full* recommendation at symmetric 0.5 / pairflip 0.3 comes from that
 campaign; the *held-out* one from a copy of the same database whose studies of those two
-settings are deleted (a campaign searched at symmetric {0.2, 0.4, 0.6} and pairflip
+settings are deleted (a campaign searched at symmetric {0.2, 0.3, 0.4, 0.6} and pairflip
 {0.2, 0.4}). Both are re-trained like (a); the error is |full - held-out| in points::
 
     RESULT heldout_error_symmetric0.5 <points> target 1
@@ -75,7 +75,10 @@ def campaign_text(seed: int, rates: dict[str, list[float]], quick: bool) -> str:
     def noise(match: re.Match) -> str:
         return f'[[noise]]\nkind = "{match[1]}"\nrates = {sorted(rates[match[1]])}'
 
-    text, n = re.subn(r'\[\[noise\]\]\s*\nkind = "(\w+)"\s*\nrates = \[[^\]]*\]', noise, text)
+    # a kind's rates as a list or as a range (``rate_range`` + ``rate_step``): replaced by the list
+    text, n = re.subn(r'\[\[noise\]\]\s*\nkind = "(\w+)"\s*\n'
+                      r'(?:rates = \[[^\]]*\]|rate_range = \[[^\]]*\]\s*\nrate_step = [\d.]+)',
+                      noise, text)
     assert n == len(rates), "studies/digits-quick.toml: expected one [[noise]] table per kind"
     if quick:
         for key, value in (("trials", 6), ("epochs", 8), ("min_epochs", 3)):

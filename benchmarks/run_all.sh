@@ -3,7 +3,7 @@
 # if run together); prints each script's output, then all RESULT lines together.
 #
 #   bash benchmarks/run_all.sh          # `make bench`; CI-sized search_efficiency
-#                                       # (~75-90 min: guideline_stability runs 4 campaigns,
+#                                       # (~1.5 h: guideline_stability runs 4 campaigns,
 #                                       # guideline_heldout 3 per dataset, 2 datasets)
 #   FULL=1 bash benchmarks/run_all.sh   # the full search_efficiency (3 settings, ~5 min)
 #   OUT=dir bash benchmarks/run_all.sh  # also keep the log in dir/bench.txt

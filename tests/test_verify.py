@@ -14,7 +14,9 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from dm_tune.campaign.verify import (
+    CANDIDATE_DISTANCE,
     VERIFY_SEED_OFFSET,
+    distinct_candidates,
     plan_verification,
     run_verification,
     verified_pick,
@@ -57,6 +59,40 @@ def campaign(searched, tmp_path) -> tuple[Path, str]:
 
 def _trials(url: str, name: str = STUDY) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def test_distinct_candidates_skip_neighbours_of_those_chosen_then_fill_up_in_rank_order():
+    ranked = np.array([[0.5, 0.5], [0.52, 0.5], [0.9, 0.9], [0.1, 0.1], [0.11, 0.1]])
+    # the second is a neighbour of the first (0.02 away), the fifth of the fourth
+    assert distinct_candidates(ranked, 3) == [0, 2, 3]
+    assert distinct_candidates(ranked, 4) == [0, 2, 3, 1]  # three far apart, then rank order
+    assert distinct_candidates(ranked, 1) == [0]  # the advice itself is always first
+    close = np.array([[0.5, 0.5], [0.5, 0.5 + CANDIDATE_DISTANCE * 0.99], [0.7, 0.7]])
+    assert distinct_candidates(close, 2) == [0, 2]
+    assert distinct_candidates(close, 3) == [0, 2, 1]
+
+
+def test_verify_plans_the_advice_and_the_best_candidates_that_differ_from_it(campaign):
+    from dm_tune.guidelines.advice import advise
+
+    config_path, url = campaign
+    results = load_campaign(url, "tiny")
+    surface = results.surfaces["symmetric"]
+    ranked = advise(surface, results.settings_of("symmetric"), 0.3)
+    storage = open_storage(url)
+    plan = plan_verification(storage, load_campaign_config(config_path), "symmetric", 0.3,
+                             candidates=3, seeds=1)
+    planned = np.array([(m, v) for m, v, _ in plan.candidates])
+    assert planned[0] == pytest.approx((ranked[0].emphasis_mode, ranked[0].emphasis_variance))
+    points = surface.scaled(planned[:, 0], planned[:, 1])
+    gaps = [np.linalg.norm(points[i] - points[j]) for i in range(3) for j in range(i)]
+    everyone = surface.scaled(np.array([a.emphasis_mode for a in ranked]),
+                              np.array([a.emphasis_variance for a in ranked]))
+    # the tiny search spreads its trials: three candidates that far apart exist, and the
+    # plan is them, not the three best by rank
+    assert len(distinct_candidates(everyone, 3)) == 3 and min(gaps) >= CANDIDATE_DISTANCE
+    assert [ranked[i].origin for i in distinct_candidates(everyone, 3)] == [
+        origin for _, _, origin in plan.candidates]
 
 
 def test_verify_trains_the_top_candidates_with_new_seeds_and_answers(campaign):

@@ -1,9 +1,10 @@
 """A check at the user's own rate: ``dm-tune recommend CONFIG --noise K --rate R --verify``.
 
-The advice at a rate no campaign searched is a prediction. Verifying it re-trains the top
-risk-aware candidates there (``guidelines/advice.py``) with new seeds, as one population,
-and answers with the candidate whose mean clean-validation accuracy over those seeds is
-best: the same rule as a confirmation.
+The advice at a rate no campaign searched is a prediction. Verifying it re-trains the
+risk-aware pick there (``guidelines/advice.py``) and the next-ranked candidates that
+differ from it (:func:`distinct_candidates`) with new seeds, as one population, and
+answers with the verified pick: the risk-aware one unless another's mean clean-validation
+accuracy over those seeds leads it by more than seed noise (``advice.order_verified``).
 
 Stored like a confirmation, so it resumes and its budget is exact:
 
@@ -29,6 +30,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -69,6 +71,10 @@ __all__ = [
 VERIFY_SEED_OFFSET = 2000
 DEFAULT_CANDIDATES = 3
 DEFAULT_SEEDS = 3
+#: verify candidates lie at least this far apart (scaled mode and variance, each spanning
+#: [0, 1]) where the ranking allows: the top three were often neighbours, so a check
+#: could not move the advice out of a region that was worse at the rate
+CANDIDATE_DISTANCE = 0.15
 
 
 @dataclass(frozen=True)
@@ -121,8 +127,8 @@ def plan_verification(
 ) -> VerifyPlan:
     """Create (or load) the rate's verify study and queue its missing jobs.
 
-    The first call picks the ``candidates`` best risk-aware settings at the rate and
-    stores them; later calls reuse the stored ones (``candidates`` is then ignored).
+    The first call picks ``candidates`` risk-aware settings at the rate (the best, then
+    the best that differ from those chosen: :func:`distinct_candidates`) and stores them; later calls reuse the stored ones (``candidates`` is then ignored).
 
     Raises:
         CampaignError: an unknown kind, a rate with more than 2 decimals, fewer than one
@@ -174,7 +180,26 @@ def _pick(storage: optuna.storages.RDBStorage, config: CampaignConfig, kind: str
     surface = results.surfaces[kind]
     ranked = advise(surface, results.settings_of(kind), surface.clamp(rate),
                     results.verified.get(kind, ()))
-    return [(a.emphasis_mode, a.emphasis_variance, a.origin) for a in ranked[:count]]
+    chosen = distinct_candidates(
+        surface.scaled(np.array([a.emphasis_mode for a in ranked]),
+                       np.array([a.emphasis_variance for a in ranked])), count)
+    return [(ranked[i].emphasis_mode, ranked[i].emphasis_variance, ranked[i].origin)
+            for i in chosen]
+
+
+def distinct_candidates(points: np.ndarray, count: int,
+                        distance: float = CANDIDATE_DISTANCE) -> list[int]:
+    """Indices of ``count`` of the ranked ``points`` (scaled mode, variance), best first:
+    each next one the best at least ``distance`` from those already chosen, then (if too
+    few are that far apart) the best of the rest."""
+    chosen: list[int] = []
+    for i, point in enumerate(points):
+        if len(chosen) == count:
+            break
+        if all(np.linalg.norm(point - points[j]) >= distance for j in chosen):
+            chosen.append(i)
+    rest = [i for i in range(len(points)) if i not in chosen]
+    return chosen + rest[:count - len(chosen)]
 
 
 def run_verification(

@@ -263,7 +263,8 @@ def recommend(
         "--strict", help="Refuse (exit 2) a rate outside the searched rates instead of "
         "answering with the nearest searched rate's pick.")] = False,
     verify: Annotated[
-        bool, typer.Option("--verify", help="Re-train the top candidates at exactly this "
+        bool, typer.Option("--verify", help="Re-train the advice and the next-best "
+                           "candidates that differ from it at exactly this "
                            "rate with new seeds (stored, resumable) and answer with the "
                            "verified pick. Needs the campaign file.")
     ] = False,
