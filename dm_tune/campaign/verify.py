@@ -128,7 +128,8 @@ def plan_verification(
     """Create (or load) the rate's verify study and queue its missing jobs.
 
     The first call picks ``candidates`` risk-aware settings at the rate (the best, then
-    the best that differ from those chosen: :func:`distinct_candidates`) and stores them; later calls reuse the stored ones (``candidates`` is then ignored).
+    the best that differ from those chosen: :func:`distinct_candidates`) and stores them;
+    later calls reuse the stored ones (``candidates`` is then ignored).
 
     Raises:
         CampaignError: an unknown kind, a rate with more than 2 decimals, fewer than one
