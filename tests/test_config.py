@@ -33,9 +33,13 @@ def test_every_file_in_studies_validates_and_builds_its_model(path):
 
 def test_digits_quick_matches_the_demo_promise():
     config = load_campaign_config(Path("studies/digits-quick.toml"))
-    kinds = {s.kind for s in settings_of(config)}
-    assert kinds == {"symmetric", "pairflip"}
-    assert len(settings_of(config)) == 6
+    # the README's promise: symmetric every 0.1 from 0.2 to 0.6 (a rate range), pairflip at
+    # 0.2, 0.3, 0.4
+    assert [(s.kind, round(s.rate, 6)) for s in settings_of(config)] == [
+        ("symmetric", 0.2), ("symmetric", 0.3), ("symmetric", 0.4), ("symmetric", 0.5),
+        ("symmetric", 0.6), ("pairflip", 0.2), ("pairflip", 0.3), ("pairflip", 0.4)]
+    symmetric = next(n for n in config.noise if n.kind == "symmetric")
+    assert (symmetric.rate_range, symmetric.rate_step) == ((0.2, 0.6), 0.1)
     assert config.data.dataset == "digits"
 
 
