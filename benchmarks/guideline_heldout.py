@@ -15,11 +15,11 @@ Design (the advice issue's "done when"):
   between the neighbouring searched rates,
   ``Surface.optimum``) is re-trained beside it for comparison (``interp`` lines).
 - **Fresh draws.** ``--draws`` (default 10) draws, each a split + noise seed
-  (:data:`FIRST_DRAW_SEED` on, which no campaign uses: campaign seeds are 0-2,
-  confirmations train with seeds from 1000) and a training seed. Every recommendation
-  and every point of a 20-point (mode, variance) grid (:data:`GRID_MODES` x
-  :data:`GRID_VARIANCES`) is trained on every draw; one draw's jobs train as one
-  population (they share the draw's inputs).
+  (:data:`FIRST_DRAW_SEED` on, which no campaign uses: campaign seeds (``--seeds``,
+  default 0-2) stay below it, confirmations train with seeds from 1000) and a training
+  seed. Every recommendation and every point of a 20-point (mode, variance) grid
+  (:data:`GRID_MODES` x :data:`GRID_VARIANCES`) is trained on every draw; one draw's
+  jobs train as one population (they share the draw's inputs).
 - **Reference.** At each held-out rate the grid point with the best mean test accuracy
   on half the draws, scored on the other half, and the same with the halves swapped
   (the two scores averaged): the best fixed setting one could have picked without

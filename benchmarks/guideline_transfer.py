@@ -56,8 +56,11 @@ def campaign_text(name: str, data_lines: str, trials: int, epochs: int) -> str:
     text = re.sub(r'(?m)^name = "[^"]*"', f'name = "{name}"', text, count=1)
     text = re.sub(r'(?m)^dataset = "digits"', data_lines, text, count=1)
     for kind, rates in RATES.items():
-        text = re.sub(rf'kind = "{kind}"\s*\nrates = \[[^\]]*\]',
-                      f'kind = "{kind}"\nrates = {rates}', text)
+        # the demo gives a kind's rates as a list or as a range (rate_range + rate_step)
+        text, n = re.subn(rf'kind = "{kind}"\s*\n(?:rates = \[[^\]]*\]|'
+                          rf'rate_range = \[[^\]]*\]\s*\nrate_step = [\d.]+)',
+                          f'kind = "{kind}"\nrates = {rates}', text)
+        assert n == 1, f"{DEMO}: no [[noise]] table of kind {kind}"
     for key, value in (("trials", trials), ("epochs", epochs)):
         text, n = re.subn(rf"(?m)^{key} = \d+", f"{key} = {value}", text, count=1)
         assert n == 1, f"{DEMO}: no `{key} = N` line"

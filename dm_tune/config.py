@@ -1,13 +1,13 @@
 """Campaign files: a TOML schema validated by pydantic, with errors that name key and file.
 
-Example (``studies/digits-quick.toml``)::
+Example (abridged; ``studies/digits-quick.toml`` is a whole one)::
 
     [campaign]
     name = "digits-quick"
 
     [[noise]]
     kind = "symmetric"
-    rates = [0.2, 0.4, 0.6]
+    rates = [0.2, 0.4, 0.6]        # or: rate_range = [0.2, 0.6] with rate_step = 0.1
 
     [search]
     trials = 16

@@ -100,13 +100,27 @@ def test_heldout_reference_is_cross_fitted_and_the_synthetic_campaign_is_the_dem
     demo = load_campaign_config(ROOT / "studies" / "digits-quick.toml")
     assert (config.data.dataset, config.data.root, config.campaign.seed) == ("npz", str(npz), 1)
     assert config.search == demo.search and config.training == demo.training
-    assert config.confirm == demo.confirm
+    assert config.noise == demo.noise and config.confirm == demo.confirm
     # the symmetric rates searched every 0.1 over the demo's range, pairflip's as the demo's
     rates = {n.kind: [round(r, 6) for r in n.rates] for n in config.noise}
     assert rates == {"symmetric": [0.2, 0.3, 0.4, 0.5, 0.6], "pairflip": [0.2, 0.3, 0.4]}
-    # every held-out rate lies strictly between two searched rates of its kind, unsearched
+    # every held-out rate is unsearched and halfway between two neighbouring searched rates
     for kind, rate in bench.HELD_OUT:
-        assert rate not in rates[kind] and min(rates[kind]) < rate < max(rates[kind])
+        below = max(r for r in rates[kind] if r < rate)
+        above = min(r for r in rates[kind] if r > rate)
+        assert rate not in rates[kind] and rate == pytest.approx((below + above) / 2)
+
+
+def test_transfer_campaign_file_searches_its_own_rates_whatever_the_demo_declares():
+    from dm_tune.config import parse_campaign_config
+
+    bench = _module("guideline_transfer")
+    import tomllib
+
+    config = parse_campaign_config(tomllib.loads(
+        bench.campaign_text("t", 'dataset = "digits"', trials=16, epochs=40)))
+    # the demo declares symmetric as a range: the file still searches RATES, no more
+    assert {n.kind: [round(r, 6) for r in n.rates] for n in config.noise} == bench.RATES
 
 
 def test_heldout_retrain_trains_only_what_its_cache_lacks(monkeypatch):

@@ -91,11 +91,12 @@ def test_verify_plans_the_advice_and_the_best_candidates_that_differ_from_it(cam
     # the tiny search spreads its trials: three candidates that far apart exist, and the
     # plan is them, not the three best by rank
     assert len(distinct_candidates(everyone, 3)) == 3 and min(gaps) >= CANDIDATE_DISTANCE
+    assert distinct_candidates(everyone, 3) != [0, 1, 2]  # the top three are neighbours here
     assert [ranked[i].origin for i in distinct_candidates(everyone, 3)] == [
         origin for _, _, origin in plan.candidates]
 
 
-def test_verify_trains_the_top_candidates_with_new_seeds_and_answers(campaign):
+def test_verify_trains_its_candidates_with_new_seeds_and_answers(campaign):
     config_path, url = campaign
     before = recommend(load_campaign(url, "tiny"), "symmetric", 0.3)
     result = CliRunner().invoke(app, ["recommend", str(config_path), "--storage", url,

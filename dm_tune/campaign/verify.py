@@ -170,7 +170,8 @@ def plan_verification(
 
 def _pick(storage: optuna.storages.RDBStorage, config: CampaignConfig, kind: str,
           rate: float, count: int) -> list[tuple[float, float, str]]:
-    """The ``count`` best risk-aware candidates at ``rate`` from the stored results."""
+    """``count`` risk-aware candidates at ``rate`` from the stored results: the best, then
+    the best that differ from those chosen (:func:`distinct_candidates`)."""
     from dm_tune.guidelines.advice import advise
     from dm_tune.guidelines.loading import load_campaign
 
