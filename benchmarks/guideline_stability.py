@@ -66,20 +66,25 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def with_rates(text: str, rates: dict[str, list[float]]) -> str:
+    """A campaign file's text with each named kind searched at exactly ``rates[kind]``,
+    whether the file gives that kind's rates as a list or as a range (``rate_range`` +
+    ``rate_step``); a kind without its ``[[noise]]`` table is an error."""
+    for kind, values in rates.items():
+        text, n = re.subn(rf'kind = "{kind}"\s*\n(?:rates = \[[^\]]*\]|'
+                          rf'rate_range = \[[^\]]*\]\s*\nrate_step = [\d.]+)',
+                          f'kind = "{kind}"\nrates = {sorted(values)}', text)
+        assert n == 1, f"campaign file: expected one [[noise]] table of kind {kind}"
+    return text
+
+
 def campaign_text(seed: int, rates: dict[str, list[float]], quick: bool) -> str:
     """The demo's campaign file with another seed and rates (``--quick``: a tiny search)."""
     text = DEMO.read_text()
     text, n = re.subn(r"(?m)^seed = \d+", f"seed = {seed}", text, count=1)
     assert n == 1, "studies/digits-quick.toml: no `seed = N` line"
 
-    def noise(match: re.Match) -> str:
-        return f'[[noise]]\nkind = "{match[1]}"\nrates = {sorted(rates[match[1]])}'
-
-    # a kind's rates as a list or as a range (``rate_range`` + ``rate_step``): replaced by the list
-    text, n = re.subn(r'\[\[noise\]\]\s*\nkind = "(\w+)"\s*\n'
-                      r'(?:rates = \[[^\]]*\]|rate_range = \[[^\]]*\]\s*\nrate_step = [\d.]+)',
-                      noise, text)
-    assert n == len(rates), "studies/digits-quick.toml: expected one [[noise]] table per kind"
+    text = with_rates(text, rates)
     if quick:
         for key, value in (("trials", 6), ("epochs", 8), ("min_epochs", 3)):
             text, n = re.subn(rf"(?m)^{key} = \d+", f"{key} = {value}", text, count=1)

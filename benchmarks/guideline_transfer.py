@@ -35,7 +35,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from guideline_stability import log, recommendations, run_campaign  # noqa: E402
+from guideline_stability import (  # noqa: E402
+    log,
+    recommendations,
+    run_campaign,
+    with_rates,
+)
 from synthetic_data import write_synthetic  # noqa: E402
 
 from dm_tune.campaign.settings import Setting, data_spec, train_spec  # noqa: E402
@@ -55,12 +60,7 @@ def campaign_text(name: str, data_lines: str, trials: int, epochs: int) -> str:
     text = DEMO.read_text()
     text = re.sub(r'(?m)^name = "[^"]*"', f'name = "{name}"', text, count=1)
     text = re.sub(r'(?m)^dataset = "digits"', data_lines, text, count=1)
-    for kind, rates in RATES.items():
-        # the demo gives a kind's rates as a list or as a range (rate_range + rate_step)
-        text, n = re.subn(rf'kind = "{kind}"\s*\n(?:rates = \[[^\]]*\]|'
-                          rf'rate_range = \[[^\]]*\]\s*\nrate_step = [\d.]+)',
-                          f'kind = "{kind}"\nrates = {rates}', text)
-        assert n == 1, f"{DEMO}: no [[noise]] table of kind {kind}"
+    text = with_rates(text, RATES)
     for key, value in (("trials", trials), ("epochs", epochs)):
         text, n = re.subn(rf"(?m)^{key} = \d+", f"{key} = {value}", text, count=1)
         assert n == 1, f"{DEMO}: no `{key} = N` line"
