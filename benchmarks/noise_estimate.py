@@ -21,7 +21,10 @@ labels are distributed exactly as under pairflip 0.4 towards the *previous* clas
 every class renamed to its successor: no estimator can tell the two apart.
 
 Run: .venv/bin/python benchmarks/noise_estimate.py [--draws 5] [--datasets digits,synthetic]
-[--epochs 5,15] (about 4-5 minutes on the shared 2 cores, one thread)
+[--epochs 5,15] [--save DIR] (about 4-5 minutes on the shared 2 cores, one thread).
+``--save DIR`` writes ``DIR/<dataset>.npz`` (``probs`` (sets, N, C), ``labels`` (sets,
+N), ``true``, ``groups``, ``kinds``, ``rates``, ``epochs``; set 0 the clean labels), so
+that estimators can be compared on the same out-of-fold probabilities without retraining.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ TARGET = 0.9
 
 
 def run_dataset(name: str, spec: DataSpec, draws: int, train: TrainSpec,
-                budgets: tuple[int, ...]) -> list[tuple[str, float, float, float]]:
+                budgets: tuple[int, ...],
+                save: Path | None = None) -> list[tuple[str, float, float, float]]:
     """(setting label, fraction within tolerance, fraction kind right, worst error)."""
     data = prepare_data(spec)
     true = data.y_train_true.numpy()
@@ -74,6 +78,13 @@ def run_dataset(name: str, spec: DataSpec, draws: int, train: TrainSpec,
     print(f"{name}: {len(label_sets)} label sets x {DEFAULT_FOLDS} folds trained in "
           f"{time.perf_counter() - start:.0f} s ({len(true)} training examples)")
     groups = fold_of(label_sets[0], DEFAULT_FOLDS, 0)  # the folds the probabilities used
+    if save is not None:
+        save.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(save / f"{name}.npz", probs=np.stack(probs),
+                            labels=np.stack(label_sets), true=true, groups=groups,
+                            kinds=np.array([kind for kind, _ in jobs]),
+                            rates=np.array([rate for _, rate in jobs]),
+                            epochs=np.array(picks))
     floor = estimate_from_probabilities(true, probs[0], groups=groups).estimated_rate
     error = float(np.mean(probs[0].argmax(axis=1) != true))
     print(f"RESULT noise_estimate_{name}_clean_oof_error {error:.3f} target -")
@@ -127,6 +138,9 @@ def main() -> None:
                         help="the fold models' epoch budgets, comma-separated; each label "
                         "set keeps the one with the lower log loss (default "
                         f"{','.join(map(str, OOF_EPOCHS))})")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="write each dataset's out-of-fold probabilities and label "
+                        "sets to DIR/<dataset>.npz")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -137,7 +151,7 @@ def main() -> None:
             else:
                 spec = DataSpec(name)
             budgets = tuple(int(e) for e in args.epochs.split(","))
-            rows.extend(run_dataset(name, spec, args.draws, OOF_SPEC, budgets))
+            rows.extend(run_dataset(name, spec, args.draws, OOF_SPEC, budgets, args.save))
     worst_rate = min(rows, key=lambda r: (r[1], -r[3]))
     worst_kind = min(rows, key=lambda r: r[2])
     print(f"worst setting for the rate: {worst_rate[0]} ({worst_rate[1]:.2f} of draws within "

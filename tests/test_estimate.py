@@ -23,6 +23,7 @@ from dm_tune.estimate import (
     check_fold_labels,
     estimate_from_probabilities,
     kind_fits,
+    pairflip_contamination,
     read_estimate,
 )
 from dm_tune.estimate_run import estimate_noise, fold_indices, fold_of
@@ -130,6 +131,52 @@ def test_kind_fits_are_exact_on_each_kinds_matrix():
     # against the whole off-diagonal: <T - I, P - I> / ||P - I||^2 = (0.3 + 0.3/9) / 2
     assert fits["pairflip"].rate == pytest.approx((0.3 + 0.3 / 9) / 2)
     assert "asymmetric" not in fits  # no dataset map given
+
+
+def test_pairflip_rate_is_corrected_for_anchors_of_the_previous_class():
+    # C = 5, pairflip rho = 0.4, and 30 of the 100 examples the models are sure belong to
+    # class i truly of class i - 1. Labels, by hand: the 70 of class i are i (42) or
+    # i + 1 (28); the 30 of class i - 1 are i - 1 (18) or i (12). Row i of T: i - 1 0.18,
+    # i 0.54, i + 1 0.28, so f = 0.28 = 0.7 * 0.4, b = 0.18 = 0.3 * 0.6; uncorrected
+    # 1 - 0.54 = 0.46, least squares f + b / 2 = 0.37; corrected: 1.1 - sqrt(1.21 - 1.12)
+    # = 0.8, / 2 = 0.4; no mass beyond the neighbours, so the estimated rate is 0.4 too.
+    # (At C = 4 this matrix is nearer symmetric: fit 0.875 against pairflip's 0.849.)
+    c = 5
+    anchor, given = [], []
+    for i in range(c):
+        for label, n in ((i, 42), ((i + 1) % c, 28), ((i - 1) % c, 18), (i, 12)):
+            anchor += [i] * n
+            given += [label] * n
+    estimate = estimate_from_probabilities(np.array(given),
+                                           _confident_probs(np.array(anchor), c))
+    row = np.array([0.54, 0.28, 0.0, 0.0, 0.18])
+    assert np.allclose(estimate.transition, [np.roll(row, i) for i in range(c)])
+    assert estimate.nearest_kind == "pairflip"
+    assert estimate.estimated_rate == pytest.approx(0.4, abs=1e-12)
+    assert estimate.nearest_rate == pytest.approx(0.4, abs=1e-12)
+    fixed = estimate.extra["pairflip_correction"]
+    assert fixed["contamination"] == pytest.approx(0.3, abs=1e-12)
+    assert (fixed["forward"], fixed["backward"]) == (pytest.approx(0.28), pytest.approx(0.18))
+    assert fixed["uncorrected_rate"] == pytest.approx(0.46)
+    assert fixed["other_rate"] == pytest.approx(0.0, abs=1e-12)
+    assert fixed["least_squares_rate"] == pytest.approx(0.37)
+    assert pairflip_contamination(estimate.transition) == (pytest.approx(0.4),
+                                                           pytest.approx(0.3))
+    # no contamination: the forward rate itself; plain pairflip at 0.2 is read exactly
+    assert pairflip_contamination(transition_matrix("pairflip", 10, 0.2))[0] == (
+        pytest.approx(0.2, abs=1e-12))
+
+
+def test_symmetric_estimate_is_not_corrected():
+    c = 5
+    true = np.repeat(np.arange(c), 200)
+    given = corrupt_labels(true, c, "symmetric", 0.4, seed=3).labels
+    probs = _confident_probs(true, c)
+    estimate = estimate_from_probabilities(given, probs)
+    assert estimate.nearest_kind == "symmetric" and estimate.extra == {}
+    t = np.asarray(estimate.transition)
+    assert estimate.estimated_rate == pytest.approx(float(np.mean(1 - np.diag(t))), abs=1e-12)
+    assert estimate.fits == kind_fits(t)
 
 
 def test_fold_labels_refuse_one_class_and_too_few_examples():
