@@ -297,6 +297,14 @@ def anchor_counts(
     return counts
 
 
+def _rows(counts: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Counts [true, given] as a transition matrix; a true class with no confident example
+    keeps its label (no evidence of noise)."""
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.where(totals > 0, counts / np.where(totals > 0, totals, 1.0),
+                    np.eye(counts.shape[0]))
+
+
 def estimate_from_probabilities(
     labels: ArrayLike,
     pred_probs: ArrayLike,
@@ -323,11 +331,7 @@ def estimate_from_probabilities(
         raise EstimateError(f"pred_probs must have shape ({given.shape[0]}, C), "
                             f"got {probs.shape}")
     given = check_fold_labels(given, probs.shape[1], 2)
-    counts = anchor_counts(given, probs, groups, fraction, min_count)  # [true, given]
-    totals = counts.sum(axis=1, keepdims=True)
-    eye = np.eye(probs.shape[1])
-    # a true class with no confident example keeps its label (no evidence of noise)
-    transition = np.where(totals > 0, counts / np.where(totals > 0, totals, 1.0), eye)
+    transition = _rows(anchor_counts(given, probs, groups, fraction, min_count))
     # the prior of the true classes: what the fold models predict (the given labels'
     # frequencies are the noisy prior, T^T times it)
     prior = np.bincount(probs.argmax(axis=1), minlength=probs.shape[1]) / len(given)
@@ -342,9 +346,7 @@ def estimate_from_probabilities(
         other = max(rate - float(prior @ neighbours), 0.0)  # mass beyond i - 1 and i + 1
         counted = transition
         if pairflip_fraction is not None and pairflip_fraction != fraction:
-            more = anchor_counts(given, probs, groups, pairflip_fraction, min_count)
-            sums = more.sum(axis=1, keepdims=True)
-            counted = np.where(sums > 0, more / np.where(sums > 0, sums, 1.0), eye)
+            counted = _rows(anchor_counts(given, probs, groups, pairflip_fraction, min_count))
         rho, contamination = pairflip_contamination(counted, prior)
         extra["pairflip_correction"] = {
             "note": "pairflip's rate solves forward = (1 - c) rate, backward = c (1 - rate) "
