@@ -231,17 +231,23 @@ def pairflip_contamination(transition: ArrayLike,
         [0.4, 0.3]
     """
     t = noise.check_transition_matrix(transition, tolerance=1e-4)
+    forward, backward = _neighbour_means(t, prior)
+    s = 1.0 + forward - backward
+    rho = (s - math.sqrt(max(s * s - 4.0 * forward, 0.0))) / 2.0
+    rho = min(max(rho, 0.0), math.nextafter(noise.max_rate("pairflip", t.shape[0]), 0.0))
+    return rho, backward / (1.0 - rho)
+
+
+def _neighbour_means(t: NDArray[np.float64],
+                     prior: ArrayLike | None = None) -> tuple[float, float]:
+    """The ``prior``-weighted (default: uniform) means of ``T[i, i+1]`` and ``T[i, i-1]``;
+    with two classes the next class is the previous one, so the second is 0."""
     c = t.shape[0]
     weights = np.full(c, 1.0 / c) if prior is None else np.asarray(prior, dtype=np.float64)
     rows = np.arange(c)
     forward = float(weights @ t[rows, (rows + 1) % c])
-    backward = float(weights @ t[rows, (rows - 1) % c])
-    if c == 2:  # the next class is the previous one: nothing to tell apart
-        backward = 0.0
-    s = 1.0 + forward - backward
-    rho = (s - math.sqrt(max(s * s - 4.0 * forward, 0.0))) / 2.0
-    rho = min(max(rho, 0.0), math.nextafter(noise.max_rate("pairflip", c), 0.0))
-    return rho, backward / (1.0 - rho)
+    backward = 0.0 if c == 2 else float(weights @ t[rows, (rows - 1) % c])
+    return forward, backward
 
 
 def held_out_log_loss(labels: ArrayLike, pred_probs: ArrayLike) -> float:
@@ -339,15 +345,12 @@ def estimate_from_probabilities(
     rate = float(prior @ (1.0 - np.diag(transition)))
     extra: dict[str, Any] = {}
     if best[0].kind == "pairflip":
-        c = transition.shape[0]
-        rows = np.arange(c)
-        neighbours = transition[rows, (rows + 1) % c] + (
-            0.0 if c == 2 else transition[rows, (rows - 1) % c])
-        other = max(rate - float(prior @ neighbours), 0.0)  # mass beyond i - 1 and i + 1
+        other = max(rate - sum(_neighbour_means(transition, prior)), 0.0)  # beyond i -/+ 1
         counted = transition
         if pairflip_fraction is not None and pairflip_fraction != fraction:
             counted = _rows(anchor_counts(given, probs, groups, pairflip_fraction, min_count))
         rho, contamination = pairflip_contamination(counted, prior)
+        forward, backward = _neighbour_means(counted, prior)
         extra["pairflip_correction"] = {
             "note": "pairflip's rate solves forward = (1 - c) rate, backward = c (1 - rate) "
                     "for the anchors' contamination c by the previous class (counted at "
@@ -355,8 +358,8 @@ def estimate_from_probabilities(
                     "off-diagonal mass beyond the two neighbours); transition is as counted",
             "anchor_fraction": fraction if pairflip_fraction is None else pairflip_fraction,
             "contamination": contamination,
-            "forward": float(prior @ counted[rows, (rows + 1) % c]),
-            "backward": 0.0 if c == 2 else float(prior @ counted[rows, (rows - 1) % c]),
+            "forward": forward,
+            "backward": backward,
             "other_rate": other,
             "uncorrected_rate": rate,
             "least_squares_rate": best[0].rate,
