@@ -13,10 +13,10 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+from dm_tune.campaign.candidates import distinct_candidates
 from dm_tune.campaign.verify import (
     CANDIDATE_DISTANCE,
     VERIFY_SEED_OFFSET,
-    distinct_candidates,
     plan_verification,
     run_verification,
     verified_pick,
@@ -61,15 +61,20 @@ def _trials(url: str, name: str = STUDY) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=url).get_trials()
 
 
+def _distinct(points: np.ndarray, count: int) -> list[int]:
+    """verify's rule: at least CANDIDATE_DISTANCE apart, filled up in rank order."""
+    return distinct_candidates(points, count, CANDIDATE_DISTANCE)
+
+
 def test_distinct_candidates_skip_neighbours_of_those_chosen_then_fill_up_in_rank_order():
     ranked = np.array([[0.5, 0.5], [0.52, 0.5], [0.9, 0.9], [0.1, 0.1], [0.11, 0.1]])
     # the second is a neighbour of the first (0.02 away), the fifth of the fourth
-    assert distinct_candidates(ranked, 3) == [0, 2, 3]
-    assert distinct_candidates(ranked, 4) == [0, 2, 3, 1]  # three far apart, then rank order
-    assert distinct_candidates(ranked, 1) == [0]  # the advice itself is always first
+    assert _distinct(ranked, 3) == [0, 2, 3]
+    assert _distinct(ranked, 4) == [0, 2, 3, 1]  # three far apart, then rank order
+    assert _distinct(ranked, 1) == [0]  # the advice itself is always first
     close = np.array([[0.5, 0.5], [0.5, 0.5 + CANDIDATE_DISTANCE * 0.99], [0.7, 0.7]])
-    assert distinct_candidates(close, 2) == [0, 2]
-    assert distinct_candidates(close, 3) == [0, 2, 1]
+    assert _distinct(close, 2) == [0, 2]
+    assert _distinct(close, 3) == [0, 2, 1]
 
 
 def test_verify_plans_the_advice_and_the_best_candidates_that_differ_from_it(campaign):
@@ -90,9 +95,9 @@ def test_verify_plans_the_advice_and_the_best_candidates_that_differ_from_it(cam
                               np.array([a.emphasis_variance for a in ranked]))
     # the tiny search spreads its trials: three candidates that far apart exist, and the
     # plan is them, not the three best by rank
-    assert len(distinct_candidates(everyone, 3)) == 3 and min(gaps) >= CANDIDATE_DISTANCE
-    assert distinct_candidates(everyone, 3) != [0, 1, 2]  # the top three are neighbours here
-    assert [ranked[i].origin for i in distinct_candidates(everyone, 3)] == [
+    assert len(_distinct(everyone, 3)) == 3 and min(gaps) >= CANDIDATE_DISTANCE
+    assert _distinct(everyone, 3) != [0, 1, 2]  # the top three are neighbours here
+    assert [ranked[i].origin for i in _distinct(everyone, 3)] == [
         origin for _, _, origin in plan.candidates]
 
 

@@ -29,7 +29,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["MIN_DISTANCE", "Candidate", "Observed", "SurfaceLike", "confirm_candidates"]
+__all__ = [
+    "MIN_DISTANCE",
+    "Candidate",
+    "Observed",
+    "SurfaceLike",
+    "confirm_candidates",
+    "distinct_candidates",
+]
 
 #: two settings closer than this (Euclidean, each axis scaled by its search range to
 #: [0, 1]) count as one: 0.05 is ~1 mode step of 0.04 and ~1.2 of variance on [0, 24]
@@ -72,17 +79,35 @@ def _scaled(mode: float, variance: float, mode_range: tuple[float, float],
     return (mode - mode_range[0]) / mode_span, (variance - variance_range[0]) / variance_span
 
 
-def _take(chosen: list[Candidate], candidate: Candidate, mode_range: tuple[float, float],
-          variance_range: tuple[float, float], min_distance: float) -> bool:
-    """Append ``candidate`` unless it lies within ``min_distance`` of one chosen."""
-    here = _scaled(candidate.emphasis_mode, candidate.emphasis_variance, mode_range,
-                   variance_range)
-    for other in chosen:
-        there = _scaled(other.emphasis_mode, other.emphasis_variance, mode_range, variance_range)
-        if math.dist(here, there) < min_distance:
-            return False
-    chosen.append(candidate)
-    return True
+def distinct_candidates(points: Sequence[Sequence[float]], count: int, distance: float,
+                        fill: bool = True) -> list[int]:
+    """Indices of up to ``count`` of the ranked ``points`` (scaled coordinates), best first:
+    each next one the best at least ``distance`` (Euclidean) from those already chosen;
+    with ``fill``, too few that far apart are topped up with the best of the rest.
+
+    One rule for both checks that re-train several settings: the confirmation (search
+    ranges scaled to [0, 1], :data:`MIN_DISTANCE`, no fill) and ``recommend --verify``
+    (the surface's scale, ``verify.CANDIDATE_DISTANCE``, filled up to its count).
+    """
+    chosen: list[int] = []
+    for i, point in enumerate(points):
+        if len(chosen) == count:
+            break
+        if all(math.dist(point, points[j]) >= distance for j in chosen):
+            chosen.append(i)
+    if not fill:
+        return chosen
+    rest = [i for i in range(len(points)) if i not in chosen]
+    return chosen + rest[:count - len(chosen)]
+
+
+def _distinct(ranked: list[Candidate], count: int, mode_range: tuple[float, float],
+              variance_range: tuple[float, float], min_distance: float) -> list[Candidate]:
+    """The first ``count`` of ``ranked`` that are :func:`distinct_candidates` of each other
+    on the search ranges' scale."""
+    points = [_scaled(c.emphasis_mode, c.emphasis_variance, mode_range, variance_range)
+              for c in ranked]
+    return [ranked[i] for i in distinct_candidates(points, count, min_distance, fill=False)]
 
 
 def confirm_candidates(
@@ -109,39 +134,27 @@ def confirm_candidates(
     Returns:
         Distinct candidates, best first; fewer when fewer distinct settings exist.
     """
-    chosen: list[Candidate] = []
     if surface is None:
         finished = [p for p in observed if p.value is not None and math.isfinite(p.value)]
         # stable sort: on ties the earlier trial wins, as in selection.rank
-        for point in sorted(finished, key=lambda p: -float(p.value)):
-            if len(chosen) > count:
-                break
-            _take(chosen, Candidate(point.emphasis_mode, point.emphasis_variance,
-                                    "best observed", None, point.number), mode_range,
-                  variance_range, min_distance)
-        return chosen
+        ranked = [Candidate(p.emphasis_mode, p.emphasis_variance, "best observed", None,
+                            p.number) for p in sorted(finished, key=lambda p: -float(p.value))]
+        return _distinct(ranked, count + 1, mode_range, variance_range, min_distance)
     if rate is None:
         raise ValueError("a surface needs the rate to be asked at")
     best = surface.optimum(rate)
-    _take(chosen, Candidate(float(best.emphasis_mode), float(best.emphasis_variance),
-                            "surface argmax", getattr(best, "predicted_accuracy", None)),
-          mode_range, variance_range, min_distance)
-    if not observed or count < 1:
-        return chosen
-    finished = [p for p in observed if p.value is not None and math.isfinite(p.value)]
-    if finished:
-        top = min(finished, key=lambda p: -float(p.value))  # the earlier one on ties
-        _take(chosen, Candidate(top.emphasis_mode, top.emphasis_variance, "best observed",
-                                None, top.number), mode_range, variance_range, min_distance)
-    means, _ = surface.predict([p.emphasis_mode for p in observed],
-                               [p.emphasis_variance for p in observed], rate)
-    ranked = sorted(zip(observed, (float(m) for m in means), strict=True),
-                    key=lambda pair: -pair[1])
-    wanted = 1 + count
-    for point, mean in ranked:
-        if len(chosen) >= wanted:
-            break
-        _take(chosen, Candidate(point.emphasis_mode, point.emphasis_variance, "surface rank",
-                                mean, point.number), mode_range, variance_range,
-              min_distance)
-    return chosen
+    ranked = [Candidate(float(best.emphasis_mode), float(best.emphasis_variance),
+                        "surface argmax", getattr(best, "predicted_accuracy", None))]
+    if observed and count >= 1:
+        finished = [p for p in observed if p.value is not None and math.isfinite(p.value)]
+        if finished:
+            top = min(finished, key=lambda p: -float(p.value))  # the earlier one on ties
+            ranked.append(Candidate(top.emphasis_mode, top.emphasis_variance,
+                                    "best observed", None, top.number))
+        means, _ = surface.predict([p.emphasis_mode for p in observed],
+                                   [p.emphasis_variance for p in observed], rate)
+        by_mean = sorted(zip(observed, (float(m) for m in means), strict=True),
+                         key=lambda pair: -pair[1])
+        ranked += [Candidate(p.emphasis_mode, p.emphasis_variance, "surface rank", mean,
+                             p.number) for p, mean in by_mean]
+    return _distinct(ranked, count + 1, mode_range, variance_range, min_distance)

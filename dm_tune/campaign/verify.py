@@ -35,6 +35,7 @@ import optuna
 from optuna.trial import TrialState
 
 from dm_tune.campaign import _optuna
+from dm_tune.campaign.candidates import distinct_candidates
 from dm_tune.campaign.claims import ClaimedTrial, worker_name
 from dm_tune.campaign.confirm import queue_replicates
 from dm_tune.campaign.create import (
@@ -184,24 +185,10 @@ def _pick(storage: optuna.storages.RDBStorage, config: CampaignConfig, kind: str
                     results.verified.get(kind, ()))
     chosen = distinct_candidates(
         surface.scaled(np.array([a.emphasis_mode for a in ranked]),
-                       np.array([a.emphasis_variance for a in ranked])), count)
+                       np.array([a.emphasis_variance for a in ranked])), count,
+        CANDIDATE_DISTANCE)
     return [(ranked[i].emphasis_mode, ranked[i].emphasis_variance, ranked[i].origin)
             for i in chosen]
-
-
-def distinct_candidates(points: np.ndarray, count: int,
-                        distance: float = CANDIDATE_DISTANCE) -> list[int]:
-    """Indices of ``count`` of the ranked ``points`` (scaled mode, variance), best first:
-    each next one the best at least ``distance`` from those already chosen, then (if too
-    few are that far apart) the best of the rest."""
-    chosen: list[int] = []
-    for i, point in enumerate(points):
-        if len(chosen) == count:
-            break
-        if all(np.linalg.norm(point - points[j]) >= distance for j in chosen):
-            chosen.append(i)
-    rest = [i for i in range(len(points)) if i not in chosen]
-    return chosen + rest[:count - len(chosen)]
 
 
 def run_verification(
