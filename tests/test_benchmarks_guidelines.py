@@ -1,4 +1,5 @@
-"""Smoke tests of the guideline benchmarks: validation_design.py and guideline_stability.py.
+"""Smoke tests of the guideline benchmarks (validation_design, guideline_stability,
+guideline_heldout, heldout_replicate, ...).
 
 Each runs with ``--quick`` (tiny training) and its RESULT lines must parse, be finite and
 lie in their ranges; no figure's target is asserted (they measure, they do not gate).
@@ -7,6 +8,7 @@ lie in their ranges; no figure's target is asserted (they measure, they do not g
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
 
 import pytest
@@ -174,3 +176,40 @@ def test_rate_dimension_shows_the_sampled_rate_leaving_the_upper_range_unsearche
     assert results["rate_dimension_upper_half_share_grid"][0] == pytest.approx(4 / 9, abs=0.01)
     assert results["rate_dimension_upper_half_share_sampled"][0] < 0.25
     assert results["rate_dimension_regret_sampled"][0] > results["rate_dimension_regret_grid"][0]
+
+
+@pytest.mark.slow
+def test_heldout_replicate_trains_each_setting_on_each_kept_campaigns_draw(tmp_path):
+    heldout = _module("guideline_heldout")
+    for seed in (1, 0):
+        (tmp_path / f"campaign-seed{seed}.toml").write_text(
+            heldout.campaign_text(seed, "digits", None, quick=True))
+    command = [sys.executable, "benchmarks/heldout_replicate.py", str(tmp_path),
+               "--rates", "0.4", "--settings", "0.6:12,0.8:20", "--replicates", "2"]
+    first = parse_results(_run(command, timeout=300))
+    names = {f"replicate_seed{s}_pairflip0.4_{m}_{v}_val_{stat}"
+             for s in (0, 1) for m, v in (("0.6", "12"), ("0.8", "20"))
+             for stat in ("mean", "std")}
+    assert set(first) == names
+    assert all(0.0 <= first[n][0] <= 100.0 and first[n][1] == "-" for n in names)
+    # each campaign trains on its own draw (split, noise, seeds): the two read differently
+    def figures(seed: int) -> list[float]:
+        return [first[n][0] for n in sorted(names) if n.startswith(f"replicate_seed{seed}_")]
+
+    assert figures(0) != figures(1)
+    # and a rerun reads exactly the same: a diagnostic meant to be re-read
+    assert parse_results(_run(command, timeout=300)) == first
+
+
+def test_heldout_replicate_refuses_bad_input(tmp_path):
+    bench = _module("heldout_replicate")
+    assert bench.parse_settings("0.565:13.2,0.8:20") == [(0.565, 13.2), (0.8, 20.0)]
+    with pytest.raises(ValueError):
+        bench.parse_settings("0.565")
+    script = [sys.executable, "benchmarks/heldout_replicate.py"]
+    empty = subprocess.run([*script, str(tmp_path), "--settings", "0.6:12"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert empty.returncode != 0 and "no campaign-seed<N>.toml" in empty.stderr
+    bad = subprocess.run([*script, str(tmp_path), "--settings", "0.6-12"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "MODE:VARIANCE" in bad.stderr
