@@ -45,21 +45,13 @@ records c, f, b and the uncorrected figures.
 
 The root is counted from more anchors (``PAIRFLIP_ANCHOR_FRACTION``, 0.5): its
 contamination is modelled, and at pairflip 0.4 what is left is sampling noise in the
-counted labels (benchmark draws 1-5: the anchors that are truly of their class, 20 %
-counted, are within 0.05 of the realised rate in only 0.80 of the draws on both
-datasets; 50 % counted, 1.00). The other off-diagonal mass, whose contamination (the
-fold models' errors) is not modelled, is counted from the purest anchors, ``fraction``;
-at 50 % it reads a model's errors as noise (tests/test_estimate.py: +0.020 against
--0.002). Measured on benchmarks/noise_estimate.py's saved out-of-fold probabilities, 10
-draws, pairflip 0.4 (share within 0.05, mean error, worst): uncorrected 0.80 (+0.019,
-+0.076) on digits and 0.50 (+0.052, +0.111) on the synthetic data; corrected 0.90
-(+0.004, +0.053) and 0.80 (+0.012, +0.067); with the root from 20 % of anchors 0.80 and
-0.70; the least-squares rate in its place 0.80 and 0.90 (-0.011, +0.005). Pairflip 0.2
-stays 1.00 on both, symmetric and asymmetric estimates are unchanged. The fraction 0.5
-was fixed on draws 1-5 (of a variant without the other mass); 0.4, 0.6 and 0.8 read
-0.90 on digits and 0.80, 1.00, 1.00 on the synthetic data. Reporting the root alone as
-the estimated rate reads 1.00 and 1.00 but a general matrix nearest pairflip 0.09 low
-(tests/test_estimate.py), so it is not done.
+counted labels, which more anchors reduce. The other off-diagonal mass, whose
+contamination (the fold models' errors) is not modelled, is counted from the purest
+anchors, ``fraction``: at 50 % it reads a model's errors as noise (+0.020 against
+-0.002 in tests/test_estimate.py's general matrix). Reporting the root alone as the
+estimated rate would read that matrix 0.09 low, so it is not done. The estimators
+compared on the benchmark's saved out-of-fold probabilities, and why this one was kept:
+benchmarks/README.md, "What limits the figures that miss".
 
 The nearest of dm-tune's kinds: every kind's matrix is affine in the rate,
 ``T(r) = I + r (M - I)``, so the least-squares rate is ``<T - I, M - I> / ||M - I||^2``;
@@ -231,10 +223,14 @@ def pairflip_contamination(transition: ArrayLike,
         [0.4, 0.3]
     """
     t = noise.check_transition_matrix(transition, tolerance=1e-4)
-    forward, backward = _neighbour_means(t, prior)
+    return _pairflip_root(*_neighbour_means(t, prior), t.shape[0])
+
+
+def _pairflip_root(forward: float, backward: float, classes: int) -> tuple[float, float]:
+    """(rho, c) from the neighbour means (:func:`pairflip_contamination`'s solution)."""
     s = 1.0 + forward - backward
     rho = (s - math.sqrt(max(s * s - 4.0 * forward, 0.0))) / 2.0
-    rho = min(max(rho, 0.0), math.nextafter(noise.max_rate("pairflip", t.shape[0]), 0.0))
+    rho = min(max(rho, 0.0), math.nextafter(noise.max_rate("pairflip", classes), 0.0))
     return rho, backward / (1.0 - rho)
 
 
@@ -349,8 +345,8 @@ def estimate_from_probabilities(
         counted = transition
         if pairflip_fraction is not None and pairflip_fraction != fraction:
             counted = _rows(anchor_counts(given, probs, groups, pairflip_fraction, min_count))
-        rho, contamination = pairflip_contamination(counted, prior)
         forward, backward = _neighbour_means(counted, prior)
+        rho, contamination = _pairflip_root(forward, backward, counted.shape[0])
         extra["pairflip_correction"] = {
             "note": "pairflip's rate solves forward = (1 - c) rate, backward = c (1 - rate) "
                     "for the anchors' contamination c by the previous class (counted at "

@@ -89,6 +89,14 @@ def test_the_confident_fifth_ignores_the_models_errors_and_gives_the_rate_back()
     assert np.abs(np.array(estimate.transition) - matrix).max() < 0.02
     real = realised_rate(true, given)
     assert abs(estimate.estimated_rate - real) < 0.01
+    # this general matrix is nearest pairflip, with mass beyond the diagonal's neighbours:
+    # that mass stays noise (dm_tune/estimate.py's notes). The root alone reads ~0.09 low,
+    # and the other mass counted from half of the anchors reads the model's errors as
+    # noise (+0.02; from the purest fifth -0.002)
+    assert estimate.nearest_kind == "pairflip"
+    assert estimate.nearest_rate - real == pytest.approx(-0.088, abs=0.005)
+    half = estimate_from_probabilities(given, probs, fraction=0.5)
+    assert half.estimated_rate - real == pytest.approx(0.020, abs=0.005)
     # cleanlab's default thresholds (each class's mean self-confidence) count the
     # model's 15 % errors among the noise: the old estimate is off by more than 0.03
     from cleanlab.count import estimate_joint
