@@ -51,6 +51,7 @@ generated data, not a recorded one.
 
     python benchmarks/guideline_heldout.py [--dataset digits|synthetic] [--keep DIR]
     python benchmarks/guideline_heldout.py --reuse DIR   # campaigns of an earlier --keep
+    python benchmarks/guideline_heldout.py --pruner none ...  # the search unpruned (DESIGN 7)
 """
 
 from __future__ import annotations
@@ -94,11 +95,16 @@ GRID_VARIANCES = (2.0, 6.0, 12.0, 20.0)
 TARGETS = {"mean_regret": 0.75, "worst_regret": 2.0, "spread": 1.5, "collapsed_runs": 0}
 
 
-def campaign_text(seed: int, dataset: str, npz: Path | None, quick: bool) -> str:
-    """The demo's campaign file with another seed (and dataset); ``quick``: tiny search."""
+def campaign_text(seed: int, dataset: str, npz: Path | None, quick: bool,
+                  pruner: str | None = None) -> str:
+    """The demo's campaign file with another seed (and dataset); ``quick``: tiny search;
+    ``pruner``: another search pruner than the demo's (an experiment, ``--pruner``)."""
     text = DEMO.read_text()
     text, n = re.subn(r"(?m)^seed = \d+", f"seed = {seed}", text, count=1)
     assert n == 1, "studies/digits-quick.toml: no `seed = N` line"
+    if pruner is not None:
+        text, n = re.subn(r'(?m)^pruner = "\w+"', f'pruner = "{pruner}"', text, count=1)
+        assert n == 1, "studies/digits-quick.toml: no `pruner = \"...\"` line"
     if dataset != "digits":
         text, n = re.subn(r'(?m)^dataset = "digits"', f'dataset = "npz"\nroot = "{npz}"', text)
         assert n == 1, "studies/digits-quick.toml: no `dataset = \"digits\"` line"
@@ -224,6 +230,9 @@ def main() -> None:
                         help=f"fresh draws each recommendation is re-trained on (default {DRAWS})")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 8 trials of 10 epochs, 2 draws (figures meaningless)")
+    parser.add_argument("--pruner", choices=("hyperband", "median", "none"),
+                        help="the campaigns' search pruner instead of the demo's (an experiment;"
+                             " give it again with --reuse)")
     args = parser.parse_args()
     if args.draws < 2:
         parser.error("--draws must be at least 2 (the reference is cross-fitted on halves)")
@@ -245,7 +254,7 @@ def main() -> None:
         recs, walls = {}, []
         for seed in seeds:
             path = work / f"campaign-seed{seed}.toml"
-            path.write_text(campaign_text(seed, tag, npz, args.quick))
+            path.write_text(campaign_text(seed, tag, npz, args.quick, args.pruner))
             db = work / f"seed{seed}.db"
             if not db.exists():
                 wall = run_campaign(path, db, f"{tag} campaign seed {seed}")

@@ -3,11 +3,15 @@
 A scan of DM settings (emphasis mode x variance) on the demo's data and training
 (digits, MLP, 40 epochs, ``studies/digits-quick.toml``), each trained with S seeds as one
 population (no pruning), at each noise setting asked. For every candidate rung epoch
-(the demo's Hyperband rungs 10 and 30, and 5, 20) it prints the Spearman correlation
-between the seed-mean validation accuracy at that epoch and the seed-mean *final test*
-accuracy: a rung may prune only where it ranks settings as they finish. Prints::
+(5, 10, 20, 30 and the demo's Hyperband rung, ``min_epochs`` = 25) it prints the Spearman
+correlation between the seed-mean validation accuracy at that epoch and the seed-mean
+*final test* accuracy: a rung may prune only where it ranks settings as they finish.
+A pruner sees one run, not a seed mean, so ``rung_spearman_single`` correlates each
+single run's validation accuracy at the epoch with its setting's seed-mean final test
+accuracy (over settings x seeds). Prints::
 
     RESULT rung_spearman_<kind>_<rate>_e<epoch> <rho> target 0.7
+    RESULT rung_spearman_single_<kind>_<rate>_e<epoch> <rho> target -
     RESULT first_trustworthy_rung_<kind>_<rate> <epoch or inf> target -
 
     python benchmarks/rung_agreement.py [--seeds 3] [--quick]
@@ -35,8 +39,10 @@ VARIANCES = (0.5, 4.0, 12.0, 20.0)
 THRESHOLD = 0.7
 
 
-def scan(kind: str, rate: float, seeds: int, epochs: int) -> dict[int, float]:
-    """Spearman(val at epoch e, final test), seed means, per epoch e."""
+def scan(kind: str, rate: float, seeds: int, epochs: int) -> tuple[dict[int, float],
+                                                                   dict[int, float]]:
+    """Per epoch e: Spearman(val at e, final test) of seed means, and of single runs
+    against their setting's seed-mean final test."""
     config = load_campaign_config(ROOT / "studies" / "digits-quick.toml")
     data = prepare_data(data_spec(config, Setting(kind, rate)))
     spec = train_spec(config, "cpu", 0)
@@ -54,8 +60,12 @@ def scan(kind: str, rate: float, seeds: int, epochs: int) -> dict[int, float]:
         if result.test_accuracy_per_epoch and len(curve) == epochs:
             test[s, r] = result.test_accuracy_per_epoch[-1]
     final = np.nanmean(test, axis=1)
-    return {e: float(spearmanr(np.nanmean(val[:, :, e - 1], axis=1), final).statistic)
-            for e in range(1, epochs + 1)}
+    means = {e: float(spearmanr(np.nanmean(val[:, :, e - 1], axis=1), final).statistic)
+             for e in range(1, epochs + 1)}
+    truth = np.repeat(final, seeds)
+    single = {e: float(spearmanr(val[:, :, e - 1].ravel(), truth, nan_policy="omit").statistic)
+              for e in range(1, epochs + 1)}
+    return means, single
 
 
 def main() -> None:
@@ -67,13 +77,15 @@ def main() -> None:
     torch.set_num_threads(1)
     seeds, epochs = (2, 12) if args.quick else (args.seeds, 40)
     wanted = ["symmetric:0.4"] if args.quick else args.settings.split(",")
-    rungs = sorted({e for e in (5, 10, 20, 30) if e < epochs} | {max(1, epochs // 4)})
+    demo = load_campaign_config(ROOT / "studies" / "digits-quick.toml").search.min_epochs
+    rungs = sorted({e for e in (5, 10, 20, 30, demo) if e < epochs} | {max(1, epochs // 4)})
     for item in wanted:
         kind, rate = item.split(":")
-        rho = scan(kind, float(rate), seeds, epochs)
+        rho, single = scan(kind, float(rate), seeds, epochs)
         tag = f"{kind}_{float(rate):.2f}"
         for epoch in rungs:
             print(f"RESULT rung_spearman_{tag}_e{epoch} {rho[epoch]:.3f} target {THRESHOLD}")
+            print(f"RESULT rung_spearman_single_{tag}_e{epoch} {single[epoch]:.3f} target -")
         trusted = next((e for e in range(1, epochs) if all(rho[k] >= THRESHOLD
                                                             for k in range(e, epochs))), None)
         print(f"RESULT first_trustworthy_rung_{tag} {trusted if trusted else 'inf'} target -",

@@ -62,6 +62,21 @@ def test_validation_design_quick_prints_every_design():
     assert len(verdicts) == 1 and any(d in verdicts[0] for d in DESIGNS)
 
 
+def test_rung_agreement_quick_prints_seed_mean_and_single_run_agreement():
+    results = parse_results(_run([sys.executable, "benchmarks/rung_agreement.py", "--quick"],
+                                 timeout=240))
+    # --quick: 12 epochs, so the rungs are 3 (epochs // 4), 5 and 10; the demo's 25 is past
+    # the end and not printed
+    for which in ("rung_spearman", "rung_spearman_single"):
+        epochs = sorted(int(name.rsplit("_e", 1)[1]) for name in results
+                        if name.startswith(f"{which}_symmetric_0.40_e"))
+        assert epochs == [3, 5, 10], (which, epochs)
+        for epoch in epochs:
+            rho = results[f"{which}_symmetric_0.40_e{epoch}"][0]
+            assert -1.0 <= rho <= 1.0, (which, epoch, rho)
+    assert "first_trustworthy_rung_symmetric_0.40" in results
+
+
 @pytest.mark.slow
 def test_guideline_stability_quick_prints_spread_and_heldout_error():
     out = _run([sys.executable, "benchmarks/guideline_stability.py", "--quick"], timeout=300)
@@ -111,6 +126,12 @@ def test_heldout_reference_is_cross_fitted_and_the_synthetic_campaign_is_the_dem
         below = max(r for r in rates[kind] if r < rate)
         above = min(r for r in rates[kind] if r > rate)
         assert rate not in rates[kind] and rate == pytest.approx((below + above) / 2)
+    # --pruner changes the search's pruner and nothing else
+    path.write_text(bench.campaign_text(1, "synthetic", npz, quick=False, pruner="none"))
+    unpruned = load_campaign_config(path)
+    assert demo.search.pruner == "hyperband" and unpruned.search.pruner == "none"
+    assert unpruned.search.model_copy(update={"pruner": "hyperband"}) == demo.search
+    assert unpruned.noise == config.noise and unpruned.training == config.training
 
 
 def test_transfer_campaign_file_searches_its_own_rates_whatever_the_demo_declares():
