@@ -14,7 +14,7 @@ accuracy (over settings x seeds). Prints::
     RESULT rung_spearman_single_<kind>_<rate>_e<epoch> <rho> target -
     RESULT first_trustworthy_rung_<kind>_<rate> <epoch or inf> target -
 
-    python benchmarks/rung_agreement.py [--seeds 3] [--quick]
+    python benchmarks/rung_agreement.py [--seeds 3] [--settings KIND:RATE,...] [--quick]
 """
 
 from __future__ import annotations
@@ -29,21 +29,21 @@ import torch
 from scipy.stats import spearmanr
 
 from dm_tune.campaign.settings import Setting, data_spec, train_spec
-from dm_tune.config import load_campaign_config
+from dm_tune.config import CampaignConfig, load_campaign_config
 from dm_tune.data import prepare_data
 from dm_tune.population import Member, train_population
 
 ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "studies" / "digits-quick.toml"
 MODES = (0.0, 0.15, 0.3, 0.45, 0.6, 0.75)
 VARIANCES = (0.5, 4.0, 12.0, 20.0)
 THRESHOLD = 0.7
 
 
-def scan(kind: str, rate: float, seeds: int, epochs: int) -> tuple[dict[int, float],
-                                                                   dict[int, float]]:
+def scan(config: CampaignConfig, kind: str, rate: float, seeds: int,
+         epochs: int) -> tuple[dict[int, float], dict[int, float]]:
     """Per epoch e: Spearman(val at e, final test) of seed means, and of single runs
     against their setting's seed-mean final test."""
-    config = load_campaign_config(ROOT / "studies" / "digits-quick.toml")
     data = prepare_data(data_spec(config, Setting(kind, rate)))
     spec = train_spec(config, "cpu", 0)
     spec = replace(spec, epochs=epochs)
@@ -77,11 +77,12 @@ def main() -> None:
     torch.set_num_threads(1)
     seeds, epochs = (2, 12) if args.quick else (args.seeds, 40)
     wanted = ["symmetric:0.4"] if args.quick else args.settings.split(",")
-    demo = load_campaign_config(ROOT / "studies" / "digits-quick.toml").search.min_epochs
-    rungs = sorted({e for e in (5, 10, 20, 30, demo) if e < epochs} | {max(1, epochs // 4)})
+    config = load_campaign_config(DEMO)
+    demo_rung = config.search.min_epochs
+    rungs = sorted({e for e in (5, 10, 20, 30, demo_rung) if e < epochs} | {max(1, epochs // 4)})
     for item in wanted:
         kind, rate = item.split(":")
-        rho, single = scan(kind, float(rate), seeds, epochs)
+        rho, single = scan(config, kind, float(rate), seeds, epochs)
         tag = f"{kind}_{float(rate):.2f}"
         for epoch in rungs:
             print(f"RESULT rung_spearman_{tag}_e{epoch} {rho[epoch]:.3f} target {THRESHOLD}")
